@@ -1,0 +1,58 @@
+#include "base/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace whale {
+
+std::string si(double v) {
+  const char* prefixes[] = {"", "k", "M", "G", "T"};
+  int i = 0;
+  while (v >= 1000 && i < 4) { v /= 1000; ++i; }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : v < 100 ? "%.1f %s" : "%.0f %s", v, prefixes[i]);
+  return buf;
+}
+
+Progress::Progress(std::string label, size_t total, std::string unit)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), tty_(isatty(2)) {
+  start_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+Progress::~Progress() { finish(); }
+
+void Progress::advance(size_t amount) {
+  done_ += amount;
+  if (label_.empty()) return;
+  auto now = std::chrono::steady_clock::now();
+  int decile = total_ ? static_cast<int>(10 * done_ / total_) : 0;
+  if (tty_ ? now - last_draw_ > std::chrono::milliseconds(100) : decile != last_decile_) {
+    last_draw_ = now;
+    last_decile_ = decile;
+    draw(false);
+  }
+}
+
+void Progress::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (!label_.empty()) draw(true);
+}
+
+void Progress::draw(bool final) {
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  double fraction = total_ ? static_cast<double>(done_) / total_ : 1.0;
+  if (fraction > 1) fraction = 1;
+  const int width = 30;
+  std::string bar(static_cast<int>(fraction * width), '#');
+  bar.resize(width, '.');
+  double rate = seconds > 0 ? done_ / seconds : 0;
+  double eta = rate > 0 && total_ > done_ ? (total_ - done_) / rate : 0;
+  std::fprintf(stderr, "%s%s [%s] %3.0f%% %s%s/s %s %.0fs%s", tty_ ? "\r" : "", label_.c_str(),
+               bar.c_str(), fraction * 100, si(rate).c_str(), unit_.c_str(),
+               final ? "done in" : "ETA", final ? seconds : eta, tty_ && !final ? "" : "\n");
+  std::fflush(stderr);
+}
+
+}  // namespace whale

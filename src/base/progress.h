@@ -1,0 +1,29 @@
+// A progress bar on stderr: "label [#####.....] 52% 1.2 GB/s ETA 3s". Redrawn at most ten
+// times a second on a terminal, every 10% otherwise; silent when the label is empty.
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <string>
+
+namespace whale {
+
+class Progress {
+ public:
+  Progress(std::string label, size_t total, std::string unit);
+  void advance(size_t amount);
+  void finish();
+  ~Progress();
+
+ private:
+  void draw(bool final);
+  std::string label_, unit_;
+  size_t total_, done_ = 0;
+  bool tty_, finished_ = false;
+  int last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+// "1.50 G", "320 k": a count with an SI prefix.
+std::string si(double value);
+
+}  // namespace whale

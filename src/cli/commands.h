@@ -1,0 +1,18 @@
+// One function per subcommand: each adds its options to the app and sets its callback.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+namespace whale {
+
+void add_init_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+void add_logits_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
+
+// "1,2,3" or "1 2 3" → ids; anything else is an Error naming the bad entry.
+std::vector<int> parse_token_list(const std::string& text);
+
+}  // namespace whale

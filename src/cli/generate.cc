@@ -1,0 +1,45 @@
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "infer/generator.h"
+
+namespace whale {
+
+void add_generate_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate", "Continue a token sequence; prints the new ids");
+  static std::string model_dir, tokens_text;
+  static GenerateOptions options;
+  static bool ignore_eos = false, stats = false;
+  cmd->add_option("--model", model_dir, "Model folder")->required();
+  cmd->add_option("--tokens", tokens_text, "Prompt token ids, comma-separated")->required();
+  cmd->add_option("-n,--max-tokens", options.max_new_tokens, "Tokens to generate (default 32)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature", options.sampling.temperature,
+                  "Sampling temperature; 0 (the default) is greedy");
+  cmd->add_option("--top-k", options.sampling.top_k, "Keep the k most likely tokens (0: all)");
+  cmd->add_option("--top-p", options.sampling.top_p, "Nucleus sampling mass (1: all)");
+  cmd->add_option("--seed", options.sampling.seed, "Sampling seed");
+  cmd->add_flag("--ignore-eos", ignore_eos, "Keep going past the end-of-sequence token");
+  cmd->add_flag("--stats", stats, "Print prefill and decode speed on stderr");
+  cmd->callback([] {
+    std::vector<int> prompt = parse_token_list(tokens_text);
+    auto model = Model::load(model_dir);
+    options.stop_at_eos = !ignore_eos;
+    bool first = true;
+    GenerateStats s;
+    generate(*model, prompt, options, [&](int token) {
+      std::printf(first ? "%d" : " %d", token);
+      std::fflush(stdout);
+      first = false;
+      return true;
+    }, &s);
+    std::printf("\n");
+    if (stats)
+      std::fprintf(stderr, "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
+                   s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
+                   s.generated_tokens, s.decode_seconds,
+                   s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
+  });
+}
+
+}  // namespace whale

@@ -1,0 +1,37 @@
+// whale: DeepSeek models in C++. `whale --help` lists the subcommands.
+#include <omp.h>
+
+#include <cstdio>
+
+#include "base/error.h"
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "whale: run, train and serve DeepSeek-architecture models (V2, V3, R1, V3.2) and the\n"
+      "R1-distilled Qwen2/Llama students, from Hugging Face checkpoints, on the CPU."};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Worker threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  whale::add_init_command(app);
+  whale::add_info_command(app);
+  whale::add_logits_command(app);
+  whale::add_generate_command(app);
+  whale::add_demo_command(app);
+  app.parse_complete_callback([&] {
+    if (threads > 0) omp_set_num_threads(threads);
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;
+  } catch (const whale::Error& e) {
+    std::fprintf(stderr, "whale: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "whale: error: out of memory\n");
+    return 1;
+  }
+  return 0;
+}

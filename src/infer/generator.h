@@ -1,0 +1,29 @@
+// Autoregressive generation through the KV cache: one prefill of the prompt, then one-token
+// decode steps.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/transformer.h"
+
+namespace whale {
+
+struct GenerateOptions {
+  int max_new_tokens = 32;
+  SamplingParams sampling;
+  bool stop_at_eos = true;
+};
+
+struct GenerateStats {
+  int prompt_tokens = 0, generated_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+// Calls on_token for each new token as soon as it is chosen (return false to stop).
+std::vector<int> generate(const Model& model, const std::vector<int>& prompt,
+                          const GenerateOptions& options,
+                          const std::function<bool(int)>& on_token = nullptr,
+                          GenerateStats* stats = nullptr);
+
+}  // namespace whale

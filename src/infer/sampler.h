@@ -1,0 +1,28 @@
+// Next-token choice from logits: greedy at temperature 0, otherwise softmax(logits / T)
+// restricted to the top-k tokens and then to the smallest set whose mass reaches top-p.
+#pragma once
+#include <cstdint>
+#include <random>
+
+namespace whale {
+
+struct SamplingParams {
+  float temperature = 0.0f;
+  int top_k = 0;        // 0: no limit
+  float top_p = 1.0f;   // 1: no limit
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  int sample(const float* logits, int vocab);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+int argmax(const float* x, int n);
+
+}  // namespace whale

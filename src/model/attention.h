@@ -1,0 +1,38 @@
+// Attention layers: Multi-head Latent Attention (DeepSeek V2/V3/V3.2, with the V3.2 lightning
+// indexer choosing which past tokens each query sees) and grouped-query attention (Qwen2, Llama).
+#pragma once
+#include <vector>
+
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/weights.h"
+#include "ops/nn.h"
+
+namespace whale {
+
+// Naive: expand every cached latent to per-head keys and values (the training form).
+// Absorbed: fold W_UK into the query and W_UV into the output and attend over the latents
+// directly (MQA over kv_lora_rank + qk_rope_head_dim). Auto: naive for prefill, absorbed for
+// single-token decode. Both give the same result.
+enum class AttentionPath { kAuto, kNaive, kAbsorbed };
+
+// Which cached positions each of T queries may attend to: allowed[t][s] for s < pos0 + t + 1.
+// Empty means plain causal attention.
+using AttentionMask = std::vector<std::vector<char>>;
+
+// Appends the T tokens' entries to `cache` and returns the attention output [T, hidden].
+// `h` is the normed input [T, hidden]; positions are pos0 .. pos0 + T - 1.
+void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
+                 int T, int pos0, LayerCache& cache, AttentionPath path, float* out);
+
+// V3.2 lightning indexer: scores every causal position for each query and keeps the top
+// index_topk. Appends the T tokens' indexer keys to `cache`. c_q is the normed query latent.
+AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope& rope,
+                             const float* h, const float* c_q, int T, int pos0,
+                             LayerCache& cache);
+
+void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w,
+                             const Rope& rope, const float* h, int T, int pos0,
+                             LayerCache& cache, float* out);
+
+}  // namespace whale

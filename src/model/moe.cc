@@ -1,0 +1,126 @@
+// DeepSeekMoE (DeepSeek-V2 §2.2, DeepSeek-V3 §2.1.2, MISSION §1).
+#include "model/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "ops/linear.h"
+#include "ops/nn.h"
+
+namespace whale {
+
+void ffn_forward(const FeedForward& f, const float* x, int T, float* out) {
+  const int inter = f.gate_proj.rows, H = f.down_proj.rows;
+  std::vector<float> gate(static_cast<size_t>(T) * inter), up(static_cast<size_t>(T) * inter);
+  linear_forward(f.gate_proj, x, T, gate.data());
+  linear_forward(f.up_proj, x, T, up.data());
+  for (int t = 0; t < T; ++t) {
+    float* g = gate.data() + static_cast<size_t>(t) * inter;
+    const float* u = up.data() + static_cast<size_t>(t) * inter;
+    if (!f.gate_bias.empty())
+      for (int i = 0; i < inter; ++i) g[i] += f.gate_bias[i];
+    if (!f.up_bias.empty()) {
+      std::vector<float> ub(u, u + inter);
+      for (int i = 0; i < inter; ++i) ub[i] += f.up_bias[i];
+      silu_mul(g, ub.data(), inter);
+    } else {
+      silu_mul(g, u, inter);
+    }
+  }
+  linear_forward(f.down_proj, gate.data(), T, out);
+  if (!f.down_bias.empty())
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < H; ++i) out[static_cast<size_t>(t) * H + i] += f.down_bias[i];
+}
+
+Routing route(const ModelConfig& c, const Router& router, const float* u, int T) {
+  const int E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int groups = c.topk_method == "greedy" ? 1 : c.n_group;
+  const int per_group = E / groups;
+  const bool biased = !router.e_score_correction_bias.empty();
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+  std::vector<float> logits(static_cast<size_t>(T) * E);
+  linear_forward(router.weight, u, T, logits.data());
+  Routing r;
+  r.experts.resize(static_cast<size_t>(T) * K);
+  r.gates.resize(static_cast<size_t>(T) * K);
+  std::vector<float> scores(E), choice(E), group_score(groups);
+  std::vector<int> order(std::max(E, groups));
+  for (int t = 0; t < T; ++t) {
+    // s_i = softmax (V2) or sigmoid (V3) of u·e_i, in f32.
+    std::copy_n(logits.data() + static_cast<size_t>(t) * E, E, scores.data());
+    if (c.scoring_func == "softmax") softmax(scores.data(), E);
+    else for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
+    // The bias (V3) only chooses: choice = s + b.
+    for (int e = 0; e < E; ++e) choice[e] = scores[e] + (biased ? router.e_score_correction_bias[e] : 0.0f);
+    if (groups > 1) {
+      // Group score: its best expert (V2 group_limited_greedy) or the sum of its best two
+      // biased scores (V3 noaux_tc); keep the topk_group best groups.
+      for (int g = 0; g < groups; ++g) {
+        float* first = choice.data() + g * per_group;
+        if (c.topk_method == "noaux_tc") {
+          float best = kNegInf, second = kNegInf;
+          for (int i = 0; i < per_group; ++i) {
+            if (first[i] > best) { second = best; best = first[i]; }
+            else if (first[i] > second) second = first[i];
+          }
+          group_score[g] = best + second;
+        } else {
+          group_score[g] = *std::max_element(first, first + per_group);
+        }
+      }
+      std::iota(order.begin(), order.begin() + groups, 0);
+      std::stable_sort(order.begin(), order.begin() + groups,
+                       [&](int a, int b) { return group_score[a] > group_score[b]; });
+      for (int i = c.topk_group; i < groups; ++i)
+        std::fill_n(choice.data() + order[i] * per_group, per_group, kNegInf);
+    }
+    std::iota(order.begin(), order.begin() + E, 0);
+    std::stable_sort(order.begin(), order.begin() + E,
+                     [&](int a, int b) { return choice[a] > choice[b]; });
+    // Gates are the unbiased scores, normalized when norm_topk_prob, times the scaling factor.
+    float sum = 0;
+    for (int k = 0; k < K; ++k) sum += scores[order[k]];
+    for (int k = 0; k < K; ++k) {
+      float g = scores[order[k]];
+      if (c.norm_topk_prob) g /= (sum + 1e-20f);
+      r.experts[static_cast<size_t>(t) * K + k] = order[k];
+      r.gates[static_cast<size_t>(t) * K + k] = g * static_cast<float>(c.routed_scaling_factor);
+    }
+  }
+  return r;
+}
+
+void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, float* out,
+                 Routing* routing_out) {
+  const int H = c.hidden_size, K = c.num_experts_per_tok, E = c.n_routed_experts;
+  Routing r = route(c, moe.router, u, T);
+  if (moe.has_shared) ffn_forward(moe.shared, u, T, out);
+  else std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
+
+  // Group the tokens by expert so each expert's weights are read once per forward.
+  std::vector<std::vector<int>> slots(E);  // slot = t·K + k
+  for (int i = 0; i < T * K; ++i) slots[r.experts[i]].push_back(i);
+  std::vector<float> x, y;
+  for (int e = 0; e < E; ++e) {
+    const int n = static_cast<int>(slots[e].size());
+    if (n == 0) continue;
+    x.resize(static_cast<size_t>(n) * H);
+    y.resize(static_cast<size_t>(n) * H);
+    for (int i = 0; i < n; ++i)
+      std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, x.data() + static_cast<size_t>(i) * H);
+    ffn_forward(moe.experts[e], x.data(), n, y.data());
+    for (int i = 0; i < n; ++i) {
+      const float g = r.gates[slots[e][i]];
+      float* o = out + static_cast<size_t>(slots[e][i] / K) * H;
+      const float* yi = y.data() + static_cast<size_t>(i) * H;
+      for (int d = 0; d < H; ++d) o[d] += g * yi[d];
+    }
+  }
+  if (routing_out) *routing_out = std::move(r);
+}
+
+}  // namespace whale

@@ -1,0 +1,114 @@
+#include "model/transformer.h"
+
+#include "base/error.h"
+#include "model/moe.h"
+#include "ops/nn.h"
+
+namespace whale {
+
+std::unique_ptr<Model> Model::load(const std::string& dir) {
+  auto model = std::unique_ptr<Model>(new Model());
+  model->config_ = ModelConfig::load(dir);
+  model->checkpoint_ = std::make_unique<Checkpoint>(dir);
+  model->weights_ = load_weights(model->config_, *model->checkpoint_);
+  const ModelConfig& c = model->config_;
+  model->rope_ = Rope(c, c.is_deepseek() ? c.qk_rope_head_dim : c.dense_head_dim());
+  return model;
+}
+
+void Model::check_tokens(const int* tokens, int T) const {
+  for (int t = 0; t < T; ++t)
+    check(tokens[t] >= 0 && tokens[t] < config_.vocab_size,
+          "token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+              " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
+}
+
+// h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h)).
+void Model::block_forward(const Layer& layer, float* x, int T, int pos0, LayerCache& cache,
+                          const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  const int H = c.hidden_size;
+  const size_t n = static_cast<size_t>(T) * H;
+  std::vector<float> normed(n), delta(n);
+  for (int t = 0; t < T; ++t)
+    rms_norm(x + t * H, layer.input_layernorm.data(), H, c.rms_norm_eps, normed.data() + t * H);
+  if (c.is_deepseek())
+    mla_forward(c, layer.mla, rope_, normed.data(), T, pos0, cache, options.attention, delta.data());
+  else
+    dense_attention_forward(c, layer.attn, rope_, normed.data(), T, pos0, cache, delta.data());
+  for (size_t i = 0; i < n; ++i) x[i] += delta[i];
+
+  for (int t = 0; t < T; ++t)
+    rms_norm(x + t * H, layer.post_attention_layernorm.data(), H, c.rms_norm_eps,
+             normed.data() + t * H);
+  if (layer.is_moe) moe_forward(c, layer.moe, normed.data(), T, delta.data());
+  else ffn_forward(layer.mlp, normed.data(), T, delta.data());
+  for (size_t i = 0; i < n; ++i) x[i] += delta[i];
+}
+
+void Model::forward(const int* tokens, int T, KVCache& cache, float* logits,
+                    float* normed_hidden, const ForwardOptions& options) const {
+  check(T > 0, "forward needs at least one token");
+  check_tokens(tokens, T);
+  const ModelConfig& c = config_;
+  const int H = c.hidden_size;
+  std::vector<float> x(static_cast<size_t>(T) * H);
+  for (int t = 0; t < T; ++t) weights_.embed_tokens.row_to_f32(tokens[t], x.data() + t * H);
+  for (int l = 0; l < c.num_hidden_layers; ++l)
+    block_forward(weights_.layers[l], x.data(), T, cache.length, cache.layers[l], options);
+  cache.length += T;
+  for (int t = 0; t < T; ++t)
+    rms_norm(x.data() + t * H, weights_.norm.data(), H, c.rms_norm_eps, x.data() + t * H);
+  if (normed_hidden) std::copy(x.begin(), x.end(), normed_hidden);
+  if (logits) linear_forward(weights_.lm_head, x.data(), T, logits);
+}
+
+void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int T,
+                        KVCache& mtp_cache, float* logits, const ForwardOptions& options) const {
+  check(weights_.has_mtp, "this model has no MTP module (num_nextn_predict_layers is 0)");
+  check(T > 0, "MTP forward needs at least one token");
+  check_tokens(next_tokens, T);
+  const ModelConfig& c = config_;
+  const MtpWeights& m = weights_.mtp;
+  const int H = c.hidden_size;
+  std::vector<float> concat(static_cast<size_t>(T) * 2 * H), x(static_cast<size_t>(T) * H);
+  for (int t = 0; t < T; ++t) {
+    float* e = concat.data() + static_cast<size_t>(t) * 2 * H;  // [enorm(Emb) ; hnorm(h)]
+    m.embed_tokens.row_to_f32(next_tokens[t], e);
+    rms_norm(e, m.enorm.data(), H, c.rms_norm_eps, e);
+    rms_norm(normed_hidden + static_cast<size_t>(t) * H, m.hnorm.data(), H, c.rms_norm_eps, e + H);
+  }
+  linear_forward(m.eh_proj, concat.data(), T, x.data());
+  block_forward(m.block, x.data(), T, mtp_cache.length, mtp_cache.layers[0], options);
+  mtp_cache.length += T;
+  for (int t = 0; t < T; ++t)
+    rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);
+  linear_forward(m.shared_head_head, x.data(), T, logits);
+}
+
+Model::ParamCounts Model::parameter_counts() const {
+  ParamCounts counts;
+  const ModelConfig& c = config_;
+  const std::string mtp_prefix = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  for (const WeightSpec& spec : weight_specs(c)) {
+    size_t n = 1;
+    for (int64_t d : spec.shape) n *= static_cast<size_t>(d);
+    if (c.has_mtp() && spec.name.rfind(mtp_prefix, 0) == 0) {
+      counts.mtp += n;
+      continue;
+    }
+    counts.total += n;
+    if (spec.name == "model.embed_tokens.weight") {
+      if (c.tie_word_embeddings) counts.active += n;  // it is also the head
+      continue;
+    }
+    if (spec.name.find(".mlp.experts.") != std::string::npos) {
+      counts.active += n * c.num_experts_per_tok / c.n_routed_experts;  // K of N experts
+      continue;
+    }
+    counts.active += n;
+  }
+  return counts;
+}
+
+}  // namespace whale

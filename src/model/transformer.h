@@ -1,0 +1,59 @@
+// The whole model: embedding → blocks (pre-norm attention and FFN/MoE, residual) → final norm
+// → head; plus DeepSeek-V3's MTP module. Works for DeepSeek V2/V3/V3.2 and Qwen2/Llama.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "io/safetensors.h"
+#include "model/attention.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/weights.h"
+
+namespace whale {
+
+struct ForwardOptions {
+  AttentionPath attention = AttentionPath::kAuto;
+};
+
+class Model {
+ public:
+  // Opens DIR/config.json and the safetensors weights (memory-mapped, nothing copied).
+  static std::unique_ptr<Model> load(const std::string& dir);
+
+  const ModelConfig& config() const { return config_; }
+  const Weights& weights() const { return weights_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  KVCache new_cache() const { return KVCache::for_layers(config_.num_hidden_layers); }
+  KVCache new_mtp_cache() const { return KVCache::for_layers(1); }
+
+  // Runs T tokens at positions cache.length … cache.length + T − 1 and advances the cache.
+  // logits: [T, vocab] or null; normed_hidden: [T, hidden] (after the final norm) or null.
+  void forward(const int* tokens, int T, KVCache& cache, float* logits,
+               float* normed_hidden = nullptr, const ForwardOptions& options = {}) const;
+
+  // MTP (D = 1): row i predicts token i+2 from the main model's normed hidden state h_i and the
+  // embedding of token i+1: x = eh_proj([enorm(Emb(next_tokens[i])) ; hnorm(h_i)]), then one
+  // transformer block (its own cache, RoPE position i), shared_head.norm and shared_head.head.
+  void mtp_forward(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
+                   float* logits, const ForwardOptions& options = {}) const;
+
+  // Parameter counts. active: per token (routed experts counted K of N; the input embedding
+  // is a row lookup and is not counted, the head is).
+  struct ParamCounts {
+    size_t total = 0, active = 0, mtp = 0;
+  };
+  ParamCounts parameter_counts() const;
+
+ private:
+  void block_forward(const Layer& layer, float* x, int T, int pos0, LayerCache& cache,
+                     const ForwardOptions& options) const;
+  void check_tokens(const int* tokens, int T) const;
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  Weights weights_;
+  Rope rope_;
+};
+
+}  // namespace whale

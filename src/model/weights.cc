@@ -1,0 +1,200 @@
+#include "model/weights.h"
+
+#include <cstring>
+
+#include "base/error.h"
+
+namespace whale {
+
+namespace {
+
+// The one place that knows every tensor name and shape. A visitor sees each tensor with the
+// slot it fills: matrix(name, rows, cols, quantizable, Linear&) and
+// vector(name, n, kind, Vector&).
+template <class Visitor>
+void visit_ffn(const std::string& prefix, int hidden, int inter, bool bias, FeedForward& f,
+               Visitor& v) {
+  v.matrix(prefix + "gate_proj.weight", inter, hidden, true, f.gate_proj);
+  v.matrix(prefix + "up_proj.weight", inter, hidden, true, f.up_proj);
+  v.matrix(prefix + "down_proj.weight", hidden, inter, true, f.down_proj);
+  if (bias) {
+    v.vector(prefix + "gate_proj.bias", inter, WeightSpec::kBias, f.gate_bias);
+    v.vector(prefix + "up_proj.bias", inter, WeightSpec::kBias, f.up_bias);
+    v.vector(prefix + "down_proj.bias", hidden, WeightSpec::kBias, f.down_bias);
+  }
+}
+
+template <class Visitor>
+void visit_layer(const ModelConfig& c, int index, Layer& layer, Visitor& v) {
+  const std::string p = "model.layers." + std::to_string(index) + ".";
+  const int H = c.hidden_size;
+  v.vector(p + "input_layernorm.weight", H, WeightSpec::kNormWeight, layer.input_layernorm);
+  v.vector(p + "post_attention_layernorm.weight", H, WeightSpec::kNormWeight,
+           layer.post_attention_layernorm);
+  if (c.is_deepseek()) {
+    const std::string a = p + "self_attn.";
+    const int heads = c.num_attention_heads;
+    MlaWeights& m = layer.mla;
+    if (c.q_lora_rank > 0) {
+      v.matrix(a + "q_a_proj.weight", c.q_lora_rank, H, true, m.q_a_proj);
+      v.vector(a + "q_a_layernorm.weight", c.q_lora_rank, WeightSpec::kNormWeight,
+               m.q_a_layernorm);
+      v.matrix(a + "q_b_proj.weight", heads * c.qk_head_dim(), c.q_lora_rank, true, m.q_b_proj);
+    } else {
+      v.matrix(a + "q_proj.weight", heads * c.qk_head_dim(), H, true, m.q_proj);
+    }
+    v.matrix(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H, true,
+             m.kv_a_proj_with_mqa);
+    v.vector(a + "kv_a_layernorm.weight", c.kv_lora_rank, WeightSpec::kNormWeight,
+             m.kv_a_layernorm);
+    v.matrix(a + "kv_b_proj.weight", heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank,
+             true, m.kv_b_proj);
+    v.matrix(a + "o_proj.weight", H, heads * c.v_head_dim, true, m.o_proj);
+    if (c.has_indexer()) {
+      const std::string x = a + "indexer.";
+      Indexer& idx = m.indexer;
+      v.matrix(x + "wq_b.weight", c.index_n_heads * c.index_head_dim, c.q_lora_rank, true,
+               idx.wq_b);
+      v.matrix(x + "wk.weight", c.index_head_dim, H, true, idx.wk);
+      v.vector(x + "k_norm.weight", c.index_head_dim, WeightSpec::kNormWeight, idx.k_norm_weight);
+      v.vector(x + "k_norm.bias", c.index_head_dim, WeightSpec::kBias, idx.k_norm_bias);
+      v.matrix(x + "weights_proj.weight", c.index_n_heads, H, false, idx.weights_proj);
+    }
+  } else {
+    const std::string a = p + "self_attn.";
+    const int hd = c.dense_head_dim();
+    const int q_dim = c.num_attention_heads * hd, kv_dim = c.num_key_value_heads * hd;
+    DenseAttentionWeights& d = layer.attn;
+    v.matrix(a + "q_proj.weight", q_dim, H, false, d.q_proj);
+    v.matrix(a + "k_proj.weight", kv_dim, H, false, d.k_proj);
+    v.matrix(a + "v_proj.weight", kv_dim, H, false, d.v_proj);
+    v.matrix(a + "o_proj.weight", H, q_dim, false, d.o_proj);
+    if (c.attention_bias) {
+      v.vector(a + "q_proj.bias", q_dim, WeightSpec::kBias, d.q_bias);
+      v.vector(a + "k_proj.bias", kv_dim, WeightSpec::kBias, d.k_bias);
+      v.vector(a + "v_proj.bias", kv_dim, WeightSpec::kBias, d.v_bias);
+      if (c.model_type == "llama")
+        v.vector(a + "o_proj.bias", H, WeightSpec::kBias, d.o_bias);
+    }
+  }
+  layer.is_moe = c.is_moe_layer(index);
+  if (layer.is_moe) {
+    const std::string m = p + "mlp.";
+    v.matrix(m + "gate.weight", c.n_routed_experts, H, false, layer.moe.router.weight);
+    if (c.topk_method == "noaux_tc")
+      v.vector(m + "gate.e_score_correction_bias", c.n_routed_experts, WeightSpec::kRoutingBias,
+               layer.moe.router.e_score_correction_bias);
+    layer.moe.experts.resize(c.n_routed_experts);
+    for (int e = 0; e < c.n_routed_experts; ++e)
+      visit_ffn(m + "experts." + std::to_string(e) + ".", H, c.moe_intermediate_size, false,
+                layer.moe.experts[e], v);
+    layer.moe.has_shared = c.n_shared_experts > 0;
+    if (layer.moe.has_shared)
+      visit_ffn(m + "shared_experts.", H, c.moe_intermediate_size * c.n_shared_experts, false,
+                layer.moe.shared, v);
+  } else {
+    visit_ffn(p + "mlp.", H, c.intermediate_size, c.mlp_bias, layer.mlp, v);
+  }
+}
+
+template <class Visitor>
+void visit_weights(const ModelConfig& c, Weights& w, Visitor& v) {
+  const int H = c.hidden_size;
+  v.matrix("model.embed_tokens.weight", c.vocab_size, H, false, w.embed_tokens);
+  w.layers.resize(c.num_hidden_layers);
+  for (int i = 0; i < c.num_hidden_layers; ++i) visit_layer(c, i, w.layers[i], v);
+  v.vector("model.norm.weight", H, WeightSpec::kNormWeight, w.norm);
+  if (!c.tie_word_embeddings) v.matrix("lm_head.weight", c.vocab_size, H, false, w.lm_head);
+  w.has_mtp = c.has_mtp();
+  if (w.has_mtp) {
+    const int L = c.num_hidden_layers;
+    const std::string p = "model.layers." + std::to_string(L) + ".";
+    MtpWeights& m = w.mtp;
+    v.vector(p + "enorm.weight", H, WeightSpec::kNormWeight, m.enorm);
+    v.vector(p + "hnorm.weight", H, WeightSpec::kNormWeight, m.hnorm);
+    v.matrix(p + "eh_proj.weight", H, 2 * H, false, m.eh_proj);
+    v.matrix(p + "embed_tokens.weight", c.vocab_size, H, false, m.embed_tokens);
+    v.vector(p + "shared_head.norm.weight", H, WeightSpec::kNormWeight, m.shared_head_norm);
+    v.matrix(p + "shared_head.head.weight", c.vocab_size, H, false, m.shared_head_head);
+    visit_layer(c, L, m.block, v);
+  }
+}
+
+struct SpecCollector {
+  std::vector<WeightSpec> specs;
+  void matrix(const std::string& name, int rows, int cols, bool quantizable, Linear&) {
+    specs.push_back({name, {rows, cols}, quantizable, WeightSpec::kMatrix});
+  }
+  void vector(const std::string& name, int n, WeightSpec::Kind kind, Vector&) {
+    specs.push_back({name, {n}, false, kind});
+  }
+};
+
+struct Loader {
+  const ModelConfig& config;
+  const Checkpoint& checkpoint;
+
+  void matrix(const std::string& name, int rows, int cols, bool quantizable, Linear& out) {
+    const TensorView& t = checkpoint.get(name, {rows, cols});
+    out.rows = rows;
+    out.cols = cols;
+    out.data = t.data;
+    out.dtype = t.dtype;
+    if (t.dtype == DType::F8_E4M3) {
+      out.block_rows = config.fp8_block_rows;
+      out.block_cols = config.fp8_block_cols;
+      int64_t br = (rows + out.block_rows - 1) / out.block_rows;
+      int64_t bc = (cols + out.block_cols - 1) / out.block_cols;
+      const TensorView& s = checkpoint.get(name + "_scale_inv", {br, bc});
+      out.block_scale = to_f32(s);
+    } else {
+      check(t.dtype == DType::F32 || t.dtype == DType::BF16,
+            t.file + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
+                " (whale reads F32, BF16, F16 and F8_E4M3 matrices)" +
+                (t.dtype == DType::F16 ? "; convert F16 checkpoints with `whale convert`" : ""));
+    }
+  }
+
+  void vector(const std::string& name, int n, WeightSpec::Kind, Vector& out) {
+    out = to_f32(checkpoint.get(name, {n}));
+  }
+
+  static Vector to_f32(const TensorView& t) {
+    Vector v(static_cast<size_t>(t.numel()));
+    for (size_t i = 0; i < v.size(); ++i) {
+      switch (t.dtype) {
+        case DType::F32: std::memcpy(&v[i], t.data + 4 * i, 4); break;
+        case DType::BF16: case DType::F16: {
+          uint16_t b;
+          std::memcpy(&b, t.data + 2 * i, 2);
+          v[i] = t.dtype == DType::BF16 ? bf16_to_f32(b) : f16_to_f32(b);
+          break;
+        }
+        case DType::F8_E4M3: v[i] = e4m3_to_f32(t.data[i]); break;
+        default:
+          throw Error(t.file + ": tensor '" + t.name + "' has non-float dtype " +
+                      dtype_name(t.dtype));
+      }
+    }
+    return v;
+  }
+};
+
+}  // namespace
+
+Weights load_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
+  Weights w;
+  Loader loader{config, checkpoint};
+  visit_weights(config, w, loader);
+  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  return w;
+}
+
+std::vector<WeightSpec> weight_specs(const ModelConfig& config) {
+  Weights scratch;
+  SpecCollector collector;
+  visit_weights(config, scratch, collector);
+  return collector.specs;
+}
+
+}  // namespace whale

@@ -1,0 +1,90 @@
+// The weights of every architecture whale runs, by Hugging Face tensor name, as views into the
+// memory-mapped checkpoint (small vectors — norms, biases, routing bias — are copied to f32).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "ops/linear.h"
+
+namespace whale {
+
+using Vector = std::vector<float>;
+
+struct FeedForward {  // SwiGLU: down(silu(gate(x)) · up(x))
+  Linear gate_proj, up_proj, down_proj;
+  Vector gate_bias, up_bias, down_bias;  // Llama's mlp_bias only
+};
+
+struct Router {  // DeepSeekMoE gate
+  Linear weight;                   // [n_routed, hidden]
+  Vector e_score_correction_bias;  // V3: chooses experts, never weighs them
+};
+
+struct Moe {
+  Router router;
+  std::vector<FeedForward> experts;
+  FeedForward shared;  // all shared experts as one FFN of width n_shared · moe_intermediate
+  bool has_shared = false;
+};
+
+struct Indexer {  // V3.2 lightning indexer
+  Linear wq_b, wk, weights_proj;
+  Vector k_norm_weight, k_norm_bias;
+};
+
+struct MlaWeights {
+  Linear q_proj;                // without q-LoRA
+  Linear q_a_proj, q_b_proj;    // with q-LoRA
+  Vector q_a_layernorm;
+  Linear kv_a_proj_with_mqa, kv_b_proj, o_proj;
+  Vector kv_a_layernorm;
+  Indexer indexer;
+};
+
+struct DenseAttentionWeights {  // Qwen2 / Llama grouped-query attention
+  Linear q_proj, k_proj, v_proj, o_proj;
+  Vector q_bias, k_bias, v_bias, o_bias;
+};
+
+struct Layer {
+  Vector input_layernorm, post_attention_layernorm;
+  MlaWeights mla;
+  DenseAttentionWeights attn;
+  bool is_moe = false;
+  FeedForward mlp;
+  Moe moe;
+};
+
+struct MtpWeights {  // DeepSeek-V3 multi-token prediction module (D = 1)
+  Vector enorm, hnorm, shared_head_norm;
+  Linear eh_proj, embed_tokens, shared_head_head;
+  Layer block;
+};
+
+struct Weights {
+  Linear embed_tokens;  // rows are the embeddings
+  std::vector<Layer> layers;
+  Vector norm;
+  Linear lm_head;  // = embed_tokens when tied
+  bool has_mtp = false;
+  MtpWeights mtp;
+};
+
+// Loads every tensor the config implies, checking each shape; an absent or misshapen tensor
+// is an Error naming it. The checkpoint must outlive the weights.
+Weights load_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+
+// Every tensor name and shape the config implies, in a stable order, with whether it is a
+// matrix that fp8 checkpoints store quantized (then a `_scale_inv` companion exists).
+struct WeightSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool quantizable;  // a Linear that fp8 checkpoints store as e4m3 + weight_scale_inv
+  enum Kind { kMatrix, kNormWeight, kBias, kRoutingBias } kind;
+};
+std::vector<WeightSpec> weight_specs(const ModelConfig& config);
+
+}  // namespace whale

@@ -1,0 +1,101 @@
+#include "ops/linear.h"
+
+#include <omp.h>
+
+#include <cstring>
+
+#include "ops/kernels.h"
+
+namespace whale {
+
+void Linear::row_to_f32(int r, float* out) const {
+  size_t offset = static_cast<size_t>(r) * cols;
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, data + offset * 4, static_cast<size_t>(cols) * 4);
+      break;
+    case DType::BF16:
+      bf16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
+      break;
+    case DType::F8_E4M3: {
+      const uint8_t* w = data + offset;
+      const float* scales = block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      for (int c = 0; c < cols; ++c) out[c] = kE4M3ToF32[w[c]] * scales[c / block_cols];
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+float Linear::row_dot(int r, const float* x) const {
+  size_t offset = static_cast<size_t>(r) * cols;
+  switch (dtype) {
+    case DType::F32: {
+      const float* w = reinterpret_cast<const float*>(data) + offset;
+      return dot_f32(w, x, cols);
+    }
+    case DType::BF16:
+      return dot_bf16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
+    case DType::F8_E4M3: {
+      const uint8_t* w = data + offset;
+      const float* scales = block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      float sum = 0;
+      for (int c = 0, b = 0; c < cols; c += block_cols, ++b) {
+        int len = cols - c < block_cols ? cols - c : block_cols;
+        sum += scales[b] * dot_e4m3(w + c, x + c, len);
+      }
+      return sum;
+    }
+    default:
+      return 0;
+  }
+}
+
+void linear_forward(const Linear& w, const float* x, int T, float* y) {
+  const int rows = w.rows, cols = w.cols;
+  if (T == 1) {
+#pragma omp parallel for schedule(static) if (static_cast<size_t>(rows) * cols > 32768)
+    for (int r = 0; r < rows; ++r) y[r] = w.row_dot(r, x);
+    return;
+  }
+  // Several tokens: dequantize each row once, then dot it with every token.
+#pragma omp parallel if (static_cast<size_t>(rows) * cols * T > 32768)
+  {
+    std::vector<float> row(cols);
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+      if (w.dtype == DType::F32) {
+        const float* wr = reinterpret_cast<const float*>(w.data) + static_cast<size_t>(r) * cols;
+        for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = dot_f32(wr, x + static_cast<size_t>(t) * cols, cols);
+      } else {
+        w.row_to_f32(r, row.data());
+        for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
+      }
+    }
+  }
+}
+
+void linear_forward_reference(const Linear& w, const float* x, int T, float* y) {
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < w.rows; ++r) {
+      double sum = 0;
+      for (int c = 0; c < w.cols; ++c) {
+        size_t i = static_cast<size_t>(r) * w.cols + c;
+        float v;
+        if (w.dtype == DType::F32) std::memcpy(&v, w.data + i * 4, 4);
+        else if (w.dtype == DType::BF16) {
+          uint16_t b;
+          std::memcpy(&b, w.data + i * 2, 2);
+          v = bf16_to_f32(b);
+        } else {
+          int nb = (w.cols + w.block_cols - 1) / w.block_cols;
+          v = e4m3_to_f32(w.data[i]) * w.block_scale[(r / w.block_rows) * nb + c / w.block_cols];
+        }
+        sum += static_cast<double>(v) * x[static_cast<size_t>(t) * w.cols + c];
+      }
+      y[static_cast<size_t>(t) * w.rows + r] = static_cast<float>(sum);
+    }
+}
+
+}  // namespace whale

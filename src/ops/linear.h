@@ -1,0 +1,32 @@
+// A weight matrix W [rows = out, cols = in] used in its stored type: f32, bf16, or fp8 e4m3
+// with one f32 scale per block_rows × block_cols block (DeepSeek-V3's `weight_scale_inv`:
+// w = e4m3 · scale, multiply despite the name). Dequantization happens inside the products.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "tensor/dtype.h"
+
+namespace whale {
+
+struct Linear {
+  DType dtype = DType::F32;
+  int rows = 0, cols = 0;
+  const uint8_t* data = nullptr;      // rows × cols elements of dtype (not owned)
+  std::vector<float> block_scale;     // fp8 only: [ceil(rows/br), ceil(cols/bc)]
+  int block_rows = 128, block_cols = 128;
+
+  bool empty() const { return data == nullptr; }
+  size_t bytes() const { return static_cast<size_t>(rows) * cols * dtype_size(dtype); }
+  // Row r dequantized to f32 (out has cols elements).
+  void row_to_f32(int r, float* out) const;
+  // Dot product of row r with x (cols elements).
+  float row_dot(int r, const float* x) const;
+};
+
+// y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows.
+void linear_forward(const Linear& w, const float* x, int T, float* y);
+// Scalar reference: dequantizes each element with the scalar conversions, sums in double.
+void linear_forward_reference(const Linear& w, const float* x, int T, float* y);
+
+}  // namespace whale
