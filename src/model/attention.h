@@ -16,6 +16,13 @@ namespace whale {
 // single-token decode. Both give the same result.
 enum class AttentionPath { kAuto, kNaive, kAbsorbed };
 
+struct ForwardOptions {
+  AttentionPath attention = AttentionPath::kAuto;
+  // V3.2: attend only to the indexer's top-k (the published model). false gives dense
+  // attention, as in DSA's dense warm-up stage; the indexer still runs and fills its cache.
+  bool sparse_attention = true;
+};
+
 // Which cached positions each of T queries may attend to: allowed[t][s] for s < pos0 + t + 1.
 // Empty means plain causal attention.
 using AttentionMask = std::vector<std::vector<char>>;
@@ -23,7 +30,7 @@ using AttentionMask = std::vector<std::vector<char>>;
 // Appends the T tokens' entries to `cache` and returns the attention output [T, hidden].
 // `h` is the normed input [T, hidden]; positions are pos0 .. pos0 + T - 1.
 void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
-                 int T, int pos0, LayerCache& cache, AttentionPath path, float* out);
+                 int T, int pos0, LayerCache& cache, const ForwardOptions& options, float* out);
 
 // V3.2 lightning indexer: scores every causal position for each query and keeps the top
 // index_topk. Appends the T tokens' indexer keys to `cache`. c_q is the normed query latent.

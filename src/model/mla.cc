@@ -12,7 +12,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 }
 
 void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
-                 int T, int pos0, LayerCache& cache, AttentionPath path, float* out) {
+                 int T, int pos0, LayerCache& cache, const ForwardOptions& options, float* out) {
   const int H = c.hidden_size, heads = c.num_attention_heads;
   const int nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim, vdim = c.v_head_dim;
   const int qk = c.qk_head_dim(), kvr = c.kv_lora_rank, width = kvr + rope_dim;
@@ -48,9 +48,12 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   const float* latents = cache.kv.data();  // [L, width]
 
   AttentionMask allowed;
-  if (c.has_indexer())
+  if (c.has_indexer()) {
     allowed = indexer_select(c, w.indexer, rope, h, c_q.data(), T, pos0, cache);
+    if (!options.sparse_attention) allowed.clear();
+  }
 
+  const AttentionPath path = options.attention;
   bool absorbed = path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && T == 1);
   const int kv_b_rows_per_head = nope + vdim;
   std::vector<float> attn(static_cast<size_t>(T) * heads * vdim);

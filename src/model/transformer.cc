@@ -33,7 +33,7 @@ void Model::block_forward(const Layer& layer, float* x, int T, int pos0, LayerCa
   for (int t = 0; t < T; ++t)
     rms_norm(x + t * H, layer.input_layernorm.data(), H, c.rms_norm_eps, normed.data() + t * H);
   if (c.is_deepseek())
-    mla_forward(c, layer.mla, rope_, normed.data(), T, pos0, cache, options.attention, delta.data());
+    mla_forward(c, layer.mla, rope_, normed.data(), T, pos0, cache, options, delta.data());
   else
     dense_attention_forward(c, layer.attn, rope_, normed.data(), T, pos0, cache, delta.data());
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];

@@ -12,10 +12,6 @@
 
 namespace whale {
 
-struct ForwardOptions {
-  AttentionPath attention = AttentionPath::kAuto;
-};
-
 class Model {
  public:
   // Opens DIR/config.json and the safetensors weights (memory-mapped, nothing copied).

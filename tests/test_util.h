@@ -1,0 +1,72 @@
+// Shared helpers for the tests: where the fixtures are, running the whale binary, comparing.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "base/file.h"
+
+namespace whale::testing {
+
+inline std::string source_dir() { return WHALE_SOURCE_DIR; }
+inline std::string golden_dir(const std::string& name) {
+  return source_dir() + "/tests/golden/fixtures/" + name;
+}
+inline std::vector<int> golden_tokens(const std::string& name) {
+  auto j = nlohmann::json::parse(read_file(golden_dir(name) + "/tokens.json"));
+  return j["tokens"].get<std::vector<int>>();
+}
+
+// A fresh temporary folder, removed at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/whale-test-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+struct RunResult {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+// Runs the whale binary with the given arguments (a shell-quoted string).
+inline RunResult run_whale(const std::string& args) {
+  std::string command = std::string(WHALE_BINARY) + " " + args + " 2>&1";
+  RunResult r{-1, ""};
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// max |a − b| / max |b|: the error relative to the scale of the reference.
+inline double relative_max_error(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(b[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+inline std::string join_ids(const std::vector<int>& ids) {
+  std::string s;
+  for (int id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
+  return s;
+}
+
+}  // namespace whale::testing
