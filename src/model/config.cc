@@ -157,6 +157,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 }
 
 ModelConfig ModelConfig::load(const std::string& model_dir) {
+  check(std::filesystem::is_directory(model_dir), model_dir + ": not a directory");
   std::string path = (std::filesystem::path(model_dir) / "config.json").string();
   check(std::filesystem::exists(path), model_dir + ": no config.json (is this a model folder?)");
   json j;
