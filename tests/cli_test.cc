@@ -26,7 +26,8 @@ TEST_P(InitRoundTrip, PrefillDecodeAndBothMlaFormsAgree) {
   const Case& k = GetParam();
   TempDir tmp;
   std::string dir = tmp / "model";
-  auto r = run_whale("init --preset " + k.preset + " --dtype " + k.dtype + " --seed 3 --out " + dir);
+  auto r =
+      run_whale("init --preset " + k.preset + " --dtype " + k.dtype + " --seed 3 --out " + dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(std::filesystem::exists(dir + "/config.json"));
   ASSERT_TRUE(std::filesystem::exists(dir + "/model.safetensors"));
@@ -46,7 +47,8 @@ TEST_P(InitRoundTrip, PrefillDecodeAndBothMlaFormsAgree) {
 
   // 40 tokens: longer than the tiny V3.2 preset's index_topk (16), so sparsity is exercised.
   std::string tokens;
-  for (int i = 0; i < 40; ++i) tokens += (i ? "," : "") + std::to_string((i * 37 + 5) % c.vocab_size);
+  for (int i = 0; i < 40; ++i)
+    tokens += (i ? "," : "") + std::to_string((i * 37 + 5) % c.vocab_size);
   std::vector<std::string> variants = {"", "--step"};
   if (c.is_deepseek()) {
     variants.push_back("--attention absorbed");
@@ -59,18 +61,23 @@ TEST_P(InitRoundTrip, PrefillDecodeAndBothMlaFormsAgree) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     NpyArray a = read_npy(out);
     ASSERT_EQ(a.shape, (std::vector<size_t>{40, static_cast<size_t>(c.vocab_size)}));
-    if (reference.empty()) reference = a.data;
-    else EXPECT_LT(relative_max_error(a.data, reference), 1e-5) << v;
+    if (reference.empty())
+      reference = a.data;
+    else
+      EXPECT_LT(relative_max_error(a.data, reference), 1e-5) << v;
   }
   if (c.has_mtp()) {
     std::vector<float> mtp_reference;
     for (std::string v : {"--mtp", "--mtp --step"}) {
-      r = run_whale("logits --model " + dir + " --tokens " + tokens + " --out " + (tmp / "m.npy") + " " + v);
+      r = run_whale("logits --model " + dir + " --tokens " + tokens + " --out " + (tmp / "m.npy") +
+                    " " + v);
       ASSERT_EQ(r.exit_code, 0) << r.output;
       NpyArray a = read_npy(tmp / "m.npy");
       ASSERT_EQ(a.shape, (std::vector<size_t>{39, static_cast<size_t>(c.vocab_size)}));
-      if (mtp_reference.empty()) mtp_reference = a.data;
-      else EXPECT_LT(relative_max_error(a.data, mtp_reference), 1e-5);
+      if (mtp_reference.empty())
+        mtp_reference = a.data;
+      else
+        EXPECT_LT(relative_max_error(a.data, mtp_reference), 1e-5);
     }
   }
 
@@ -90,23 +97,25 @@ TEST_P(InitRoundTrip, PrefillDecodeAndBothMlaFormsAgree) {
   const float* last = g.data.data() + 2 * c.vocab_size;
   EXPECT_EQ(ids[0], std::max_element(last, last + c.vocab_size) - last);
   // Sampling with a seed is reproducible too.
-  r = run_whale("generate --model " + dir + " --tokens 5,6,7 -n 8 --temperature 1 --top-p 0.9 --top-k 50 --seed 4");
-  again = run_whale("generate --model " + dir + " --tokens 5,6,7 -n 8 --temperature 1 --top-p 0.9 --top-k 50 --seed 4");
+  r = run_whale("generate --model " + dir +
+                " --tokens 5,6,7 -n 8 --temperature 1 --top-p 0.9 --top-k 50 --seed 4");
+  again = run_whale("generate --model " + dir +
+                    " --tokens 5,6,7 -n 8 --temperature 1 --top-p 0.9 --top-k 50 --seed 4");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output, again.output);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Presets, InitRoundTrip,
-    ::testing::Values(Case{"tiny", "bf16"}, Case{"tiny", "fp8"}, Case{"tiny", "f32"},
-                      Case{"tiny-v2", "bf16"}, Case{"tiny-v32", "bf16"}, Case{"tiny-v32", "fp8"},
-                      Case{"tiny-qwen2", "bf16"}, Case{"tiny-llama", "f32"}),
-    [](const auto& info) {
-      std::string name = info.param.preset + "_" + info.param.dtype;
-      for (char& ch : name)
-        if (ch == '-') ch = '_';
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Presets, InitRoundTrip,
+                         ::testing::Values(Case{"tiny", "bf16"}, Case{"tiny", "fp8"},
+                                           Case{"tiny", "f32"}, Case{"tiny-v2", "bf16"},
+                                           Case{"tiny-v32", "bf16"}, Case{"tiny-v32", "fp8"},
+                                           Case{"tiny-qwen2", "bf16"}, Case{"tiny-llama", "f32"}),
+                         [](const auto& info) {
+                           std::string name = info.param.preset + "_" + info.param.dtype;
+                           for (char& ch : name)
+                             if (ch == '-') ch = '_';
+                           return name;
+                         });
 
 TEST(Cli, ShardedInitLoadsAndMatchesSingleFile) {
   TempDir tmp;
@@ -131,12 +140,14 @@ TEST(Cli, BadInputGetsOneLineErrorAndExitCodeOne) {
   std::vector<Bad> cases = {
       {"info --model " + (tmp / "nothing"), "not a directory"},
       {"info --model " + tmp.path.string(), "no config.json"},
-      {"logits --model " + (tmp / "m") + " --tokens 1,x,3 --out " + (tmp / "o.npy"), "bad token id 'x'"},
+      {"logits --model " + (tmp / "m") + " --tokens 1,x,3 --out " + (tmp / "o.npy"),
+       "bad token id 'x'"},
       {"logits --model " + (tmp / "m") + " --tokens 1,99999 --out " + (tmp / "o.npy"),
        "token id 99999 at position 1 is outside the vocabulary"},
       {"generate --model " + (tmp / "m") + " --tokens 1 --top-p 0", "top-p"},
       {"init --preset nope --out " + (tmp / "x"), "unknown preset 'nope'"},
-      {"logits --model " + (tmp / "m") + " --tokens 1 --mtp --out " + (tmp / "o.npy"), "at least two"},
+      {"logits --model " + (tmp / "m") + " --tokens 1 --mtp --out " + (tmp / "o.npy"),
+       "at least two"},
   };
   for (const Bad& b : cases) {
     auto r = run_whale(b.args);

@@ -1,8 +1,9 @@
 // config.json parsing: defaults, every supported model_type, and clear errors.
+#include "model/config.h"
+
 #include <gtest/gtest.h>
 
 #include "base/error.h"
-#include "model/config.h"
 #include "model/kv_cache.h"
 
 namespace whale {
@@ -39,9 +40,11 @@ TEST(Config, AbsentFieldsTakeHuggingFaceDefaults) {
   // V3's KV cache: 61 layers × (512 + 64) numbers per token.
   EXPECT_EQ(kv_cache_bytes_per_token(v3), 61u * 576 * sizeof(float));
 
-  ModelConfig v2 = ModelConfig::from_json(
-      {{"model_type", "deepseek_v2"}, {"q_lora_rank", nullptr}, {"n_routed_experts", 64},
-       {"num_experts_per_tok", 6}}, "c");
+  ModelConfig v2 = ModelConfig::from_json({{"model_type", "deepseek_v2"},
+                                           {"q_lora_rank", nullptr},
+                                           {"n_routed_experts", 64},
+                                           {"num_experts_per_tok", 6}},
+                                          "c");
   EXPECT_EQ(v2.q_lora_rank, 0);
   EXPECT_EQ(v2.scoring_func, "softmax");
   EXPECT_EQ(v2.topk_method, "greedy");
@@ -54,15 +57,20 @@ TEST(Config, AbsentFieldsTakeHuggingFaceDefaults) {
   // Plus the indexer's FP8 key: 128 codes and one f32 scale per layer.
   EXPECT_EQ(kv_cache_bytes_per_token(v32), 61u * (576 * sizeof(float) + 128 + 4));
 
-  ModelConfig qwen = ModelConfig::from_json({{"model_type", "qwen2"}, {"num_key_value_heads", 4}}, "c");
+  ModelConfig qwen =
+      ModelConfig::from_json({{"model_type", "qwen2"}, {"num_key_value_heads", 4}}, "c");
   EXPECT_TRUE(qwen.attention_bias);
   EXPECT_EQ(kv_cache_bytes_per_token(qwen), 32u * 2 * 4 * 128 * sizeof(float));
 }
 
 TEST(Config, YarnScalesTheSoftmax) {
   json j = {{"model_type", "deepseek_v3"},
-            {"rope_scaling", {{"type", "yarn"}, {"factor", 40}, {"mscale", 1.0},
-                              {"mscale_all_dim", 1.0}, {"original_max_position_embeddings", 4096}}}};
+            {"rope_scaling",
+             {{"type", "yarn"},
+              {"factor", 40},
+              {"mscale", 1.0},
+              {"mscale_all_dim", 1.0},
+              {"original_max_position_embeddings", 4096}}}};
   ModelConfig c = ModelConfig::from_json(j, "c");
   double m = 0.1 * std::log(40.0) + 1;
   EXPECT_NEAR(c.softmax_scale(), m * m / std::sqrt(192.0), 1e-12);
@@ -72,13 +80,17 @@ TEST(Config, YarnScalesTheSoftmax) {
 
 TEST(Config, FP8QuantizationConfig) {
   json j = {{"model_type", "deepseek_v3"},
-            {"quantization_config", {{"quant_method", "fp8"}, {"fmt", "e4m3"},
-                                     {"weight_block_size", {128, 128}}, {"scale_fmt", "ue8m0"}}}};
+            {"quantization_config",
+             {{"quant_method", "fp8"},
+              {"fmt", "e4m3"},
+              {"weight_block_size", {128, 128}},
+              {"scale_fmt", "ue8m0"}}}};
   ModelConfig c = ModelConfig::from_json(j, "c");
   EXPECT_TRUE(c.fp8);
   EXPECT_EQ(c.scale_fmt, "ue8m0");
   j["quantization_config"]["quant_method"] = "gptq";
-  EXPECT_NE(error_of(j).find("unsupported quantization_config.quant_method 'gptq'"), std::string::npos);
+  EXPECT_NE(error_of(j).find("unsupported quantization_config.quant_method 'gptq'"),
+            std::string::npos);
 }
 
 TEST(Config, BadConfigsGetClearErrors) {
@@ -88,7 +100,8 @@ TEST(Config, BadConfigsGetClearErrors) {
   EXPECT_NE(error_of({{"model_type", "deepseek_v3"}, {"hidden_size", "big"}})
                 .find("field 'hidden_size' has the wrong type"),
             std::string::npos);
-  EXPECT_NE(error_of({{"model_type", "deepseek_v3"}, {"hidden_size", 0}}).find("'hidden_size' must be positive"),
+  EXPECT_NE(error_of({{"model_type", "deepseek_v3"}, {"hidden_size", 0}})
+                .find("'hidden_size' must be positive"),
             std::string::npos);
   EXPECT_NE(error_of({{"model_type", "deepseek_v3"}, {"n_routed_experts", 10}})
                 .find("not a multiple of n_group"),
@@ -103,7 +116,8 @@ TEST(Config, BadConfigsGetClearErrors) {
             std::string::npos);
   EXPECT_NE(error_of({{"model_type", "deepseek_v32"}, {"index_head_dim", 96}}).find("power of two"),
             std::string::npos);
-  EXPECT_NE(error_of({{"model_type", "deepseek_v32"}, {"q_lora_rank", nullptr}}).find("needs q_lora_rank"),
+  EXPECT_NE(error_of({{"model_type", "deepseek_v32"}, {"q_lora_rank", nullptr}})
+                .find("needs q_lora_rank"),
             std::string::npos);
   EXPECT_NE(error_of({{"model_type", "llama"}, {"num_key_value_heads", 5}})
                 .find("not a multiple of num_key_value_heads"),

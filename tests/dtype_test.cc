@@ -1,16 +1,16 @@
+#include "tensor/dtype.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
-
-#include "tensor/dtype.h"
 
 namespace whale {
 namespace {
 
 TEST(DType, E4M3TableHasTheFormatsKnownValues) {
   EXPECT_EQ(e4m3_to_f32(0x00), 0.0f);
-  EXPECT_EQ(e4m3_to_f32(0x38), 1.0f);            // exponent 7 = bias
-  EXPECT_EQ(e4m3_to_f32(0x7e), 448.0f);          // largest finite
+  EXPECT_EQ(e4m3_to_f32(0x38), 1.0f);                  // exponent 7 = bias
+  EXPECT_EQ(e4m3_to_f32(0x7e), 448.0f);                // largest finite
   EXPECT_EQ(e4m3_to_f32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
   EXPECT_EQ(e4m3_to_f32(0x08), std::ldexp(1.0f, -6));  // smallest normal
   EXPECT_EQ(e4m3_to_f32(0xb8), -1.0f);
@@ -25,10 +25,10 @@ TEST(DType, E4M3RoundTripsEveryFiniteCodeAndRoundsToNearestEven) {
     if (code == 0x80) continue;  // -0 encodes as 0x80 or 0x00; both decode to zero
     EXPECT_EQ(f32_to_e4m3(v), code) << code;
   }
-  EXPECT_EQ(f32_to_e4m3(1000.0f), 0x7e);    // saturates
+  EXPECT_EQ(f32_to_e4m3(1000.0f), 0x7e);  // saturates
   EXPECT_EQ(f32_to_e4m3(-1000.0f), 0xfe);
-  EXPECT_EQ(f32_to_e4m3(1.0625f), 0x38);    // halfway 1 and 1.125: to even (1.0)
-  EXPECT_EQ(f32_to_e4m3(1.1875f), 0x3a);    // halfway 1.125 and 1.25: to even (1.25)
+  EXPECT_EQ(f32_to_e4m3(1.0625f), 0x38);  // halfway 1 and 1.125: to even (1.0)
+  EXPECT_EQ(f32_to_e4m3(1.1875f), 0x3a);  // halfway 1.125 and 1.25: to even (1.25)
   EXPECT_EQ(f32_to_e4m3(1.07f), 0x39);
 }
 

@@ -102,9 +102,9 @@ TEST(GoldenCli, LogitsCommandWritesReferenceLogits) {
     EXPECT_LT(relative_max_error(got.data, expected.data), kTolerance);
   }
   auto tokens = golden_tokens("v3_sharded");
-  auto r = testing::run_whale("logits --mtp --step --model " + golden_dir("v3_sharded") +
-                              " --tokens " + testing::join_ids(tokens) + " --out " +
-                              (tmp / "m.npy"));
+  auto r =
+      testing::run_whale("logits --mtp --step --model " + golden_dir("v3_sharded") + " --tokens " +
+                         testing::join_ids(tokens) + " --out " + (tmp / "m.npy"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   NpyArray got = read_npy(tmp / "m.npy");
   NpyArray expected = read_npy(golden_dir("v3_sharded") + "/mtp_logits.npy");

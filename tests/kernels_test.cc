@@ -1,10 +1,11 @@
 // Every SIMD kernel against its scalar reference, on random data of awkward lengths.
+#include "ops/kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
-#include "ops/kernels.h"
 #include "ops/linear.h"
 #include "tensor/dtype.h"
 
@@ -30,8 +31,19 @@ TEST(Kernels, DotProductsMatchScalarReferences) {
     }
     const float tol = 1e-5f * std::sqrt(static_cast<float>(n)) * 4;
     EXPECT_NEAR(dot_f32(a.data(), b.data(), n), dot_f32_reference(a.data(), b.data(), n), tol) << n;
-    EXPECT_NEAR(dot_bf16(a16.data(), b.data(), n), dot_bf16_reference(a16.data(), b.data(), n), tol) << n;
-    EXPECT_NEAR(dot_e4m3(a8.data(), b.data(), n), dot_e4m3_reference(a8.data(), b.data(), n), tol * 50) << n;
+    EXPECT_NEAR(dot_bf16(a16.data(), b.data(), n), dot_bf16_reference(a16.data(), b.data(), n), tol)
+        << n;
+    std::vector<uint16_t> a_half(n);
+    for (size_t i = 0; i < n; ++i) a_half[i] = f32_to_f16(a[i]);
+    EXPECT_NEAR(dot_f16(a_half.data(), b.data(), n), dot_f16_reference(a_half.data(), b.data(), n),
+                tol)
+        << n;
+    std::vector<float> halves(n);
+    f16_to_f32(a_half.data(), halves.data(), n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(halves[i], whale::f16_to_f32(a_half[i]));
+    EXPECT_NEAR(dot_e4m3(a8.data(), b.data(), n), dot_e4m3_reference(a8.data(), b.data(), n),
+                tol * 50)
+        << n;
     std::vector<float> converted(n), y = b, y_ref = b;
     bf16_to_f32(a16.data(), converted.data(), n);
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(converted[i], bf16_to_f32(a16[i]));
@@ -46,7 +58,7 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
   for (int rows : {1, 5, 130}) {
     for (int cols : {3, 64, 200}) {
       auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
-      for (DType dtype : {DType::F32, DType::BF16, DType::F8_E4M3}) {
+      for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
         std::vector<uint8_t> bytes(w.size() * dtype_size(dtype));
         Linear lin;
         lin.dtype = dtype;
@@ -54,9 +66,9 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
         lin.cols = cols;
         if (dtype == DType::F32) {
           std::memcpy(bytes.data(), w.data(), bytes.size());
-        } else if (dtype == DType::BF16) {
+        } else if (dtype == DType::BF16 || dtype == DType::F16) {
           for (size_t i = 0; i < w.size(); ++i) {
-            uint16_t b = f32_to_bf16(w[i]);
+            uint16_t b = dtype == DType::BF16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
             std::memcpy(bytes.data() + 2 * i, &b, 2);
           }
         } else {

@@ -1,5 +1,7 @@
 // safetensors reading and writing, sharded checkpoints, FP8 weights, and every hostile file
 // the reader must refuse with an error naming the file and the tensor.
+#include "io/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,7 +9,6 @@
 
 #include "base/error.h"
 #include "base/npy.h"
-#include "io/safetensors.h"
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -74,7 +75,8 @@ TEST(Safetensors, RejectsHostileFiles) {
                   {"'w'", "begin > end"});
   expect_rejected(raw_file(R"({"w": {"dtype": "F32", "shape": [1]}})", 4), {"'w'", "data_offsets"});
   expect_rejected(raw_file(R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296],
-                               "data_offsets": [0, 4]}})", 4),
+                               "data_offsets": [0, 4]}})",
+                           4),
                   {"'w'", "absurd"});
   expect_rejected(raw_file(R"({"__metadata__": {"a": 1}})", 0), {"__metadata__"});
 }
@@ -105,8 +107,7 @@ std::string copy_model(const std::string& name, const TempDir& tmp) {
 }
 
 // Rewrites a model's single safetensors file through `edit` (which may rename, reshape or drop).
-void rewrite_weights(const std::string& dir,
-                     const std::function<bool(TensorData&)>& edit) {
+void rewrite_weights(const std::string& dir, const std::function<bool(TensorData&)>& edit) {
   std::vector<TensorData> tensors;
   {
     SafetensorsFile file(dir + "/model.safetensors");
@@ -131,7 +132,9 @@ void expect_load_error(const std::string& dir, std::vector<std::string> needles)
 TEST(Checkpoint, MissingAndMisshapenTensorsAreNamed) {
   TempDir tmp;
   std::string dir = copy_model("v2_lite", tmp);
-  rewrite_weights(dir, [](TensorData& t) { return t.spec.name != "model.layers.1.mlp.experts.3.up_proj.weight"; });
+  rewrite_weights(dir, [](TensorData& t) {
+    return t.spec.name != "model.layers.1.mlp.experts.3.up_proj.weight";
+  });
   expect_load_error(dir, {"missing tensor 'model.layers.1.mlp.experts.3.up_proj.weight'"});
 
   TempDir tmp2;
@@ -184,7 +187,8 @@ TEST(Checkpoint, ShardedAndSingleFileGiveIdenticalLogits) {
                      std::vector<uint8_t>(view->data, view->data + view->nbytes)});
   }
   for (auto& entry : fs::directory_iterator(dir))
-    if (entry.path().extension() != ".json" || entry.path().filename() == "model.safetensors.index.json")
+    if (entry.path().extension() != ".json" ||
+        entry.path().filename() == "model.safetensors.index.json")
       fs::remove(entry.path());
   fs::copy_file(golden_dir("v3_sharded") + "/tokens.json", dir + "/tokens.json",
                 fs::copy_options::overwrite_existing);
@@ -239,8 +243,10 @@ TEST(Checkpoint, Fp8MatchesItsDequantizedCopy) {
     write_safetensors(dir + "/model.safetensors", out);
     auto logits = logits_of(dir, tokens);
     double err = testing::relative_max_error(logits, fp8);
-    if (target == DType::F32) EXPECT_LT(err, 1e-5);
-    else EXPECT_LT(err, 2e-2);  // bf16 keeps 8 bits of each dequantized weight
+    if (target == DType::F32)
+      EXPECT_LT(err, 1e-5);
+    else
+      EXPECT_LT(err, 2e-2);  // bf16 keeps 8 bits of each dequantized weight
   }
 }
 

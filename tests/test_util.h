@@ -14,7 +14,9 @@
 
 namespace whale::testing {
 
-inline std::string source_dir() { return WHALE_SOURCE_DIR; }
+inline std::string source_dir() {
+  return WHALE_SOURCE_DIR;
+}
 inline std::string golden_dir(const std::string& name) {
   return source_dir() + "/tests/golden/fixtures/" + name;
 }

@@ -9,9 +9,16 @@ namespace whale {
 std::string si(double v) {
   const char* prefixes[] = {"", "k", "M", "G", "T"};
   int i = 0;
-  while (v >= 1000 && i < 4) { v /= 1000; ++i; }
+  while (v >= 1000 && i < 4) {
+    v /= 1000;
+    ++i;
+  }
   char buf[32];
-  std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : v < 100 ? "%.1f %s" : "%.0f %s", v, prefixes[i]);
+  std::snprintf(buf, sizeof buf,
+                v < 10    ? "%.2f %s"
+                : v < 100 ? "%.1f %s"
+                          : "%.0f %s",
+                v, prefixes[i]);
   return buf;
 }
 
@@ -20,7 +27,9 @@ Progress::Progress(std::string label, size_t total, std::string unit)
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::advance(size_t amount) {
   done_ += amount;

@@ -13,7 +13,8 @@
 namespace whale {
 
 void add_demo_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("demo", "Run whale's main job on a built-in default (no downloads)");
+  auto* cmd =
+      app.add_subcommand("demo", "Run whale's main job on a built-in default (no downloads)");
   static std::string out = "runs/demo", preset = "small";
   static int tokens = 32;
   cmd->add_option("--out", out, "Folder for the demo model (default runs/demo)");
@@ -29,10 +30,11 @@ void add_demo_command(CLI::App& app) {
     auto model = Model::load(dir);
     const ModelConfig& c = model->config();
     Model::ParamCounts p = model->parameter_counts();
-    std::printf("2. %s: %d layers, %s parameters (%s active per token, MTP %s), KV cache %zu "
-                "bytes/token\n",
-                c.model_type.c_str(), c.num_hidden_layers, si(p.total).c_str(),
-                si(p.active).c_str(), si(p.mtp).c_str(), kv_cache_bytes_per_token(c));
+    std::printf(
+        "2. %s: %d layers, %s parameters (%s active per token, MTP %s), KV cache %zu "
+        "bytes/token\n",
+        c.model_type.c_str(), c.num_hidden_layers, si(p.total).c_str(), si(p.active).c_str(),
+        si(p.mtp).c_str(), kv_cache_bytes_per_token(c));
     std::vector<int> prompt = {c.bos_token_id, 11, 12, 13, 14, 15, 16, 17};
     GenerateOptions options;
     options.max_new_tokens = tokens;
@@ -41,11 +43,14 @@ void add_demo_command(CLI::App& app) {
     options.sampling.seed = 7;
     GenerateStats s;
     std::printf("3. generate %d tokens (random weights, so the ids are noise):\n   ", tokens);
-    generate(*model, prompt, options, [](int t) {
-      std::printf("%d ", t);
-      std::fflush(stdout);
-      return true;
-    }, &s);
+    generate(
+        *model, prompt, options,
+        [](int t) {
+          std::printf("%d ", t);
+          std::fflush(stdout);
+          return true;
+        },
+        &s);
     std::printf("\n   prefill %.0f tok/s, decode %.1f tok/s\n", s.prompt_tokens / s.prefill_seconds,
                 s.generated_tokens / s.decode_seconds);
   });

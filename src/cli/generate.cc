@@ -27,18 +27,24 @@ void add_generate_command(CLI::App& app) {
     options.stop_at_eos = !ignore_eos;
     bool first = true;
     GenerateStats s;
-    generate(*model, prompt, options, [&](int token) {
-      std::printf(first ? "%d" : " %d", token);
-      std::fflush(stdout);
-      first = false;
-      return true;
-    }, &s);
+    generate(
+        *model, prompt, options,
+        [&](int token) {
+          std::printf(first ? "%d" : " %d", token);
+          std::fflush(stdout);
+          first = false;
+          return true;
+        },
+        &s);
     std::printf("\n");
+    std::fflush(stdout);
     if (stats)
-      std::fprintf(stderr, "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
-                   s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
-                   s.generated_tokens, s.decode_seconds,
-                   s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
+      std::fprintf(
+          stderr,
+          "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
+          s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
+          s.generated_tokens, s.decode_seconds,
+          s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
   });
 }
 

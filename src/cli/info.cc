@@ -1,10 +1,10 @@
 #include <chrono>
 
+#include "base/progress.h"
 #include "cli/commands.h"
 #include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "ops/kernels.h"
-#include "base/progress.h"
 
 namespace whale {
 
@@ -57,7 +57,7 @@ void add_info_command(CLI::App& app) {
                 si(p.active).c_str());
     if (p.mtp) std::printf(", MTP %s", si(p.mtp).c_str());
     std::printf("\nKV cache         %zu bytes per token (f32 entries)\n", kv);
-    std::printf("weights          %s B%s, opened in %.3f s\n",
+    std::printf("weights          %sB%s, opened in %.3f s\n",
                 si(model->checkpoint().total_bytes()).c_str(), c.fp8 ? " (fp8)" : "", load_s);
     std::printf("SIMD             %s\n", simd_target_name().c_str());
   });

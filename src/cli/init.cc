@@ -9,8 +9,9 @@ namespace whale {
 
 void add_init_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "init", "Write a randomly initialized model in the Hugging Face layout (config.json + "
-              "model.safetensors)");
+      "init",
+      "Write a randomly initialized model in the Hugging Face layout (config.json + "
+      "model.safetensors)");
   static std::string config_file, preset, out, dtype = "bf16";
   static uint64_t seed = 0;
   static double shard_gb = 4.0;

@@ -6,8 +6,8 @@
 namespace whale {
 
 void add_logits_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand(
-      "logits", "Write the logits of a token sequence as float32 .npy [T, vocab]");
+  auto* cmd = app.add_subcommand("logits",
+                                 "Write the logits of a token sequence as float32 .npy [T, vocab]");
   static std::string model_dir, tokens_text, out, attention = "auto";
   static bool mtp = false, step = false;
   cmd->add_option("--model", model_dir, "Model folder")->required();
@@ -47,8 +47,8 @@ void add_logits_command(CLI::App& app) {
     KVCache mtp_cache = model->new_mtp_cache();
     if (step) {
       for (int t = 0; t + 1 < T; ++t)
-        model->mtp_forward(&tokens[t + 1], hidden.data() + static_cast<size_t>(t) * H, 1,
-                           mtp_cache, mtp_logits.data() + static_cast<size_t>(t) * V, options);
+        model->mtp_forward(&tokens[t + 1], hidden.data() + static_cast<size_t>(t) * H, 1, mtp_cache,
+                           mtp_logits.data() + static_cast<size_t>(t) * V, options);
     } else {
       model->mtp_forward(tokens.data() + 1, hidden.data(), T - 1, mtp_cache, mtp_logits.data(),
                          options);

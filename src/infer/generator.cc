@@ -25,7 +25,8 @@ std::vector<int> generate(const Model& model, const std::vector<int>& prompt,
   std::vector<float> step(c.vocab_size);
   for (int i = 0; i < options.max_new_tokens; ++i) {
     int token = sampler.sample(last, c.vocab_size);
-    bool eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token) != c.eos_token_ids.end();
+    bool eos =
+        std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token) != c.eos_token_ids.end();
     if (options.stop_at_eos && eos) break;
     out.push_back(token);
     if (on_token && !on_token(token)) break;

@@ -9,7 +9,9 @@
 
 namespace whale {
 
-int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
+int argmax(const float* x, int n) {
+  return static_cast<int>(std::max_element(x, x + n) - x);
+}
 
 Sampler::Sampler(const SamplingParams& p) : params_(p), rng_(p.seed) {
   check(p.temperature >= 0 && std::isfinite(p.temperature), "temperature must be >= 0");
@@ -27,7 +29,8 @@ int Sampler::sample(const float* logits, int vocab) {
   ids.resize(keep);
   std::vector<double> p(keep);
   double max = logits[ids[0]], sum = 0;
-  for (int i = 0; i < keep; ++i) sum += p[i] = std::exp((logits[ids[i]] - max) / params_.temperature);
+  for (int i = 0; i < keep; ++i)
+    sum += p[i] = std::exp((logits[ids[i]] - max) / params_.temperature);
   double mass = 0;
   int cut = keep;
   for (int i = 0; i < keep; ++i) {

@@ -8,8 +8,8 @@ namespace whale {
 
 struct SamplingParams {
   float temperature = 0.0f;
-  int top_k = 0;        // 0: no limit
-  float top_p = 1.0f;   // 1: no limit
+  int top_k = 0;       // 0: no limit
+  float top_p = 1.0f;  // 1: no limit
   uint64_t seed = 0;
 };
 

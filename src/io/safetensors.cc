@@ -32,7 +32,9 @@ static std::string shape_to_string(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-std::string TensorView::shape_string() const { return shape_to_string(shape); }
+std::string TensorView::shape_string() const {
+  return shape_to_string(shape);
+}
 
 static constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // as the reference library
 
@@ -112,10 +114,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                                   std::to_string(end) + ") run past the data (" +
                                   std::to_string(data_size) + " bytes)");
       uint64_t expected = static_cast<uint64_t>(count) * dtype_size(view.dtype);
-      check(end - begin == expected,
-            where + " shape " + view.shape_string() + " x " + dtype + " needs " +
-                std::to_string(expected) + " bytes but data_offsets give " +
-                std::to_string(end - begin));
+      check(end - begin == expected, where + " shape " + view.shape_string() + " x " + dtype +
+                                         " needs " + std::to_string(expected) +
+                                         " bytes but data_offsets give " +
+                                         std::to_string(end - begin));
       view.data = data + begin;
       view.nbytes = end - begin;
       ranges.push_back({begin, end});

@@ -29,17 +29,15 @@ using AttentionMask = std::vector<std::vector<char>>;
 
 // Appends the T tokens' entries to `cache` and returns the attention output [T, hidden].
 // `h` is the normed input [T, hidden]; positions are pos0 .. pos0 + T - 1.
-void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
-                 int T, int pos0, LayerCache& cache, const ForwardOptions& options, float* out);
+void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h, int T,
+                 int pos0, LayerCache& cache, const ForwardOptions& options, float* out);
 
 // V3.2 lightning indexer: scores every causal position for each query and keeps the top
 // index_topk. Appends the T tokens' indexer keys to `cache`. c_q is the normed query latent.
 AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope& rope,
-                             const float* h, const float* c_q, int T, int pos0,
-                             LayerCache& cache);
+                             const float* h, const float* c_q, int T, int pos0, LayerCache& cache);
 
-void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w,
-                             const Rope& rope, const float* h, int T, int pos0,
-                             LayerCache& cache, float* out);
+void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w, const Rope& rope,
+                             const float* h, int T, int pos0, LayerCache& cache, float* out);
 
 }  // namespace whale

@@ -60,15 +60,18 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   // Hugging Face defaults of each configuration class.
   c.vocab_size = field(j, "vocab_size", v2 ? 102400 : v3 ? 129280 : qwen ? 151936 : 32000, source);
   c.hidden_size = field(j, "hidden_size", v3 ? 7168 : 4096, source);
-  c.intermediate_size =
-      field(j, "intermediate_size", v3 ? 18432 : qwen ? 22016 : 11008, source);
+  c.intermediate_size = field(j, "intermediate_size", v3 ? 18432 : qwen ? 22016 : 11008, source);
   c.num_hidden_layers = field(j, "num_hidden_layers", v2 ? 30 : v3 ? 61 : 32, source);
   c.num_attention_heads = field(j, "num_attention_heads", v3 ? 128 : 32, source);
   c.num_key_value_heads = field(j, "num_key_value_heads", c.num_attention_heads, source);
   c.rms_norm_eps = field(j, "rms_norm_eps", 1e-6, source);
   c.rope_theta = field(j, "rope_theta", 10000.0, source);
-  c.max_position_embeddings = field(
-      j, "max_position_embeddings", v2 ? 2048 : v3 ? 4096 : qwen ? 32768 : 2048, source);
+  c.max_position_embeddings = field(j, "max_position_embeddings",
+                                    v2     ? 2048
+                                    : v3   ? 4096
+                                    : qwen ? 32768
+                                           : 2048,
+                                    source);
   c.tie_word_embeddings = field(j, "tie_word_embeddings", false, source);
   c.bos_token_id = field(j, "bos_token_id", v2 ? 100000 : v3 ? 0 : qwen ? 151643 : 1, source);
   if (j.contains("eos_token_id") && j["eos_token_id"].is_array()) {
@@ -206,10 +209,9 @@ void ModelConfig::validate(const std::string& source) const {
       check(scoring_func == "softmax" || scoring_func == "sigmoid",
             source + ": unsupported scoring_func '" + scoring_func + "'");
       positive(n_group, "n_group");
-      check(n_routed_experts % n_group == 0, source + ": n_routed_experts (" +
-                                                 std::to_string(n_routed_experts) +
-                                                 ") is not a multiple of n_group (" +
-                                                 std::to_string(n_group) + ")");
+      check(n_routed_experts % n_group == 0,
+            source + ": n_routed_experts (" + std::to_string(n_routed_experts) +
+                ") is not a multiple of n_group (" + std::to_string(n_group) + ")");
       check(topk_group >= 1 && topk_group <= n_group,
             source + ": topk_group must be in [1, n_group]");
       if (topk_method != "greedy")
@@ -264,8 +266,10 @@ double ModelConfig::softmax_scale() const {
 json ModelConfig::to_json() const {
   json j;
   static const std::map<std::string, std::string> kArchitectures = {
-      {"deepseek_v2", "DeepseekV2ForCausalLM"}, {"deepseek_v3", "DeepseekV3ForCausalLM"},
-      {"deepseek_v32", "DeepseekV32ForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
+      {"deepseek_v2", "DeepseekV2ForCausalLM"},
+      {"deepseek_v3", "DeepseekV3ForCausalLM"},
+      {"deepseek_v32", "DeepseekV32ForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},
       {"llama", "LlamaForCausalLM"}};
   j["architectures"] = {kArchitectures.at(model_type)};
   j["model_type"] = model_type;
@@ -280,8 +284,10 @@ json ModelConfig::to_json() const {
   j["max_position_embeddings"] = max_position_embeddings;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["bos_token_id"] = bos_token_id;
-  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
-  else j["eos_token_id"] = eos_token_ids;
+  if (eos_token_ids.size() == 1)
+    j["eos_token_id"] = eos_token_ids[0];
+  else
+    j["eos_token_id"] = eos_token_ids;
   j["torch_dtype"] = torch_dtype;
   j["hidden_act"] = "silu";
   if (rope_scaling.type.empty()) {

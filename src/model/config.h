@@ -12,8 +12,8 @@ struct RopeScaling {
   std::string type;  // "" (none), "yarn" (DeepSeek), "llama3", "linear"
   double factor = 1.0;
   double original_max_position_embeddings = 4096;
-  double beta_fast = 32, beta_slow = 1;         // yarn
-  double mscale = 1, mscale_all_dim = 0;        // yarn
+  double beta_fast = 32, beta_slow = 1;              // yarn
+  double mscale = 1, mscale_all_dim = 0;             // yarn
   double low_freq_factor = 1, high_freq_factor = 4;  // llama3
 };
 
@@ -36,7 +36,7 @@ struct ModelConfig {
   int n_routed_experts = 0, n_shared_experts = 0, num_experts_per_tok = 0;
   int moe_intermediate_size = 0, first_k_dense_replace = 0, moe_layer_freq = 1;
   int n_group = 1, topk_group = 1;
-  std::string topk_method = "greedy";  // greedy | group_limited_greedy | noaux_tc
+  std::string topk_method = "greedy";    // greedy | group_limited_greedy | noaux_tc
   std::string scoring_func = "softmax";  // softmax | sigmoid
   bool norm_topk_prob = false;
   double routed_scaling_factor = 1.0;

@@ -13,9 +13,8 @@ static void add_bias(float* x, const std::vector<float>& bias, int T, int n) {
     for (int i = 0; i < n; ++i) x[static_cast<size_t>(t) * n + i] += bias[i];
 }
 
-void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w,
-                             const Rope& rope, const float* h, int T, int pos0,
-                             LayerCache& cache, float* out) {
+void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w, const Rope& rope,
+                             const float* h, int T, int pos0, LayerCache& cache, float* out) {
   const int heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const int hd = c.dense_head_dim(), group = heads / kv_heads;
   const int q_dim = heads * hd, kv_dim = kv_heads * hd;
@@ -30,11 +29,15 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
   add_bias(k.data(), w.k_bias, T, kv_dim);
   add_bias(v.data(), w.v_bias, T, kv_dim);
   for (int t = 0; t < T; ++t) {
-    for (int i = 0; i < heads; ++i) rope.apply_halves(q.data() + static_cast<size_t>(t) * q_dim + i * hd, pos0 + t);
-    for (int i = 0; i < kv_heads; ++i) rope.apply_halves(k.data() + static_cast<size_t>(t) * kv_dim + i * hd, pos0 + t);
+    for (int i = 0; i < heads; ++i)
+      rope.apply_halves(q.data() + static_cast<size_t>(t) * q_dim + i * hd, pos0 + t);
+    for (int i = 0; i < kv_heads; ++i)
+      rope.apply_halves(k.data() + static_cast<size_t>(t) * kv_dim + i * hd, pos0 + t);
     // Cache entry per token: [k ; v].
-    cache.kv.insert(cache.kv.end(), k.begin() + static_cast<size_t>(t) * kv_dim, k.begin() + static_cast<size_t>(t + 1) * kv_dim);
-    cache.kv.insert(cache.kv.end(), v.begin() + static_cast<size_t>(t) * kv_dim, v.begin() + static_cast<size_t>(t + 1) * kv_dim);
+    cache.kv.insert(cache.kv.end(), k.begin() + static_cast<size_t>(t) * kv_dim,
+                    k.begin() + static_cast<size_t>(t + 1) * kv_dim);
+    cache.kv.insert(cache.kv.end(), v.begin() + static_cast<size_t>(t) * kv_dim,
+                    v.begin() + static_cast<size_t>(t + 1) * kv_dim);
   }
   const float* entries = cache.kv.data();
   const int width = 2 * kv_dim;

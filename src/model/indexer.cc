@@ -22,14 +22,13 @@ void rotate_and_quantize(const ModelConfig& c, const Rope& rope, float* x, int p
 }
 
 // Σ_b scale_q[b]·scale_k[b]·(q_b · k_b) over the FP8 blocks of one head.
-float fp8_head_dot(const ModelConfig& c, const uint8_t* q, const float* q_scales,
-                   const uint8_t* k, const float* k_scales) {
+float fp8_head_dot(const ModelConfig& c, const uint8_t* q, const float* q_scales, const uint8_t* k,
+                   const float* k_scales) {
   const int block = index_block_size(c);
   float total = 0;
   for (int b = 0; b < index_blocks(c); ++b) {
     float sum = 0;
-    for (int d = b * block; d < (b + 1) * block; ++d)
-      sum += e4m3_to_f32(q[d]) * e4m3_to_f32(k[d]);
+    for (int d = b * block; d < (b + 1) * block; ++d) sum += e4m3_to_f32(q[d]) * e4m3_to_f32(k[d]);
     total += sum * q_scales[b] * k_scales[b];
   }
   return total;
@@ -38,8 +37,7 @@ float fp8_head_dot(const ModelConfig& c, const uint8_t* q, const float* q_scales
 }  // namespace
 
 AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope& rope,
-                             const float* h, const float* c_q, int T, int pos0,
-                             LayerCache& cache) {
+                             const float* h, const float* c_q, int T, int pos0, LayerCache& cache) {
   const int heads = c.index_n_heads, dim = c.index_head_dim, blocks = index_blocks(c);
   const int H = c.hidden_size;
 
@@ -58,10 +56,12 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
   }
 
   // Queries: q = W_qb c_Q per head; head weights w = W_w h · heads^-½ · dim^-½.
-  std::vector<float> q(static_cast<size_t>(T) * heads * dim), head_weights(static_cast<size_t>(T) * heads);
+  std::vector<float> q(static_cast<size_t>(T) * heads * dim),
+      head_weights(static_cast<size_t>(T) * heads);
   linear_forward(w.wq_b, c_q, T, q.data());
   linear_forward(w.weights_proj, h, T, head_weights.data());
-  const float weight_scale = 1.0f / std::sqrt(static_cast<float>(heads)) / std::sqrt(static_cast<float>(dim));
+  const float weight_scale =
+      1.0f / std::sqrt(static_cast<float>(heads)) / std::sqrt(static_cast<float>(dim));
 
   AttentionMask allowed(T);
 #pragma omp parallel
@@ -87,15 +87,16 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
         for (int j = 0; j < heads; ++j) {
           float dot = fp8_head_dot(c, q_codes.data() + j * dim, q_scales.data() + j * blocks, ks,
                                    ks_scales);
-          score += head_weights[static_cast<size_t>(t) * heads + j] * weight_scale *
-                   std::max(dot, 0.0f);
+          score +=
+              head_weights[static_cast<size_t>(t) * heads + j] * weight_scale * std::max(dot, 0.0f);
         }
         scores[s] = score;
       }
       order.resize(visible);
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + c.index_topk, order.end(),
-                        [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
+      std::partial_sort(
+          order.begin(), order.begin() + c.index_topk, order.end(),
+          [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
       allowed[t].assign(visible, 0);
       for (int i = 0; i < c.index_topk; ++i) allowed[t][order[i]] = 1;
     }

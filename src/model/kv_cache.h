@@ -36,7 +36,9 @@ int cache_width(const ModelConfig& c);
 // Bytes one token occupies in the cache over all main layers (f32 entries, fp8 indexer keys).
 size_t kv_cache_bytes_per_token(const ModelConfig& c);
 // Number of FP8 scale blocks of an indexer head.
-inline int index_blocks(const ModelConfig& c) { return (c.index_head_dim + 127) / 128; }
+inline int index_blocks(const ModelConfig& c) {
+  return (c.index_head_dim + 127) / 128;
+}
 inline int index_block_size(const ModelConfig& c) {
   return c.index_head_dim < 128 ? c.index_head_dim : 128;
 }

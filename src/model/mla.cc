@@ -11,8 +11,8 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 }
 
-void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
-                 int T, int pos0, LayerCache& cache, const ForwardOptions& options, float* out) {
+void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h, int T,
+                 int pos0, LayerCache& cache, const ForwardOptions& options, float* out) {
   const int H = c.hidden_size, heads = c.num_attention_heads;
   const int nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim, vdim = c.v_head_dim;
   const int qk = c.qk_head_dim(), kvr = c.kv_lora_rank, width = kvr + rope_dim;
@@ -33,7 +33,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   }
   for (int t = 0; t < T; ++t)
     for (int hd = 0; hd < heads; ++hd)
-      rope.apply_interleaved(q.data() + (static_cast<size_t>(t) * heads + hd) * qk + nope, pos0 + t);
+      rope.apply_interleaved(q.data() + (static_cast<size_t>(t) * heads + hd) * qk + nope,
+                             pos0 + t);
 
   // Keys and values: [c_KV ; k_rope] = W_DKV h; c_KV is normed, k_rope rotated; both cached.
   std::vector<float> kv_a(static_cast<size_t>(T) * width);
@@ -80,7 +81,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
               scores[s] = kNegInf;
               continue;
             }
-            const float* ks = kv.data() + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head;
+            const float* ks =
+                kv.data() + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head;
             const float* kr = latents + static_cast<size_t>(s) * width + kvr;
             scores[s] = (dot_f32(qh, ks, nope) + dot_f32(qh + nope, kr, rope_dim)) * scale;
           }
@@ -90,8 +92,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           for (int s = 0; s < visible; ++s)
             if (scores[s] != 0.0f)
               axpy(scores[s],
-                   kv.data() + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head + nope,
-                   o, vdim);
+                   kv.data() + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head + nope, o,
+                   vdim);
         }
     }
   } else {
@@ -115,7 +117,9 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
               continue;
             }
             const float* ls = latents + static_cast<size_t>(s) * width;
-            scores[s] = (dot_f32(q_latent.data(), ls, kvr) + dot_f32(qh + nope, ls + kvr, rope_dim)) * scale;
+            scores[s] =
+                (dot_f32(q_latent.data(), ls, kvr) + dot_f32(qh + nope, ls + kvr, rope_dim)) *
+                scale;
           }
           softmax(scores.data(), visible);
           std::fill(o_latent.begin(), o_latent.end(), 0.0f);

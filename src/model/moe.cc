@@ -52,10 +52,13 @@ Routing route(const ModelConfig& c, const Router& router, const float* u, int T)
   for (int t = 0; t < T; ++t) {
     // s_i = softmax (V2) or sigmoid (V3) of u·e_i, in f32.
     std::copy_n(logits.data() + static_cast<size_t>(t) * E, E, scores.data());
-    if (c.scoring_func == "softmax") softmax(scores.data(), E);
-    else for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
+    if (c.scoring_func == "softmax")
+      softmax(scores.data(), E);
+    else
+      for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
     // The bias (V3) only chooses: choice = s + b.
-    for (int e = 0; e < E; ++e) choice[e] = scores[e] + (biased ? router.e_score_correction_bias[e] : 0.0f);
+    for (int e = 0; e < E; ++e)
+      choice[e] = scores[e] + (biased ? router.e_score_correction_bias[e] : 0.0f);
     if (groups > 1) {
       // Group score: its best expert (V2 group_limited_greedy) or the sum of its best two
       // biased scores (V3 noaux_tc); keep the topk_group best groups.
@@ -64,8 +67,11 @@ Routing route(const ModelConfig& c, const Router& router, const float* u, int T)
         if (c.topk_method == "noaux_tc") {
           float best = kNegInf, second = kNegInf;
           for (int i = 0; i < per_group; ++i) {
-            if (first[i] > best) { second = best; best = first[i]; }
-            else if (first[i] > second) second = first[i];
+            if (first[i] > best) {
+              second = best;
+              best = first[i];
+            } else if (first[i] > second)
+              second = first[i];
           }
           group_score[g] = best + second;
         } else {
@@ -98,8 +104,10 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
                  Routing* routing_out) {
   const int H = c.hidden_size, K = c.num_experts_per_tok, E = c.n_routed_experts;
   Routing r = route(c, moe.router, u, T);
-  if (moe.has_shared) ffn_forward(moe.shared, u, T, out);
-  else std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
+  if (moe.has_shared)
+    ffn_forward(moe.shared, u, T, out);
+  else
+    std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
 
   // Group the tokens by expert so each expert's weights are read once per forward.
   std::vector<std::vector<int>> slots(E);  // slot = t·K + k
@@ -111,7 +119,8 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     x.resize(static_cast<size_t>(n) * H);
     y.resize(static_cast<size_t>(n) * H);
     for (int i = 0; i < n; ++i)
-      std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, x.data() + static_cast<size_t>(i) * H);
+      std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H,
+                  x.data() + static_cast<size_t>(i) * H);
     ffn_forward(moe.experts[e], x.data(), n, y.data());
     for (int i = 0; i < n; ++i) {
       const float g = r.gates[slots[e][i]];

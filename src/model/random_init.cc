@@ -158,9 +158,13 @@ void write_random_model(const ModelConfig& config, const std::string& dir,
       values.resize(n);
       uint64_t seed = options.seed * 0x9e3779b97f4a7c15ull + std::hash<std::string>{}(s.name);
       switch (s.kind) {
-        case WeightSpec::kNormWeight: std::fill(values.begin(), values.end(), 1.0f); break;
+        case WeightSpec::kNormWeight:
+          std::fill(values.begin(), values.end(), 1.0f);
+          break;
         case WeightSpec::kBias:
-        case WeightSpec::kRoutingBias: std::fill(values.begin(), values.end(), 0.0f); break;
+        case WeightSpec::kRoutingBias:
+          std::fill(values.begin(), values.end(), 0.0f);
+          break;
         case WeightSpec::kMatrix: {
           // Embedding rows ~ N(0, 1) (they are normed before use); other matrices
           // ~ N(0, 1/fan_in) so activations keep their scale through the layers.

@@ -41,13 +41,15 @@ void Model::block_forward(const Layer& layer, float* x, int T, int pos0, LayerCa
   for (int t = 0; t < T; ++t)
     rms_norm(x + t * H, layer.post_attention_layernorm.data(), H, c.rms_norm_eps,
              normed.data() + t * H);
-  if (layer.is_moe) moe_forward(c, layer.moe, normed.data(), T, delta.data());
-  else ffn_forward(layer.mlp, normed.data(), T, delta.data());
+  if (layer.is_moe)
+    moe_forward(c, layer.moe, normed.data(), T, delta.data());
+  else
+    ffn_forward(layer.mlp, normed.data(), T, delta.data());
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 }
 
-void Model::forward(const int* tokens, int T, KVCache& cache, float* logits,
-                    float* normed_hidden, const ForwardOptions& options) const {
+void Model::forward(const int* tokens, int T, KVCache& cache, float* logits, float* normed_hidden,
+                    const ForwardOptions& options) const {
   check(T > 0, "forward needs at least one token");
   check_tokens(tokens, T);
   const ModelConfig& c = config_;

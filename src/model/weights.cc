@@ -37,8 +37,7 @@ void visit_layer(const ModelConfig& c, int index, Layer& layer, Visitor& v) {
     MlaWeights& m = layer.mla;
     if (c.q_lora_rank > 0) {
       v.matrix(a + "q_a_proj.weight", c.q_lora_rank, H, true, m.q_a_proj);
-      v.vector(a + "q_a_layernorm.weight", c.q_lora_rank, WeightSpec::kNormWeight,
-               m.q_a_layernorm);
+      v.vector(a + "q_a_layernorm.weight", c.q_lora_rank, WeightSpec::kNormWeight, m.q_a_layernorm);
       v.matrix(a + "q_b_proj.weight", heads * c.qk_head_dim(), c.q_lora_rank, true, m.q_b_proj);
     } else {
       v.matrix(a + "q_proj.weight", heads * c.qk_head_dim(), H, true, m.q_proj);
@@ -73,8 +72,7 @@ void visit_layer(const ModelConfig& c, int index, Layer& layer, Visitor& v) {
       v.vector(a + "q_proj.bias", q_dim, WeightSpec::kBias, d.q_bias);
       v.vector(a + "k_proj.bias", kv_dim, WeightSpec::kBias, d.k_bias);
       v.vector(a + "v_proj.bias", kv_dim, WeightSpec::kBias, d.v_bias);
-      if (c.model_type == "llama")
-        v.vector(a + "o_proj.bias", H, WeightSpec::kBias, d.o_bias);
+      if (c.model_type == "llama") v.vector(a + "o_proj.bias", H, WeightSpec::kBias, d.o_bias);
     }
   }
   layer.is_moe = c.is_moe_layer(index);
@@ -148,10 +146,9 @@ struct Loader {
       const TensorView& s = checkpoint.get(name + "_scale_inv", {br, bc});
       out.block_scale = to_f32(s);
     } else {
-      check(t.dtype == DType::F32 || t.dtype == DType::BF16,
+      check(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             t.file + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
-                " (whale reads F32, BF16, F16 and F8_E4M3 matrices)" +
-                (t.dtype == DType::F16 ? "; convert F16 checkpoints with `whale convert`" : ""));
+                " (whale reads F32, BF16, F16 and F8_E4M3 matrices)");
     }
   }
 
@@ -163,14 +160,19 @@ struct Loader {
     Vector v(static_cast<size_t>(t.numel()));
     for (size_t i = 0; i < v.size(); ++i) {
       switch (t.dtype) {
-        case DType::F32: std::memcpy(&v[i], t.data + 4 * i, 4); break;
-        case DType::BF16: case DType::F16: {
+        case DType::F32:
+          std::memcpy(&v[i], t.data + 4 * i, 4);
+          break;
+        case DType::BF16:
+        case DType::F16: {
           uint16_t b;
           std::memcpy(&b, t.data + 2 * i, 2);
           v[i] = t.dtype == DType::BF16 ? bf16_to_f32(b) : f16_to_f32(b);
           break;
         }
-        case DType::F8_E4M3: v[i] = e4m3_to_f32(t.data[i]); break;
+        case DType::F8_E4M3:
+          v[i] = e4m3_to_f32(t.data[i]);
+          break;
         default:
           throw Error(t.file + ": tensor '" + t.name + "' has non-float dtype " +
                       dtype_name(t.dtype));

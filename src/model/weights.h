@@ -18,7 +18,7 @@ struct FeedForward {  // SwiGLU: down(silu(gate(x)) · up(x))
   Vector gate_bias, up_bias, down_bias;  // Llama's mlp_bias only
 };
 
-struct Router {  // DeepSeekMoE gate
+struct Router {                    // DeepSeekMoE gate
   Linear weight;                   // [n_routed, hidden]
   Vector e_score_correction_bias;  // V3: chooses experts, never weighs them
 };
@@ -36,8 +36,8 @@ struct Indexer {  // V3.2 lightning indexer
 };
 
 struct MlaWeights {
-  Linear q_proj;                // without q-LoRA
-  Linear q_a_proj, q_b_proj;    // with q-LoRA
+  Linear q_proj;              // without q-LoRA
+  Linear q_a_proj, q_b_proj;  // with q-LoRA
   Vector q_a_layernorm;
   Linear kv_a_proj_with_mqa, kv_b_proj, o_proj;
   Vector kv_a_layernorm;

@@ -1,9 +1,10 @@
 // Highway compiles this file once per target (foreach_target re-includes it).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/kernels.cc"
+#include "ops/kernels.h"
+
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "ops/kernels.h"
 #include "tensor/dtype.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -53,6 +54,35 @@ float DotBf16(const uint16_t* w, const float* x, size_t n) {
   return sum;
 }
 
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadF16(DF df, const uint16_t* p) {
+  const hn::Rebind<hwy::float16_t, DF> df16;
+  return hn::PromoteTo(df, hn::LoadU(df16, reinterpret_cast<const hwy::float16_t*>(p)));
+}
+
+float DotF16(const uint16_t* w, const float* x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    s0 = hn::MulAdd(LoadF16(d, w + i), hn::LoadU(d, x + i), s0);
+    s1 = hn::MulAdd(LoadF16(d, w + i + N), hn::LoadU(d, x + i + N), s1);
+  }
+  for (; i + N <= n; i += N) s0 = hn::MulAdd(LoadF16(d, w + i), hn::LoadU(d, x + i), s0);
+  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+  for (; i < n; ++i) sum += whale::f16_to_f32(w[i]) * x[i];
+  return sum;
+}
+
+void F16ToF32(const uint16_t* in, float* out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadF16(d, in + i), d, out + i);
+  for (; i < n; ++i) out[i] = whale::f16_to_f32(in[i]);
+}
+
 void Bf16ToF32(const uint16_t* in, float* out, size_t n) {
   const hn::ScalableTag<float> d;
   const hn::Rebind<uint16_t, decltype(d)> du16;
@@ -80,7 +110,8 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   const size_t N = hn::Lanes(d);
   const auto va = hn::Set(d, a);
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -96,6 +127,20 @@ HWY_EXPORT(DotBf16);
 HWY_EXPORT(DotE4M3);
 HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(Axpy);
+HWY_EXPORT(DotF16);
+HWY_EXPORT(F16ToF32);
+
+float dot_f16(const uint16_t* w, const float* x, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(DotF16)(w, x, n);
+}
+void f16_to_f32(const uint16_t* in, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(F16ToF32)(in, out, n);
+}
+float dot_f16_reference(const uint16_t* w, const float* x, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += static_cast<double>(f16_to_f32(w[i])) * x[i];
+  return static_cast<float>(sum);
+}
 
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);

@@ -17,9 +17,13 @@ void Linear::row_to_f32(int r, float* out) const {
     case DType::BF16:
       bf16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
       break;
+    case DType::F16:
+      f16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
+      break;
     case DType::F8_E4M3: {
       const uint8_t* w = data + offset;
-      const float* scales = block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      const float* scales =
+          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
       for (int c = 0; c < cols; ++c) out[c] = kE4M3ToF32[w[c]] * scales[c / block_cols];
       break;
     }
@@ -37,9 +41,12 @@ float Linear::row_dot(int r, const float* x) const {
     }
     case DType::BF16:
       return dot_bf16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
+    case DType::F16:
+      return dot_f16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
     case DType::F8_E4M3: {
       const uint8_t* w = data + offset;
-      const float* scales = block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      const float* scales =
+          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
       float sum = 0;
       for (int c = 0, b = 0; c < cols; c += block_cols, ++b) {
         int len = cols - c < block_cols ? cols - c : block_cols;
@@ -55,22 +62,26 @@ float Linear::row_dot(int r, const float* x) const {
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
   if (T == 1) {
-#pragma omp parallel for schedule(static) if (static_cast<size_t>(rows) * cols > 32768)
+#pragma omp parallel for schedule(static) if (static_cast <size_t>(rows) * cols > 32768)
     for (int r = 0; r < rows; ++r) y[r] = w.row_dot(r, x);
     return;
   }
   // Several tokens: dequantize each row once, then dot it with every token.
-#pragma omp parallel if (static_cast<size_t>(rows) * cols * T > 32768)
+#pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
   {
     std::vector<float> row(cols);
 #pragma omp for schedule(static)
     for (int r = 0; r < rows; ++r) {
       if (w.dtype == DType::F32) {
         const float* wr = reinterpret_cast<const float*>(w.data) + static_cast<size_t>(r) * cols;
-        for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = dot_f32(wr, x + static_cast<size_t>(t) * cols, cols);
+        for (int t = 0; t < T; ++t)
+          y[static_cast<size_t>(t) * rows + r] =
+              dot_f32(wr, x + static_cast<size_t>(t) * cols, cols);
       } else {
         w.row_to_f32(r, row.data());
-        for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
+        for (int t = 0; t < T; ++t)
+          y[static_cast<size_t>(t) * rows + r] =
+              dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
       }
     }
   }
@@ -83,11 +94,12 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
       for (int c = 0; c < w.cols; ++c) {
         size_t i = static_cast<size_t>(r) * w.cols + c;
         float v;
-        if (w.dtype == DType::F32) std::memcpy(&v, w.data + i * 4, 4);
-        else if (w.dtype == DType::BF16) {
+        if (w.dtype == DType::F32)
+          std::memcpy(&v, w.data + i * 4, 4);
+        else if (w.dtype == DType::BF16 || w.dtype == DType::F16) {
           uint16_t b;
           std::memcpy(&b, w.data + i * 2, 2);
-          v = bf16_to_f32(b);
+          v = w.dtype == DType::BF16 ? bf16_to_f32(b) : whale::f16_to_f32(b);
         } else {
           int nb = (w.cols + w.block_cols - 1) / w.block_cols;
           v = e4m3_to_f32(w.data[i]) * w.block_scale[(r / w.block_rows) * nb + c / w.block_cols];

@@ -12,8 +12,8 @@ namespace whale {
 struct Linear {
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
-  const uint8_t* data = nullptr;      // rows × cols elements of dtype (not owned)
-  std::vector<float> block_scale;     // fp8 only: [ceil(rows/br), ceil(cols/bc)]
+  const uint8_t* data = nullptr;   // rows × cols elements of dtype (not owned)
+  std::vector<float> block_scale;  // fp8 only: [ceil(rows/br), ceil(cols/bc)]
   int block_rows = 128, block_cols = 128;
 
   bool empty() const { return data == nullptr; }

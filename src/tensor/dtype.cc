@@ -7,42 +7,62 @@ namespace whale {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: case DType::I32: return 4;
-    case DType::BF16: case DType::F16: return 2;
-    case DType::F8_E4M3: case DType::U8: return 1;
-    case DType::I64: return 8;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::BF16:
+    case DType::F16:
+      return 2;
+    case DType::F8_E4M3:
+    case DType::U8:
+      return 1;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::F8_E4M3: return "F8_E4M3";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::U8: return "U8";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::F8_E4M3:
+      return "F8_E4M3";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
 
 bool parse_dtype(const std::string& name, DType* out) {
   static const std::pair<const char*, DType> kNames[] = {
-      {"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16},
-      {"F8_E4M3", DType::F8_E4M3}, {"I64", DType::I64}, {"I32", DType::I32}, {"U8", DType::U8}};
+      {"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16}, {"F8_E4M3", DType::F8_E4M3},
+      {"I64", DType::I64}, {"I32", DType::I32},   {"U8", DType::U8}};
   for (auto& [n, t] : kNames)
-    if (name == n) { *out = t; return true; }
+    if (name == n) {
+      *out = t;
+      return true;
+    }
   return false;
 }
 
 float f16_to_f32(uint16_t v) {
   int sign = v >> 15, exponent = (v >> 10) & 0x1f, mantissa = v & 0x3ff;
   float magnitude;
-  if (exponent == 0) magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-  else if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
-  else magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), exponent - 25);
+  if (exponent == 0)
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  else if (exponent == 31)
+    magnitude = mantissa ? NAN : INFINITY;
+  else
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), exponent - 25);
   return sign ? -magnitude : magnitude;
 }
 
@@ -55,18 +75,24 @@ uint16_t f32_to_f16(float f) {
     return sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(a, 24)));
   }
   int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  std::frexp(a, &e);                                     // a = m * 2^e, m in [0.5, 1)
   float scaled = std::nearbyint(std::ldexp(a, 11 - e));  // 11 significant bits
-  if (scaled >= 2048.0f) { scaled /= 2; e += 1; }
+  if (scaled >= 2048.0f) {
+    scaled /= 2;
+    e += 1;
+  }
   return sign | static_cast<uint16_t>(((e + 14) << 10) | (static_cast<int>(scaled) & 0x3ff));
 }
 
 static float e4m3_decode(uint8_t v) {
   int sign = v >> 7, exponent = (v >> 3) & 0xf, mantissa = v & 7;
   float magnitude;
-  if (exponent == 15 && mantissa == 7) magnitude = NAN;
-  else if (exponent == 0) magnitude = std::ldexp(static_cast<float>(mantissa), -9);
-  else magnitude = std::ldexp(static_cast<float>(mantissa | 8), exponent - 10);
+  if (exponent == 15 && mantissa == 7)
+    magnitude = NAN;
+  else if (exponent == 0)
+    magnitude = std::ldexp(static_cast<float>(mantissa), -9);
+  else
+    magnitude = std::ldexp(static_cast<float>(mantissa | 8), exponent - 10);
   return sign ? -magnitude : magnitude;
 }
 
@@ -86,7 +112,10 @@ uint8_t f32_to_e4m3(float f) {
   int lo = 0, hi = 126;  // 126 = 0x7e = 448
   while (hi - lo > 1) {
     int mid = (lo + hi) / 2;
-    if (kE4M3ToF32[mid] <= a) lo = mid; else hi = mid;
+    if (kE4M3ToF32[mid] <= a)
+      lo = mid;
+    else
+      hi = mid;
   }
   float dlo = a - kE4M3ToF32[lo], dhi = kE4M3ToF32[hi] - a;
   int code = (dlo < dhi) ? lo : (dhi < dlo) ? hi : ((lo & 1) ? hi : lo);

@@ -12,7 +12,7 @@ namespace whale {
 enum class DType { F32, BF16, F16, F8_E4M3, I64, I32, U8 };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);          // safetensors spelling: "F32", "BF16", ...
+const char* dtype_name(DType t);  // safetensors spelling: "F32", "BF16", ...
 bool parse_dtype(const std::string& name, DType* out);
 
 inline float bf16_to_f32(uint16_t v) {
@@ -35,7 +35,9 @@ uint16_t f32_to_f16(float f);
 
 // Every e4m3 code as f32 (NaN for 0x7f and 0xff).
 extern const std::array<float, 256> kE4M3ToF32;
-inline float e4m3_to_f32(uint8_t v) { return kE4M3ToF32[v]; }
+inline float e4m3_to_f32(uint8_t v) {
+  return kE4M3ToF32[v];
+}
 // Saturates to ±448, rounds to nearest even (subnormals included).
 uint8_t f32_to_e4m3(float f);
 

@@ -1,0 +1,115 @@
+// whale tokenize: text ↔ ids with a Hugging Face tokenizer folder, for scripts and checks.
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "base/error.h"
+#include "cli/commands.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
+
+namespace whale {
+
+namespace {
+
+std::string read_stdin() {
+  std::ostringstream buffer;
+  buffer << std::cin.rdbuf();
+  return buffer.str();
+}
+
+void print_ids(const std::vector<int>& ids) {
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) line += ' ';
+    line += std::to_string(ids[i]);
+  }
+  line += '\n';
+  std::fwrite(line.data(), 1, line.size(), stdout);
+}
+
+// Parses one JSONL line, naming the line on failure.
+nlohmann::json parse_line(const std::string& line, size_t number) {
+  try {
+    return nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("stdin line " + std::to_string(number) + " is not JSON: " + e.what());
+  }
+}
+
+}  // namespace
+
+void add_tokenize_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "tokenize", "Text on stdin → token ids (one line, space-separated), or back with --decode");
+  static std::string dir;
+  static bool decode = false, jsonl = false, chat = false, no_special = false,
+              skip_special = false;
+  cmd->add_option("--tokenizer", dir, "Folder with tokenizer.json (+ tokenizer_config.json)")
+      ->required();
+  cmd->add_flag("--decode", decode, "Ids on stdin (spaces, commas or newlines) → text");
+  cmd->add_flag("--jsonl", jsonl,
+                "Each input line {\"text\": ...} → {\"ids\": [...]} (with --decode: "
+                "{\"ids\": [...]} → {\"text\": ...})");
+  cmd->add_flag("--chat", chat,
+                "Each input line {\"messages\": [...], \"add_generation_prompt\": bool} → "
+                "{\"text\": rendered, \"ids\": [...]}");
+  cmd->add_flag("--no-special", no_special,
+                "Do not add the post-processor's special tokens (e.g. a leading BOS)");
+  cmd->add_flag("--skip-special", skip_special, "With --decode: leave special tokens out");
+  cmd->callback([] {
+    check(!(chat && decode), "--chat and --decode cannot be combined");
+    auto tokenizer = text::Tokenizer::load(dir);
+    bool add_special = !no_special;
+    std::string input = read_stdin();
+
+    if (!jsonl && !chat) {
+      if (decode) {
+        std::vector<int> ids = parse_token_list(input);
+        std::string out = tokenizer->decode(ids, skip_special);
+        std::fwrite(out.data(), 1, out.size(), stdout);
+      } else {
+        print_ids(tokenizer->encode(input, add_special));
+      }
+      return;
+    }
+
+    std::unique_ptr<text::ChatTemplate> chat_template;
+    if (chat) chat_template = text::ChatTemplate::for_tokenizer(*tokenizer, dir);
+    std::istringstream lines(input);
+    std::string line;
+    for (size_t number = 1; std::getline(lines, line); ++number) {
+      if (line.empty()) continue;
+      nlohmann::json request = parse_line(line, number);
+      std::string where = "stdin line " + std::to_string(number);
+      nlohmann::json reply;
+      if (chat) {
+        check(request.contains("messages"), where + " has no \"messages\"");
+        bool add_generation_prompt = request.value("add_generation_prompt", false);
+        std::string rendered = chat_template->render(request["messages"], add_generation_prompt);
+        // The rendered text already holds the BOS, as transformers' apply_chat_template.
+        reply = {{"text", rendered}, {"ids", tokenizer->encode(rendered, false)}};
+      } else if (decode) {
+        check(request.contains("ids") && request["ids"].is_array(),
+              where + " has no \"ids\" array");
+        std::vector<int> ids;
+        for (const auto& id : request["ids"]) {
+          check(id.is_number_integer(), where + ": ids must be integers");
+          ids.push_back(id.get<int>());
+        }
+        reply = {{"text", tokenizer->decode(ids, skip_special)}};
+      } else {
+        check(request.contains("text") && request["text"].is_string(),
+              where + " has no \"text\" string");
+        reply = {{"ids", tokenizer->encode(request["text"].get<std::string>(), add_special)}};
+      }
+      // Replace, not throw, if decoded text is not valid UTF-8 (it always is; belt and braces).
+      std::string out = reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      out += '\n';
+      std::fwrite(out.data(), 1, out.size(), stdout);
+    }
+  });
+}
+
+}  // namespace whale
