@@ -3,7 +3,7 @@
 # Used by both README commands; safe to run again (apt and cmake are incremental).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(cmake g++ make libgtest-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
+packages=(cmake g++ make libgtest-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpcre2-dev pkg-config
           libopenblas-dev python3-numpy)
 missing=()
 for p in "${packages[@]}"; do
