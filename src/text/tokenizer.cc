@@ -693,8 +693,10 @@ void Tokenizer::Impl::merge_word(std::string_view word, std::vector<int>& ids) c
       if (rank[best] == kNoMerge) break;
       word_ids[best] = result[best];
       word_ids.erase(word_ids.begin() + best + 1);
-      std::copy(rank.begin() + best + 2, rank.begin() + n - 1, rank.begin() + best + 1);
-      std::copy(result.begin() + best + 2, result.begin() + n - 1, result.begin() + best + 1);
+      if (best + 2 < n - 1) {  // pairs right of the merge move one place left
+        std::copy(rank.begin() + best + 2, rank.begin() + n - 1, rank.begin() + best + 1);
+        std::copy(result.begin() + best + 2, result.begin() + n - 1, result.begin() + best + 1);
+      }
       --n;
       if (best > 0) lookup(best - 1);
       if (best + 1 < n) lookup(best);
