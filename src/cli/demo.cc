@@ -23,6 +23,7 @@ void add_demo_command(CLI::App& app) {
   cmd->callback([] {
     std::string dir = out + "/model-" + preset;
     std::printf("1. whale init --preset %s --out %s\n", preset.c_str(), dir.c_str());
+    std::fflush(stdout);
     InitOptions init;
     init.seed = 1;
     init.progress = true;
