@@ -44,8 +44,7 @@ void add_tokenize_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "tokenize", "Text on stdin → token ids (one line, space-separated), or back with --decode");
   static std::string dir;
-  static bool decode = false, jsonl = false, chat = false, no_special = false,
-              skip_special = false;
+  static bool decode = false, jsonl = false, chat = false, no_special = false, skip_special = false;
   cmd->add_option("--tokenizer", dir, "Folder with tokenizer.json (+ tokenizer_config.json)")
       ->required();
   cmd->add_flag("--decode", decode, "Ids on stdin (spaces, commas or newlines) → text");

@@ -9,6 +9,8 @@ std::unique_ptr<ChatTemplate> ChatTemplate::for_tokenizer(const Tokenizer& token
   throw Error("chat templates are not implemented yet (" + dir + ")");
 }
 
-std::string ChatTemplate::render(const nlohmann::json&, bool) const { return ""; }
+std::string ChatTemplate::render(const nlohmann::json&, bool) const {
+  return "";
+}
 
 }  // namespace whale::text

@@ -35,8 +35,8 @@ constexpr size_t kLinearMergeLimit = 48;
 // Unicode White_Space (Rust's char::is_whitespace), for added tokens' lstrip/rstrip.
 bool is_white_space(char32_t c) {
   return (c >= 0x9 && c <= 0xD) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 // What a ByteLevel decoder turns a token string into: the bytes its characters stand for, or,
@@ -225,8 +225,7 @@ struct Tokenizer::Impl {
 
   // Encoding state, reused between calls under the mutex.
   mutable std::mutex mutex;
-  mutable std::unordered_map<std::string, std::vector<int>, TransparentHash, std::equal_to<>>
-      cache;
+  mutable std::unordered_map<std::string, std::vector<int>, TransparentHash, std::equal_to<>> cache;
   mutable std::vector<Segment> raw_segments, normalized_segments;
   mutable std::vector<std::string_view> pieces, next_pieces;
   mutable std::deque<std::string> owned_pieces;
@@ -256,8 +255,8 @@ void Tokenizer::Impl::load_model(const json& model) {
                            "\"; only byte-level BPE tokenizers are supported");
   for (const char* affix : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const json& v = model.contains(affix) ? model[affix] : json();
-    check(v.is_null() || v == "", where(source, std::string("model.") + affix) +
-                                      " is set; byte-level BPE does not use it");
+    check(v.is_null() || v == "",
+          where(source, std::string("model.") + affix) + " is set; byte-level BPE does not use it");
   }
   check(!model.value("byte_fallback", false),
         where(source, "model.byte_fallback") + " is true; it is not supported");
@@ -303,8 +302,8 @@ void Tokenizer::Impl::load_model(const json& model) {
   merges.reserve(merges_json.size());
   auto id_of = [&](const std::string& token, size_t rank) {
     auto it = vocab.find(token);
-    check(it != vocab.end(), where(source, "model.merges[" + std::to_string(rank) + "]") +
-                                 ": \"" + token + "\" is not in the vocabulary");
+    check(it != vocab.end(), where(source, "model.merges[" + std::to_string(rank) + "]") + ": \"" +
+                                 token + "\" is not in the vocabulary");
     return it->second;
   };
   for (size_t rank = 0; rank < merges_json.size(); ++rank) {
@@ -405,17 +404,24 @@ void Tokenizer::Impl::load_pre_tokenizer(const json& node, const std::string& pa
     if (pattern.contains("Regex")) {
       regex = pattern["Regex"].get<std::string>();
     } else {
-      check(pattern.contains("String"), where(source, path + ".pattern") + " is neither Regex nor String");
+      check(pattern.contains("String"),
+            where(source, path + ".pattern") + " is neither Regex nor String");
       regex = "\\Q" + pattern["String"].get<std::string>() + "\\E";
     }
     step.regex = std::make_unique<Regex>(regex);
     std::string behavior = require(node, "behavior", source, path).get<std::string>();
-    if (behavior == "Removed") step.behavior = SplitBehavior::kRemoved;
-    else if (behavior == "Isolated") step.behavior = SplitBehavior::kIsolated;
-    else if (behavior == "MergedWithPrevious") step.behavior = SplitBehavior::kMergedWithPrevious;
-    else if (behavior == "MergedWithNext") step.behavior = SplitBehavior::kMergedWithNext;
-    else if (behavior == "Contiguous") step.behavior = SplitBehavior::kContiguous;
-    else throw Error(where(source, path + ".behavior") + ": unknown \"" + behavior + "\"");
+    if (behavior == "Removed")
+      step.behavior = SplitBehavior::kRemoved;
+    else if (behavior == "Isolated")
+      step.behavior = SplitBehavior::kIsolated;
+    else if (behavior == "MergedWithPrevious")
+      step.behavior = SplitBehavior::kMergedWithPrevious;
+    else if (behavior == "MergedWithNext")
+      step.behavior = SplitBehavior::kMergedWithNext;
+    else if (behavior == "Contiguous")
+      step.behavior = SplitBehavior::kContiguous;
+    else
+      throw Error(where(source, path + ".behavior") + ": unknown \"" + behavior + "\"");
     step.invert = node.value("invert", false);
   } else if (type == "ByteLevel") {
     step.add_prefix_space = node.value("add_prefix_space", true);
@@ -447,8 +453,8 @@ void Tokenizer::Impl::load_post_processor(const json& node, const std::string& p
       t.is_sequence = true;
     } else {
       std::string name = require(item, "SpecialToken", source, path)["id"].get<std::string>();
-      check(specials.contains(name), where(source, path + ".special_tokens") + " lacks \"" +
-                                         name + "\"");
+      check(specials.contains(name),
+            where(source, path + ".special_tokens") + " lacks \"" + name + "\"");
       t.ids = specials[name]["ids"].get<std::vector<int>>();
     }
     single_template.push_back(std::move(t));
@@ -473,8 +479,8 @@ void Tokenizer::Impl::load_config(const json& config, const std::string& config_
     auto added_it = added_by_content.find(token);
     if (added_it != added_by_content.end()) return added_it->second;
     auto it = vocab.find(token);
-    check(it != vocab.end(), where(config_source, field) + ": \"" + token +
-                                 "\" is not a token of " + source);
+    check(it != vocab.end(),
+          where(config_source, field) + ": \"" + token + "\" is not a token of " + source);
     return it->second;
   };
   if (config.contains("bos_token")) bos_token = token_text(config["bos_token"]);
@@ -497,8 +503,12 @@ std::string Tokenizer::Impl::normalize(std::string_view text) const {
   std::string s(text);
   for (const NormalizerStep& step : normalizer) {
     switch (step.kind) {
-      case NormalizerStep::Kind::kNfc: s = to_nfc(s); break;
-      case NormalizerStep::Kind::kNfd: s = to_nfd(s); break;
+      case NormalizerStep::Kind::kNfc:
+        s = to_nfc(s);
+        break;
+      case NormalizerStep::Kind::kNfd:
+        s = to_nfd(s);
+        break;
       case NormalizerStep::Kind::kPrepend:
         if (!s.empty()) s = step.argument + s;
         break;
@@ -604,33 +614,43 @@ void Tokenizer::Impl::split(const PreTokenizerStep& step) const {
     std::vector<Part> kept;  // is_match now means "remove"
     bool previous_match = false;
     switch (step.behavior) {
-      case SplitBehavior::kRemoved: kept = parts; break;
-      case SplitBehavior::kIsolated: break;  // handled above
+      case SplitBehavior::kRemoved:
+        kept = parts;
+        break;
+      case SplitBehavior::kIsolated:
+        break;  // handled above
       case SplitBehavior::kContiguous:
         for (const Part& p : parts) {
-          if (p.is_match == previous_match && !kept.empty()) kept.back().end = p.end;
-          else kept.push_back({p.begin, p.end, false});
+          if (p.is_match == previous_match && !kept.empty())
+            kept.back().end = p.end;
+          else
+            kept.push_back({p.begin, p.end, false});
           previous_match = p.is_match;
         }
         break;
       case SplitBehavior::kMergedWithPrevious:
         for (const Part& p : parts) {
-          if (p.is_match && !previous_match && !kept.empty()) kept.back().end = p.end;
-          else kept.push_back({p.begin, p.end, false});
+          if (p.is_match && !previous_match && !kept.empty())
+            kept.back().end = p.end;
+          else
+            kept.push_back({p.begin, p.end, false});
           previous_match = p.is_match;
         }
         break;
       case SplitBehavior::kMergedWithNext:
         for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-          if (it->is_match && !previous_match && !kept.empty()) kept.back().begin = it->begin;
-          else kept.push_back({it->begin, it->end, false});
+          if (it->is_match && !previous_match && !kept.empty())
+            kept.back().begin = it->begin;
+          else
+            kept.push_back({it->begin, it->end, false});
           previous_match = it->is_match;
         }
         std::reverse(kept.begin(), kept.end());
         break;
     }
     for (const Part& p : kept)
-      if (!p.is_match && p.end > p.begin) next_pieces.push_back(piece.substr(p.begin, p.end - p.begin));
+      if (!p.is_match && p.end > p.begin)
+        next_pieces.push_back(piece.substr(p.begin, p.end - p.begin));
   }
   pieces.swap(next_pieces);
 }
@@ -660,8 +680,10 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int>& ids) 
   }
   size_t first = ids.size();
   auto whole = ignore_merges ? vocab_by_bytes.find(word) : vocab_by_bytes.end();
-  if (whole != vocab_by_bytes.end()) ids.push_back(whole->second);
-  else merge_word(word, ids);
+  if (whole != vocab_by_bytes.end())
+    ids.push_back(whole->second);
+  else
+    merge_word(word, ids);
   if (cacheable && cache.size() < kCacheCapacity)
     cache.emplace(std::string(word), std::vector<int>(ids.begin() + first, ids.end()));
 }
@@ -753,8 +775,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
   namespace fs = std::filesystem;
   fs::path json_path = fs::path(dir) / "tokenizer.json";
   check(fs::is_directory(dir), "tokenizer folder " + dir + " does not exist");
-  check(fs::exists(json_path), "no tokenizer.json in " + dir +
-                                   " (expected a Hugging Face tokenizer folder)");
+  check(fs::exists(json_path),
+        "no tokenizer.json in " + dir + " (expected a Hugging Face tokenizer folder)");
   fs::path config_path = fs::path(dir) / "tokenizer_config.json";
   std::string config = fs::exists(config_path) ? read_file(config_path.string()) : "";
   return from_json(read_file(json_path.string()), config, json_path.string());
@@ -774,14 +796,13 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& tokenizer_jso
   try {
     impl->load_model(require(root, "model", source_name, "(top level)"));
     impl->load_added_tokens(root.contains("added_tokens") ? root["added_tokens"] : json());
-    impl->load_normalizer(root.contains("normalizer") ? root["normalizer"] : json(),
-                          "normalizer");
+    impl->load_normalizer(root.contains("normalizer") ? root["normalizer"] : json(), "normalizer");
     impl->load_pre_tokenizer(root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json(),
                              "pre_tokenizer");
     check(!impl->pre_tokenizer.empty() && impl->pre_tokenizer.back().byte_level,
           where(source_name, "pre_tokenizer") + " must end with ByteLevel");
-    impl->load_post_processor(
-        root.contains("post_processor") ? root["post_processor"] : json(), "post_processor");
+    impl->load_post_processor(root.contains("post_processor") ? root["post_processor"] : json(),
+                              "post_processor");
     impl->check_decoder(root.contains("decoder") ? root["decoder"] : json(), "decoder");
   } catch (const json::exception& e) {
     throw Error(source_name + ": unexpected structure: " + e.what());
@@ -789,15 +810,16 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& tokenizer_jso
   // Added tokens go into the trie of the text they are matched in.
   for (size_t i = 0; i < impl->added.size(); ++i) {
     const AddedToken& t = impl->added[i];
-    if (t.normalized) impl->normalized_trie.insert(impl->normalize(t.content), static_cast<int>(i));
-    else impl->raw_trie.insert(t.content, static_cast<int>(i));
+    if (t.normalized)
+      impl->normalized_trie.insert(impl->normalize(t.content), static_cast<int>(i));
+    else
+      impl->raw_trie.insert(t.content, static_cast<int>(i));
   }
   if (!tokenizer_config_json.empty()) {
-    std::string config_source = std::filesystem::path(source_name).parent_path().empty()
-                                    ? "tokenizer_config.json"
-                                    : (std::filesystem::path(source_name).parent_path() /
-                                       "tokenizer_config.json")
-                                          .string();
+    std::string config_source =
+        std::filesystem::path(source_name).parent_path().empty()
+            ? "tokenizer_config.json"
+            : (std::filesystem::path(source_name).parent_path() / "tokenizer_config.json").string();
     try {
       impl->load_config(json::parse(tokenizer_config_json), config_source);
     } catch (const json::exception& e) {
@@ -833,8 +855,10 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool add_special_token
       }
       m.find_added_tokens(piece, m.normalized_trie, m.normalized_segments);
       for (const Segment& s : m.normalized_segments) {
-        if (s.token >= 0) ids.push_back(s.token);
-        else m.encode_text(piece.substr(s.begin, s.end - s.begin), ids);
+        if (s.token >= 0)
+          ids.push_back(s.token);
+        else
+          m.encode_text(piece.substr(s.begin, s.end - s.begin), ids);
       }
     }
   }
@@ -842,8 +866,10 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool add_special_token
     std::vector<int> framed;
     framed.reserve(ids.size() + 4);
     for (const TemplateItem& item : m.single_template) {
-      if (item.is_sequence) framed.insert(framed.end(), ids.begin(), ids.end());
-      else framed.insert(framed.end(), item.ids.begin(), item.ids.end());
+      if (item.is_sequence)
+        framed.insert(framed.end(), ids.begin(), ids.end());
+      else
+        framed.insert(framed.end(), item.ids.begin(), item.ids.end());
     }
     ids.swap(framed);
   }
@@ -869,7 +895,9 @@ bool Tokenizer::is_special(int id) const {
   return id >= 0 && static_cast<size_t>(id) < impl_->special.size() && impl_->special[id];
 }
 
-int Tokenizer::vocab_size() const { return static_cast<int>(impl_->bytes_of.size()); }
+int Tokenizer::vocab_size() const {
+  return static_cast<int>(impl_->bytes_of.size());
+}
 
 std::optional<int> Tokenizer::token_to_id(std::string_view token) const {
   std::string key(token);
@@ -880,12 +908,24 @@ std::optional<int> Tokenizer::token_to_id(std::string_view token) const {
   return std::nullopt;
 }
 
-int Tokenizer::bos_id() const { return impl_->bos_id; }
-int Tokenizer::eos_id() const { return impl_->eos_id; }
-const std::string& Tokenizer::bos_token() const { return impl_->bos_token; }
-const std::string& Tokenizer::eos_token() const { return impl_->eos_token; }
-bool Tokenizer::add_bos_token() const { return impl_->add_bos_token; }
-const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
+int Tokenizer::bos_id() const {
+  return impl_->bos_id;
+}
+int Tokenizer::eos_id() const {
+  return impl_->eos_id;
+}
+const std::string& Tokenizer::bos_token() const {
+  return impl_->bos_token;
+}
+const std::string& Tokenizer::eos_token() const {
+  return impl_->eos_token;
+}
+bool Tokenizer::add_bos_token() const {
+  return impl_->add_bos_token;
+}
+const std::string& Tokenizer::chat_template() const {
+  return impl_->chat_template;
+}
 
 std::string StreamDecoder::push(int id) {
   if (skip_special_tokens_ && tokenizer_.is_special(id)) return "";
