@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(cmake g++ make libgtest-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpcre2-dev pkg-config
-          libopenblas-dev python3-numpy)
+          libopenblas-openmp-dev python3-numpy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

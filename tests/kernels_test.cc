@@ -1,4 +1,5 @@
 // Every SIMD kernel against its scalar reference, on random data of awkward lengths.
+#include "ops/gemm.h"
 #include "ops/kernels.h"
 
 #include <gtest/gtest.h>
@@ -93,6 +94,32 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace whale
+
+namespace whale {
+namespace {
+
+TEST(Kernels, GemmMatchesReferenceInEveryTransposition) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int M : {1, 7, 33})
+    for (int N : {1, 5, 64})
+      for (int K : {1, 9, 130})
+        for (int ta = 0; ta < 2; ++ta)
+          for (int tb = 0; tb < 2; ++tb) {
+            std::vector<float> A(M * K), B(K * N), C(M * N), C_ref;
+            for (auto* v : {&A, &B, &C})
+              for (float& x : *v) x = normal(rng);
+            C_ref = C;
+            int lda = ta ? M : K, ldb = tb ? K : N;
+            gemm(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f, C.data(), N);
+            gemm_reference(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f,
+                           C_ref.data(), N);
+            for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], C_ref[i], 1e-4f * (1 + std::fabs(C_ref[i])));
+          }
 }
 
 }  // namespace

@@ -190,14 +190,14 @@ const TensorView* Checkpoint::find(const std::string& name) const {
   return it == index_.end() ? nullptr : it->second;
 }
 
-const TensorView& Checkpoint::get(const std::string& name) const {
+const TensorView& TensorSource::get(const std::string& name) const {
   const TensorView* view = find(name);
-  check(view != nullptr, dir_ + ": missing tensor '" + name + "'");
+  check(view != nullptr, where() + ": missing tensor '" + name + "'");
   return *view;
 }
 
-const TensorView& Checkpoint::get(const std::string& name,
-                                  const std::vector<int64_t>& shape) const {
+const TensorView& TensorSource::get(const std::string& name,
+                                    const std::vector<int64_t>& shape) const {
   const TensorView& view = get(name);
   check(view.shape == shape, view.file + ": tensor '" + name + "' has shape " +
                                  view.shape_string() + " but the config implies " +

@@ -44,16 +44,25 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// A model folder's weights: model.safetensors, or the shards named by
-// model.safetensors.index.json. Nothing is copied: views point into the mappings.
-class Checkpoint {
+// Anything that holds named tensors: a checkpoint on disk, or training's parameter store.
+class TensorSource {
  public:
-  explicit Checkpoint(const std::string& dir);
-
-  const TensorView* find(const std::string& name) const;
+  virtual ~TensorSource() = default;
+  virtual const TensorView* find(const std::string& name) const = 0;
+  virtual std::string where() const = 0;  // for error messages
   const TensorView& get(const std::string& name) const;  // Error if missing
   // Error if missing or if the shape is not `shape`.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
+};
+
+// A model folder's weights: model.safetensors, or the shards named by
+// model.safetensors.index.json. Nothing is copied: views point into the mappings.
+class Checkpoint : public TensorSource {
+ public:
+  explicit Checkpoint(const std::string& dir);
+
+  const TensorView* find(const std::string& name) const override;
+  std::string where() const override { return dir_; }
   const std::map<std::string, const TensorView*>& tensors() const { return index_; }
   size_t total_bytes() const;
 

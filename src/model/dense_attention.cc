@@ -7,7 +7,7 @@
 
 namespace whale {
 
-static void add_bias(float* x, const std::vector<float>& bias, int T, int n) {
+static void add_bias(float* x, const Vector& bias, int T, int n) {
   if (bias.empty()) return;
   for (int t = 0; t < T; ++t)
     for (int i = 0; i < n; ++i) x[static_cast<size_t>(t) * n + i] += bias[i];

@@ -130,7 +130,7 @@ struct SpecCollector {
 
 struct Loader {
   const ModelConfig& config;
-  const Checkpoint& checkpoint;
+  const TensorSource& checkpoint;
 
   void matrix(const std::string& name, int rows, int cols, bool quantizable, Linear& out) {
     const TensorView& t = checkpoint.get(name, {rows, cols});
@@ -153,11 +153,15 @@ struct Loader {
   }
 
   void vector(const std::string& name, int n, WeightSpec::Kind, Vector& out) {
-    out = to_f32(checkpoint.get(name, {n}));
+    const TensorView& t = checkpoint.get(name, {n});
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+      out.set_view(reinterpret_cast<const float*>(t.data), static_cast<size_t>(n));
+    else
+      out.set_owned(to_f32(t));
   }
 
-  static Vector to_f32(const TensorView& t) {
-    Vector v(static_cast<size_t>(t.numel()));
+  static std::vector<float> to_f32(const TensorView& t) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
     for (size_t i = 0; i < v.size(); ++i) {
       switch (t.dtype) {
         case DType::F32:
@@ -184,7 +188,7 @@ struct Loader {
 
 }  // namespace
 
-Weights load_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
+Weights load_weights(const ModelConfig& config, const TensorSource& checkpoint) {
   Weights w;
   Loader loader{config, checkpoint};
   visit_weights(config, w, loader);

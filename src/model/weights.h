@@ -11,7 +11,38 @@
 
 namespace whale {
 
-using Vector = std::vector<float>;
+// A 1-D f32 parameter (norm weight, bias): a view of f32 storage when the source holds it as
+// f32 (training's parameter store), otherwise its own converted copy (bf16 checkpoints).
+class Vector {
+ public:
+  Vector() = default;
+  Vector(const Vector& o) { *this = o; }
+  Vector& operator=(const Vector& o) {
+    owned_ = o.owned_;
+    view_ = o.owned_.empty() ? o.view_ : owned_.data();
+    size_ = o.size_;
+    return *this;
+  }
+  void set_view(const float* data, size_t n) {
+    owned_.clear();
+    view_ = data;
+    size_ = n;
+  }
+  void set_owned(std::vector<float> values) {
+    owned_ = std::move(values);
+    view_ = owned_.data();
+    size_ = owned_.size();
+  }
+  const float* data() const { return view_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  float operator[](size_t i) const { return view_[i]; }
+
+ private:
+  std::vector<float> owned_;
+  const float* view_ = nullptr;
+  size_t size_ = 0;
+};
 
 struct FeedForward {  // SwiGLU: down(silu(gate(x)) · up(x))
   Linear gate_proj, up_proj, down_proj;
@@ -74,8 +105,9 @@ struct Weights {
 };
 
 // Loads every tensor the config implies, checking each shape; an absent or misshapen tensor
-// is an Error naming it. The checkpoint must outlive the weights.
-Weights load_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+// is an Error naming it. The source (a checkpoint, or training's parameter store) must outlive
+// the weights: matrices are always views, f32 vectors too.
+Weights load_weights(const ModelConfig& config, const TensorSource& source);
 
 // Every tensor name and shape the config implies, in a stable order, with whether it is a
 // matrix that fp8 checkpoints store quantized (then a `_scale_inv` companion exists).

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "ops/gemm.h"
 #include "ops/kernels.h"
 
 namespace whale {
@@ -66,23 +67,20 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     for (int r = 0; r < rows; ++r) y[r] = w.row_dot(r, x);
     return;
   }
+  if (w.dtype == DType::F32) {  // a true GEMM
+    matmul_xwt(x, reinterpret_cast<const float*>(w.data), T, cols, rows, y);
+    return;
+  }
   // Several tokens: dequantize each row once, then dot it with every token.
 #pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
   {
     std::vector<float> row(cols);
 #pragma omp for schedule(static)
     for (int r = 0; r < rows; ++r) {
-      if (w.dtype == DType::F32) {
-        const float* wr = reinterpret_cast<const float*>(w.data) + static_cast<size_t>(r) * cols;
-        for (int t = 0; t < T; ++t)
-          y[static_cast<size_t>(t) * rows + r] =
-              dot_f32(wr, x + static_cast<size_t>(t) * cols, cols);
-      } else {
-        w.row_to_f32(r, row.data());
-        for (int t = 0; t < T; ++t)
-          y[static_cast<size_t>(t) * rows + r] =
-              dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
-      }
+      w.row_to_f32(r, row.data());
+      for (int t = 0; t < T; ++t)
+        y[static_cast<size_t>(t) * rows + r] =
+            dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
     }
   }
 }
