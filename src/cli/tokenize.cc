@@ -1,5 +1,7 @@
 // whale tokenize: text ↔ ids with a Hugging Face tokenizer folder, for scripts and checks.
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -38,6 +40,33 @@ nlohmann::json parse_line(const std::string& line, size_t number) {
   }
 }
 
+// Encodes every {"text": ...} document of a JSONL file `passes` times; prints the rate of each
+// pass (the first one starts with an empty cache) as one JSON line. Used by bench/tokenizer.
+void run_bench(const text::Tokenizer& tokenizer, const std::string& path, int passes) {
+  std::ifstream in(path);
+  check(in.good(), "cannot read " + path);
+  std::vector<std::string> texts;
+  size_t bytes = 0, number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    if (line.empty()) continue;
+    texts.push_back(parse_line(line, number).at("text").get<std::string>());
+    bytes += texts.back().size();
+  }
+  nlohmann::json rates = nlohmann::json::array();
+  size_t tokens = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    tokens = 0;
+    auto start = std::chrono::steady_clock::now();
+    for (const std::string& t : texts) tokens += tokenizer.encode(t).size();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    rates.push_back(bytes / 1e6 / seconds);
+  }
+  nlohmann::json report = {{"bytes", bytes}, {"tokens", tokens}, {"mb_per_s", rates}};
+  std::printf("%s\n", report.dump().c_str());
+}
+
 }  // namespace
 
 void add_tokenize_command(CLI::App& app) {
@@ -57,9 +86,16 @@ void add_tokenize_command(CLI::App& app) {
   cmd->add_flag("--no-special", no_special,
                 "Do not add the post-processor's special tokens (e.g. a leading BOS)");
   cmd->add_flag("--skip-special", skip_special, "With --decode: leave special tokens out");
+  static std::string bench_file;
+  static int bench_passes = 3;
+  cmd->add_option("--bench", bench_file,
+                  "Time encoding the {\"text\"} lines of this JSONL file (no stdin); prints MB/s");
+  cmd->add_option("--passes", bench_passes, "Passes over the --bench file (default 3)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([] {
     check(!(chat && decode), "--chat and --decode cannot be combined");
     auto tokenizer = text::Tokenizer::load(dir);
+    if (!bench_file.empty()) return run_bench(*tokenizer, bench_file, bench_passes);
     bool add_special = !no_special;
     std::string input = read_stdin();
 
