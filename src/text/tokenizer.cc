@@ -332,6 +332,7 @@ void Tokenizer::Impl::load_model(const json& model) {
 void Tokenizer::Impl::load_added_tokens(const json& list) {
   if (list.is_null()) return;
   check(list.is_array(), where(source, "added_tokens") + " is not an array");
+  int max_added_id = -1;
   for (size_t i = 0; i < list.size(); ++i) {
     const json& t = list[i];
     std::string path = "added_tokens[" + std::to_string(i) + "]";
@@ -345,7 +346,21 @@ void Tokenizer::Impl::load_added_tokens(const json& list) {
     check(!t.value("single_word", false),
           where(source, path + ".single_word") + " is true; it is not supported");
     check(token.id >= 0, where(source, path + ".id") + " is negative");
-    if (token.content.empty()) continue;  // HF ignores empty added tokens
+    // HF ignores empty tokens and a repeated content (the first one wins).
+    if (token.content.empty() || added_by_content.count(token.content)) continue;
+    // HF does not trust the file's id: a token already in the model vocabulary gets that id,
+    // a new one the next id after the vocabulary (and the added tokens so far). For real
+    // tokenizer.json files both agree.
+    auto in_vocab = vocab.find(token.content);
+    if (in_vocab != vocab.end()) {
+      token.id = in_vocab->second;
+    } else {
+      int model_size = static_cast<int>(vocab.size());
+      token.id = model_size;
+      if (max_added_id >= 0 && (max_added_id >= model_size || model_size == 0))
+        token.id = max_added_id + 1;
+    }
+    max_added_id = std::max(max_added_id, token.id);
     added_by_content[token.content] = token.id;
     added.push_back(std::move(token));
   }
