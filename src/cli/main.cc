@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   whale::add_logits_command(app);
   whale::add_generate_command(app);
   whale::add_demo_command(app);
+  whale::add_grad_command(app);
   whale::add_tokenize_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);

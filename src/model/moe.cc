@@ -35,27 +35,34 @@ void ffn_forward(const FeedForward& f, const float* x, int T, float* out) {
       for (int i = 0; i < H; ++i) out[static_cast<size_t>(t) * H + i] += f.down_bias[i];
 }
 
-Routing route(const ModelConfig& c, const Router& router, const float* u, int T) {
+std::vector<float> router_scores(const ModelConfig& c, const Router& router, const float* u,
+                                 int T) {
+  const int E = c.n_routed_experts;
+  std::vector<float> scores(static_cast<size_t>(T) * E);
+  linear_forward(router.weight, u, T, scores.data());
+  // s_i = softmax (V2) or sigmoid (V3) of u·e_i, in f32.
+  for (int t = 0; t < T; ++t) {
+    float* s = scores.data() + static_cast<size_t>(t) * E;
+    if (c.scoring_func == "softmax") softmax(s, E);
+    else for (int e = 0; e < E; ++e) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
+  }
+  return scores;
+}
+
+Routing choose_experts(const ModelConfig& c, const Router& router, const float* all_scores,
+                       int T) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int groups = c.topk_method == "greedy" ? 1 : c.n_group;
   const int per_group = E / groups;
   const bool biased = !router.e_score_correction_bias.empty();
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-  std::vector<float> logits(static_cast<size_t>(T) * E);
-  linear_forward(router.weight, u, T, logits.data());
   Routing r;
   r.experts.resize(static_cast<size_t>(T) * K);
   r.gates.resize(static_cast<size_t>(T) * K);
-  std::vector<float> scores(E), choice(E), group_score(groups);
+  std::vector<float> choice(E), group_score(groups);
   std::vector<int> order(std::max(E, groups));
   for (int t = 0; t < T; ++t) {
-    // s_i = softmax (V2) or sigmoid (V3) of u·e_i, in f32.
-    std::copy_n(logits.data() + static_cast<size_t>(t) * E, E, scores.data());
-    if (c.scoring_func == "softmax")
-      softmax(scores.data(), E);
-    else
-      for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
+    const float* scores = all_scores + static_cast<size_t>(t) * E;
     // The bias (V3) only chooses: choice = s + b.
     for (int e = 0; e < E; ++e)
       choice[e] = scores[e] + (biased ? router.e_score_correction_bias[e] : 0.0f);
@@ -70,8 +77,9 @@ Routing route(const ModelConfig& c, const Router& router, const float* u, int T)
             if (first[i] > best) {
               second = best;
               best = first[i];
-            } else if (first[i] > second)
+            } else if (first[i] > second) {
               second = first[i];
+            }
           }
           group_score[g] = best + second;
         } else {
@@ -98,6 +106,11 @@ Routing route(const ModelConfig& c, const Router& router, const float* u, int T)
     }
   }
   return r;
+}
+
+Routing route(const ModelConfig& c, const Router& router, const float* u, int T) {
+  std::vector<float> scores = router_scores(c, router, u, T);
+  return choose_experts(c, router, scores.data(), T);
 }
 
 void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, float* out,

@@ -16,6 +16,11 @@ struct Routing {
   std::vector<float> gates;
 };
 Routing route(const ModelConfig& c, const Router& router, const float* u, int T);
+// The two halves of route(): s = softmax or sigmoid of the router logits [T, n_routed] ...
+std::vector<float> router_scores(const ModelConfig& c, const Router& router, const float* u,
+                                 int T);
+// ... and the choice from them: groups, top-k on s + bias, gates from the unbiased s.
+Routing choose_experts(const ModelConfig& c, const Router& router, const float* scores, int T);
 
 // out = Σ_shared FFN_s(u) + Σ_{i ∈ TopK} g_i FFN_i(u); tokens routed to the same expert run
 // together. If `routing` is non-null it receives the router's choice.

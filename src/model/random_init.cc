@@ -17,33 +17,6 @@ namespace whale {
 
 namespace {
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Approximately normal values (Irwin–Hall sum of four 16-bit uniforms, variance-corrected),
-// deterministic for a given (seed, tensor) whatever the thread count.
-void fill_normal(float* out, size_t n, float stddev, uint64_t seed) {
-  constexpr size_t kChunk = 1 << 16;
-  const size_t chunks = (n + kChunk - 1) / kChunk;
-  // Sum of 4 U(0,1): mean 2, variance 4/12.
-  const float scale = stddev / std::sqrt(4.0f / 12.0f);
-#pragma omp parallel for schedule(static) if (n > kChunk)
-  for (size_t ch = 0; ch < chunks; ++ch) {
-    uint64_t state = seed ^ (ch * 0xd1b54a32d192ed03ull);
-    size_t end = std::min(n, (ch + 1) * kChunk);
-    for (size_t i = ch * kChunk; i < end; ++i) {
-      uint64_t r = splitmix64(state);
-      float sum = 0;
-      for (int k = 0; k < 4; ++k) sum += static_cast<float>((r >> (16 * k)) & 0xffff) / 65536.0f;
-      out[i] = (sum - 2.0f) * scale;
-    }
-  }
-}
-
 std::vector<uint8_t> encode(const std::vector<float>& values, DType dtype) {
   std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
   if (dtype == DType::F32) {
@@ -84,6 +57,31 @@ struct Planned {
 };
 
 }  // namespace
+
+static uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void fill_normal(float* out, size_t n, float stddev, uint64_t seed) {
+  constexpr size_t kChunk = 1 << 16;
+  const size_t chunks = (n + kChunk - 1) / kChunk;
+  // Sum of 4 U(0,1): mean 2, variance 4/12.
+  const float scale = stddev / std::sqrt(4.0f / 12.0f);
+#pragma omp parallel for schedule(static) if (n > kChunk)
+  for (size_t ch = 0; ch < chunks; ++ch) {
+    uint64_t state = seed ^ (ch * 0xd1b54a32d192ed03ull);
+    size_t end = std::min(n, (ch + 1) * kChunk);
+    for (size_t i = ch * kChunk; i < end; ++i) {
+      uint64_t r = splitmix64(state);
+      float sum = 0;
+      for (int k = 0; k < 4; ++k) sum += static_cast<float>((r >> (16 * k)) & 0xffff) / 65536.0f;
+      out[i] = (sum - 2.0f) * scale;
+    }
+  }
+}
 
 void write_random_model(const ModelConfig& config, const std::string& dir,
                         const InitOptions& options) {

@@ -16,6 +16,10 @@ struct InitOptions {
   bool progress = false;
 };
 
+// Approximately normal values (Irwin–Hall sum of four 16-bit uniforms, variance-corrected),
+// deterministic for a given seed whatever the thread count.
+void fill_normal(float* out, size_t n, float stddev, uint64_t seed);
+
 void write_random_model(const ModelConfig& config, const std::string& dir,
                         const InitOptions& options);
 
