@@ -9,6 +9,8 @@ namespace whale::text {
 
 namespace {
 
+#include "text/unicode_patch.inc"
+
 // Unicode's White_Space property, which Oniguruma's \s matches.
 constexpr const char* kWhiteSpaceSet =
     "\\x{9}-\\x{D}\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
@@ -29,6 +31,25 @@ std::string oniguruma_to_pcre2(const std::string& pattern) {
     char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       char next = pattern[++i];
+      // \p{L} and friends: PCRE2's Unicode 14 plus the characters newer Unicode versions
+      // (which Oniguruma knows) added to the category.
+      size_t close = pattern.find('}', i);
+      std::string property = next == 'p' && i + 1 < pattern.size() && pattern[i + 1] == '{' &&
+                                     close != std::string::npos
+                                 ? pattern.substr(i + 2, close - i - 2)
+                                 : "";
+      const char* newer = property == "L"   ? kNewerL
+                          : property == "M" ? kNewerM
+                          : property == "N" ? kNewerN
+                          : property == "P" ? kNewerP
+                          : property == "S" ? kNewerS
+                                            : nullptr;
+      if (newer) {
+        std::string expanded = "\\p{" + property + "}" + newer;
+        out += in_class ? expanded : "[" + expanded + "]";
+        i = close;
+        continue;
+      }
       if (next == 's' || next == 'S') {
         bool negated = next == 'S';
         if (in_class) {

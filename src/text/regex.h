@@ -31,9 +31,11 @@ class Regex {
   std::unique_ptr<Impl> impl_;
 };
 
-// Rewrites the Oniguruma-isms in a tokenizer.json pattern into PCRE2 syntax with the same
+// Rewrites a tokenizer.json pattern (written for Oniguruma) into PCRE2 syntax with the same
 // meaning: \s and \S become Unicode's White_Space set (PCRE2's \s differs: it includes
-// U+180E and not U+0085). Exposed for tests.
+// U+180E and not U+0085), and \p{L}, \p{M}, \p{N}, \p{P}, \p{S} also take the characters
+// that Unicode versions newer than PCRE2's (14) added to them, such as the emoji U+1FA77 🩷
+// (src/text/unicode_patch.inc). Exposed for tests.
 std::string oniguruma_to_pcre2(const std::string& pattern);
 
 }  // namespace whale::text

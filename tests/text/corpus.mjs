@@ -118,6 +118,10 @@ const handWritten = [
   "გამარჯობა მსოფლიო",
   "Բարեւ աշխարհ",
   "ᚠᚢᚦᚨᚱᚲ runes and 𓀀𓀁 hieroglyphs and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters",
+  // Characters newer than Unicode 14 (PCRE2 10.42's): emoji, letters, digits, symbols
+  "new emoji 🩷🩷 🫨 🪽 🫎 🪿 🫩 🫟 x 🩷",
+  "Kawi 𑼄𑼅𑼆 Nag Mundari 𞓐𞓑 digits 𞓰𞓱 Kaktovik 𝋀𝋁 Garay 𐵀𐵁 𐵊𐵋 x 𑼄x",
+  "legacy computing 𜰀𜰁 ideographic description ⿼⿽ CJK strokes ㇤ letters ꟋꟌ",
   // Unusual whitespace and controls
   "a\u00a0b\u00a0\u00a0c non-breaking",
   "a\u3000b\u3000\u3000c ideographic space",
