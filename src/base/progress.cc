@@ -58,9 +58,10 @@ void Progress::draw(bool final) {
   bar.resize(width, '.');
   double rate = seconds > 0 ? done_ / seconds : 0;
   double eta = rate > 0 && total_ > done_ ? (total_ - done_) / rate : 0;
-  std::fprintf(stderr, "%s%s [%s] %3.0f%% %s%s/s %s %.0fs%s", tty_ ? "\r" : "", label_.c_str(),
+  std::fprintf(stderr, "%s%s [%s] %3.0f%% %s%s/s %s %.0fs %s%s", tty_ ? "\r" : "", label_.c_str(),
                bar.c_str(), fraction * 100, si(rate).c_str(), unit_.c_str(),
-               final ? "done in" : "ETA", final ? seconds : eta, tty_ && !final ? "" : "\n");
+               final ? "done in" : "ETA", final ? seconds : eta, status_.c_str(),
+               tty_ && !final ? "\x1b[K" : "\n");
   std::fflush(stderr);
 }
 

@@ -11,12 +11,13 @@ class Progress {
  public:
   Progress(std::string label, size_t total, std::string unit);
   void advance(size_t amount);
+  void set_status(std::string status) { status_ = std::move(status); }
   void finish();
   ~Progress();
 
  private:
   void draw(bool final);
-  std::string label_, unit_;
+  std::string label_, unit_, status_;
   size_t total_, done_ = 0;
   bool tty_, finished_ = false;
   int last_decile_ = -1;

@@ -130,8 +130,10 @@ double cross_entropy(const float* logits, const int* targets, int n, int vocab, 
                      float* dlogits) {
   int count = 0;
   for (int i = 0; i < n; ++i) count += targets[i] >= 0;
-  double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
+  // Per-row losses summed in order afterwards: the same bits on every run (resumes replay
+  // exactly), whatever the threads do.
+  std::vector<double> row_loss(n, 0.0);
+#pragma omp parallel for schedule(static)
   for (int i = 0; i < n; ++i) {
     const float* row = logits + static_cast<size_t>(i) * vocab;
     float* drow = dlogits ? dlogits + static_cast<size_t>(i) * vocab : nullptr;
@@ -144,7 +146,7 @@ double cross_entropy(const float* logits, const int* targets, int n, int vocab, 
     double sum = 0;
     for (int v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max);
     double log_z = max + std::log(sum);
-    total += log_z - row[targets[i]];
+    row_loss[i] = log_z - row[targets[i]];
     if (drow) {
       const float scale = weight / count;
       for (int v = 0; v < vocab; ++v)
@@ -152,6 +154,8 @@ double cross_entropy(const float* logits, const int* targets, int n, int vocab, 
       drow[targets[i]] -= scale;
     }
   }
+  double total = 0;
+  for (double l : row_loss) total += l;
   return count ? total / count : 0.0;
 }
 

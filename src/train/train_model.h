@@ -33,6 +33,10 @@ class TrainModel {
   bool has_mtp_output() const { return run_mtp_; }
   // Tokens routed to each expert in the last forward, per main MoE layer (empty for dense).
   std::vector<std::vector<int>> expert_loads() const;
+  // Tokens routed to each expert of the MTP layer in the last forward (empty if none).
+  std::vector<int> mtp_expert_load() const {
+    return run_mtp_ && weights_.mtp.block.is_moe ? mtp_block_.moe.load : std::vector<int>{};
+  }
   // The experts chosen in the last forward, per main MoE layer (for keep-routing replay).
   std::vector<std::vector<int>> routing() const;
   double balance_loss_value() const;  // BAL of the last forward, summed over main MoE layers

@@ -1,0 +1,54 @@
+#include <cstdio>
+#include <filesystem>
+
+#include "base/error.h"
+#include "base/file.h"
+#include "cli/commands.h"
+#include "text/tokenizer.h"
+#include "train/data.h"
+
+namespace whale {
+
+void add_data_command(CLI::App& app) {
+  auto* data = app.add_subcommand("data", "Make training data: token shards from text");
+  data->require_subcommand(1);
+
+  auto* prepare = data->add_subcommand(
+      "prepare", "Tokenize text files (.jsonl {\"text\": ...} lines, or plain text with documents "
+                 "separated by blank lines) into DIR/train.bin, val.bin and data.json");
+  static std::string tokenizer_dir, out_dir;
+  static std::vector<std::string> inputs;
+  static PrepareOptions options;
+  prepare->add_option("--tokenizer", tokenizer_dir, "Folder with tokenizer.json")->required();
+  prepare->add_option("--input", inputs, "Text files")->required();
+  prepare->add_option("--out", out_dir, "Output folder")->required();
+  prepare->add_option("--val-fraction", options.val_fraction, "Share of documents held out (0.05)");
+  prepare->callback([] {
+    auto tokenizer = text::Tokenizer::load(tokenizer_dir);
+    prepare_data(*tokenizer, tokenizer_dir, inputs, out_dir, options);
+    std::printf("wrote %s\n", out_dir.c_str());
+  });
+
+  auto* synth = data->add_subcommand(
+      "synth", "The built-in synthetic corpus (arithmetic, word problems, small stories) with a "
+               "byte-level tokenizer, tokenized into a data folder");
+  static size_t bytes = 4'000'000;
+  static uint64_t seed = 0;
+  static std::string synth_out;
+  synth->add_option("--out", synth_out, "Output folder")->required();
+  synth->add_option("--bytes", bytes, "Corpus size in bytes (default 4000000)");
+  synth->add_option("--seed", seed, "Random seed");
+  synth->callback([] {
+    namespace fs = std::filesystem;
+    fs::create_directories(synth_out + "/tokenizer");
+    write_file_atomic(synth_out + "/tokenizer/tokenizer.json", byte_level_tokenizer_json());
+    write_file_atomic(synth_out + "/tokenizer/tokenizer_config.json", byte_level_tokenizer_config_json());
+    write_file_atomic(synth_out + "/corpus.txt", synthetic_corpus(bytes, seed));
+    auto tokenizer = text::Tokenizer::load(synth_out + "/tokenizer");
+    PrepareOptions o;
+    prepare_data(*tokenizer, synth_out + "/tokenizer", {synth_out + "/corpus.txt"}, synth_out, o);
+    std::printf("wrote %s (corpus.txt, tokenizer/, train.bin, val.bin)\n", synth_out.c_str());
+  });
+}
+
+}  // namespace whale
