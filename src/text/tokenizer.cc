@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <limits>
@@ -26,9 +27,8 @@ constexpr const char* kGpt2Pattern =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 // Pre-tokens up to this many bytes have their ids cached; longer ones are rare and costly to
-// store. The cache stops growing at kCacheCapacity entries (like HF's, it is never evicted).
+// store.
 constexpr size_t kMaxCachedLength = 64;
-constexpr size_t kCacheCapacity = 1 << 18;
 // Words with more symbols than this merge with a heap instead of repeated linear scans.
 constexpr size_t kLinearMergeLimit = 48;
 
@@ -143,6 +143,52 @@ class AddedTokenTrie {
   std::array<bool, 256> starts_token_{};
 };
 
+// Pre-token bytes → ids, so a word seen before costs one hash lookup instead of a BPE run.
+// Open addressing over flat arrays: no allocation per entry, and a probe touches one slot.
+class WordCache {
+ public:
+  WordCache() : slots_(kSlots) {}
+
+  // The cached ids of `word`, or nullptr (count is set when found).
+  const int32_t* find(std::string_view word, uint64_t hash, size_t& count) const {
+    for (size_t i = hash & (kSlots - 1);; i = (i + 1) & (kSlots - 1)) {
+      const Slot& s = slots_[i];
+      if (s.key_length == 0) return nullptr;
+      if (s.hash == hash && s.key_length == word.size() &&
+          std::memcmp(keys_.data() + s.key_offset, word.data(), word.size()) == 0) {
+        count = s.id_count;
+        return ids_.data() + s.ids_offset;
+      }
+    }
+  }
+  // Stops taking entries when full (like HF's cache, it is never evicted).
+  void insert(std::string_view word, uint64_t hash, const int* ids, size_t count) {
+    if (size_ >= kCapacity || word.empty() || count > UINT16_MAX) return;
+    size_t i = hash & (kSlots - 1);
+    while (slots_[i].key_length != 0) i = (i + 1) & (kSlots - 1);
+    slots_[i] = {hash, static_cast<uint32_t>(keys_.size()), static_cast<uint16_t>(word.size()),
+                 static_cast<uint16_t>(count), static_cast<uint32_t>(ids_.size())};
+    keys_.append(word);
+    ids_.insert(ids_.end(), ids, ids + count);
+    ++size_;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 1 << 16;
+  static constexpr size_t kSlots = kCapacity * 2;  // at most half full: short probe runs
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t key_offset = 0;
+    uint16_t key_length = 0;  // 0: empty slot (words of one byte are never cached)
+    uint16_t id_count = 0;
+    uint32_t ids_offset = 0;
+  };
+  std::vector<Slot> slots_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
+  size_t size_ = 0;
+};
+
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
 struct PreTokenizerStep {
@@ -225,7 +271,7 @@ struct Tokenizer::Impl {
 
   // Encoding state, reused between calls under the mutex.
   mutable std::mutex mutex;
-  mutable std::unordered_map<std::string, std::vector<int>, TransparentHash, std::equal_to<>> cache;
+  mutable WordCache cache;
   mutable std::vector<Segment> raw_segments, normalized_segments;
   mutable std::vector<std::string_view> pieces, next_pieces;
   mutable std::deque<std::string> owned_pieces;
@@ -686,10 +732,12 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int>& ids) 
     return;
   }
   bool cacheable = word.size() <= kMaxCachedLength;
+  uint64_t hash = 0;
   if (cacheable) {
-    auto it = cache.find(word);
-    if (it != cache.end()) {
-      ids.insert(ids.end(), it->second.begin(), it->second.end());
+    hash = std::hash<std::string_view>{}(word);
+    size_t count = 0;
+    if (const int32_t* cached = cache.find(word, hash, count)) {
+      ids.insert(ids.end(), cached, cached + count);
       return;
     }
   }
@@ -699,8 +747,7 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int>& ids) 
     ids.push_back(whole->second);
   else
     merge_word(word, ids);
-  if (cacheable && cache.size() < kCacheCapacity)
-    cache.emplace(std::string(word), std::vector<int>(ids.begin() + first, ids.end()));
+  if (cacheable) cache.insert(word, hash, ids.data() + first, ids.size() - first);
 }
 
 // BPE: repeatedly join the adjacent pair with the lowest merge rank (the leftmost on a tie)
