@@ -143,6 +143,76 @@ class AddedTokenTrie {
   std::array<bool, 256> starts_token_{};
 };
 
+// String → id with open addressing over flat arrays: the vocabulary (~150k entries) is built
+// and probed hundreds of thousands of times while loading, where std::unordered_map's node
+// allocations and pointer chasing dominate.
+class StringIdMap {
+ public:
+  void reserve(size_t count) {
+    size_t slots = 16;
+    while (slots < 2 * count) slots *= 2;
+    slots_.assign(slots, Slot{});
+    keys_.reserve(count * 8);
+  }
+  // Adds or replaces (a repeated JSON key keeps its last value, as nlohmann does).
+  void insert_or_assign(std::string_view key, int id) {
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    Slot& slot = slots_[probe(key, hash(key))];
+    if (slot.id < 0) {
+      slot = {hash(key), static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(key.size()),
+              id};
+      keys_.append(key);
+      ++size_;
+    } else {
+      slot.id = id;
+    }
+  }
+  // The id of `key`, or -1.
+  int find(std::string_view key) const {
+    if (slots_.empty()) return -1;
+    return slots_[probe(key, hash(key))].id;
+  }
+  size_t size() const { return size_; }
+  template <typename F>
+  void for_each(F&& visit) const {
+    for (const Slot& s : slots_)
+      if (s.id >= 0) visit(std::string_view(keys_).substr(s.key_offset, s.key_length), s.id);
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t key_offset = 0, key_length = 0;
+    int id = -1;  // -1: empty
+  };
+  static uint64_t hash(std::string_view key) { return std::hash<std::string_view>{}(key); }
+  // The slot holding `key`, or the empty slot where it would go.
+  size_t probe(std::string_view key, uint64_t h) const {
+    size_t mask = slots_.size() - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      const Slot& s = slots_[i];
+      if (s.id < 0) return i;
+      if (s.hash == h && s.key_length == key.size() &&
+          std::memcmp(keys_.data() + s.key_offset, key.data(), key.size()) == 0)
+        return i;
+    }
+  }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(std::max<size_t>(16, old.size() * 2), Slot{});
+    size_t mask = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.id < 0) continue;
+      size_t i = s.hash & mask;
+      while (slots_[i].id >= 0) i = (i + 1) & mask;
+      slots_[i] = s;
+    }
+  }
+  std::vector<Slot> slots_;
+  std::string keys_;
+  size_t size_ = 0;
+};
+
 // Pre-token bytes → ids, so a word seen before costs one hash lookup instead of a BPE run.
 // Open addressing over flat arrays: no allocation per entry, and a probe touches one slot.
 class WordCache {
@@ -243,12 +313,90 @@ std::string token_text(const json& value) {
 
 }  // namespace
 
+// model.vocab and model.merges, taken out of the JSON while it is parsed: building them as
+// nlohmann DOM nodes (a std::map of ~150k entries) would cost most of the load time.
+struct StreamedModel {
+  std::vector<std::pair<std::string, json>> vocab;  // token → id (checked later)
+  struct Merge {
+    std::string first, second;  // "a b" in `first` alone, or the pair ["a", "b"]
+    bool is_pair = false;
+    bool malformed = false;
+  };
+  std::vector<Merge> merges;
+  bool in_pair = false;
+  int pair_items = 0;
+};
+
+// A parser callback that moves model.vocab entries and model.merges items into `model`
+// (and leaves the DOM's vocab and merges empty), tracking where it is by the keys of the
+// enclosing containers.
+json parse_tokenizer_json(const std::string& text, StreamedModel& model) {
+  std::vector<std::string> path;
+  std::string key;
+  auto at = [&](std::initializer_list<const char*> expected) {
+    if (path.size() != expected.size()) return false;
+    size_t i = 0;
+    for (const char* e : expected)
+      if (path[i++] != e) return false;
+    return true;
+  };
+  return json::parse(text, [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::key:
+        key = parsed.get<std::string>();
+        return !at({"", "model", "vocab"});  // not even a placeholder entry in the DOM
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (at({"", "model", "merges"})) {  // a merge written as ["a", "b"]
+          model.merges.push_back({"", "", true, false});
+          model.in_pair = true;
+          model.pair_items = 0;
+        }
+        path.push_back(key);
+        key.clear();
+        return true;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        path.pop_back();
+        if (model.in_pair && at({"", "model", "merges"})) {
+          if (model.pair_items != 2) model.merges.back().malformed = true;
+          model.in_pair = false;
+          return false;  // the pair is recorded; drop its (empty) array
+        }
+        return true;
+      case json::parse_event_t::value:
+        if (at({"", "model", "vocab"})) {
+          model.vocab.emplace_back(std::move(key), std::move(parsed));
+          return false;
+        }
+        if (at({"", "model", "merges"})) {
+          if (parsed.is_string())
+            model.merges.push_back({parsed.get<std::string>(), "", false, false});
+          else
+            model.merges.push_back({"", "", false, true});
+          return false;
+        }
+        if (model.in_pair && at({"", "model", "merges", ""})) {
+          StreamedModel::Merge& m = model.merges.back();
+          int item = model.pair_items++;
+          if (!parsed.is_string() || item > 1)
+            m.malformed = true;
+          else
+            (item == 0 ? m.first : m.second) = parsed.get<std::string>();
+          return false;
+        }
+        return true;
+    }
+    return true;
+  });
+}
+
 struct Tokenizer::Impl {
   std::string source;  // file name for error messages
 
   // Model: vocabulary in both directions, merges, the id of each single byte.
-  std::unordered_map<std::string, int> vocab;  // byte-level spelling → id
-  std::unordered_map<std::string, int, TransparentHash, std::equal_to<>> vocab_by_bytes;
+  StringIdMap vocab;                  // byte-level spelling → id
+  StringIdMap vocab_by_bytes;         // raw bytes → id
   std::vector<std::string> bytes_of;  // id → raw bytes
   std::vector<bool> id_exists;
   std::array<int, 256> byte_id{};
@@ -278,7 +426,7 @@ struct Tokenizer::Impl {
   mutable std::vector<Regex::Match> matches;
   mutable std::vector<int> word_ids;
 
-  void load_model(const json& model);
+  void load_model(const json& model, StreamedModel& streamed);
   void load_added_tokens(const json& list);
   void load_normalizer(const json& node, const std::string& path);
   void load_pre_tokenizer(const json& node, const std::string& path);
@@ -295,7 +443,7 @@ struct Tokenizer::Impl {
   void merge_word(std::string_view word, std::vector<int>& ids) const;
 };
 
-void Tokenizer::Impl::load_model(const json& model) {
+void Tokenizer::Impl::load_model(const json& model, StreamedModel& streamed) {
   std::string type = model.value("type", "BPE");
   check(type == "BPE", where(source, "model.type") + " is \"" + type +
                            "\"; only byte-level BPE tokenizers are supported");
@@ -311,68 +459,66 @@ void Tokenizer::Impl::load_model(const json& model) {
         where(source, "model.dropout") + " is set; BPE dropout is not supported");
   ignore_merges = model.value("ignore_merges", false);
 
-  const json& vocab_json = require(model, "vocab", source, "model");
-  check(vocab_json.is_object(), where(source, "model.vocab") + " is not an object");
-  vocab.reserve(vocab_json.size());
-  vocab_by_bytes.reserve(vocab_json.size());
+  check(require(model, "vocab", source, "model").is_object(),
+        where(source, "model.vocab") + " is not an object");
+  vocab.reserve(streamed.vocab.size());
+  vocab_by_bytes.reserve(streamed.vocab.size());
   int max_id = -1;
-  for (const auto& [token, id_json] : vocab_json.items()) {
-    check(id_json.is_number_integer() && id_json.get<int64_t>() >= 0,
-          where(source, "model.vocab[\"" + token + "\"]") + " is not a non-negative id");
+  for (const auto& [token, id_json] : streamed.vocab) {
+    check(id_json.is_number_integer() && id_json.get<int64_t>() >= 0 &&
+              id_json.get<int64_t>() < std::numeric_limits<int>::max(),
+          where(source, "model.vocab[\"" + token + "\"]") + " is not a valid id");
     int id = id_json.get<int>();
-    vocab[token] = id;
+    vocab.insert_or_assign(token, id);
     max_id = std::max(max_id, id);
   }
+  streamed.vocab.clear();
   bytes_of.resize(max_id + 1);
   id_exists.assign(max_id + 1, false);
-  for (const auto& [token, id] : vocab) {
+  vocab.for_each([&](std::string_view token, int id) {
     bytes_of[id] = from_byte_level(token);
     id_exists[id] = true;
-    vocab_by_bytes.emplace(bytes_of[id], id);
-  }
+    vocab_by_bytes.insert_or_assign(bytes_of[id], id);
+  });
   for (int b = 0; b < 256; ++b) {
     std::string spelling;
     append_utf8(spelling, byte_to_unicode()[b]);
-    auto it = vocab.find(spelling);
-    byte_id[b] = it == vocab.end() ? -1 : it->second;
+    byte_id[b] = vocab.find(spelling);
   }
   const json& unk = model.contains("unk_token") ? model["unk_token"] : json();
   if (unk.is_string()) {
-    auto it = vocab.find(unk.get<std::string>());
-    check(it != vocab.end(), where(source, "model.unk_token") + " is not in the vocabulary");
-    unk_id = it->second;
+    unk_id = vocab.find(unk.get<std::string>());
+    check(unk_id >= 0, where(source, "model.unk_token") + " is not in the vocabulary");
   }
 
-  const json& merges_json = require(model, "merges", source, "model");
-  check(merges_json.is_array(), where(source, "model.merges") + " is not an array");
-  merges.reserve(merges_json.size());
-  auto id_of = [&](const std::string& token, size_t rank) {
-    auto it = vocab.find(token);
-    check(it != vocab.end(), where(source, "model.merges[" + std::to_string(rank) + "]") + ": \"" +
-                                 token + "\" is not in the vocabulary");
-    return it->second;
+  check(require(model, "merges", source, "model").is_array(),
+        where(source, "model.merges") + " is not an array");
+  merges.reserve(streamed.merges.size());
+  auto id_of = [&](std::string_view token, size_t rank) {
+    int id = vocab.find(token);
+    check(id >= 0, where(source, "model.merges[" + std::to_string(rank) + "]") + ": \"" +
+                       std::string(token) + "\" is not in the vocabulary");
+    return id;
   };
-  for (size_t rank = 0; rank < merges_json.size(); ++rank) {
-    const json& m = merges_json[rank];
-    std::string left, right;
-    if (m.is_string()) {  // "a b"
-      const std::string& s = m.get_ref<const std::string&>();
-      size_t space = s.find(' ');
-      check(space != std::string::npos && s.find(' ', space + 1) == std::string::npos,
+  std::string joined;
+  for (size_t rank = 0; rank < streamed.merges.size(); ++rank) {
+    const StreamedModel::Merge& m = streamed.merges[rank];
+    std::string_view left = m.first, right = m.second;
+    if (!m.is_pair && !m.malformed) {  // "a b"
+      size_t space = left.find(' ');
+      check(space != std::string::npos && left.find(' ', space + 1) == std::string::npos,
             where(source, "model.merges[" + std::to_string(rank) + "]") +
                 " is not two tokens separated by one space");
-      left = s.substr(0, space);
-      right = s.substr(space + 1);
-    } else {  // ["a", "b"]
-      check(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
-            where(source, "model.merges[" + std::to_string(rank) + "]") +
-                " is neither \"a b\" nor [\"a\", \"b\"]");
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
+      right = left.substr(space + 1);
+      left = left.substr(0, space);
     }
+    check(!m.malformed, where(source, "model.merges[" + std::to_string(rank) + "]") +
+                            " is neither \"a b\" nor [\"a\", \"b\"]");
+    joined.assign(left).append(right);
     merges.insert(id_of(left, rank), id_of(right, rank),
-                  {static_cast<uint32_t>(rank), id_of(left + right, rank)});
+                  {static_cast<uint32_t>(rank), id_of(joined, rank)});
   }
+  streamed.merges.clear();
 }
 
 void Tokenizer::Impl::load_added_tokens(const json& list) {
@@ -397,9 +543,9 @@ void Tokenizer::Impl::load_added_tokens(const json& list) {
     // HF does not trust the file's id: a token already in the model vocabulary gets that id,
     // a new one the next id after the vocabulary (and the added tokens so far). For real
     // tokenizer.json files both agree.
-    auto in_vocab = vocab.find(token.content);
-    if (in_vocab != vocab.end()) {
-      token.id = in_vocab->second;
+    int in_vocab = vocab.find(token.content);
+    if (in_vocab >= 0) {
+      token.id = in_vocab;
     } else {
       int model_size = static_cast<int>(vocab.size());
       token.id = model_size;
@@ -539,10 +685,9 @@ void Tokenizer::Impl::load_config(const json& config, const std::string& config_
     if (token.empty()) return -1;
     auto added_it = added_by_content.find(token);
     if (added_it != added_by_content.end()) return added_it->second;
-    auto it = vocab.find(token);
-    check(it != vocab.end(),
-          where(config_source, field) + ": \"" + token + "\" is not a token of " + source);
-    return it->second;
+    int id = vocab.find(token);
+    check(id >= 0, where(config_source, field) + ": \"" + token + "\" is not a token of " + source);
+    return id;
   };
   if (config.contains("bos_token")) bos_token = token_text(config["bos_token"]);
   if (config.contains("eos_token")) eos_token = token_text(config["eos_token"]);
@@ -742,9 +887,9 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int>& ids) 
     }
   }
   size_t first = ids.size();
-  auto whole = ignore_merges ? vocab_by_bytes.find(word) : vocab_by_bytes.end();
-  if (whole != vocab_by_bytes.end())
-    ids.push_back(whole->second);
+  int whole = ignore_merges ? vocab_by_bytes.find(word) : -1;
+  if (whole >= 0)
+    ids.push_back(whole);
   else
     merge_word(word, ids);
   if (cacheable) cache.insert(word, hash, ids.data() + first, ids.size() - first);
@@ -850,13 +995,14 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& tokenizer_jso
   auto impl = std::make_unique<Impl>();
   impl->source = source_name;
   json root;
+  StreamedModel streamed;
   try {
-    root = json::parse(tokenizer_json);
+    root = parse_tokenizer_json(tokenizer_json, streamed);
   } catch (const json::exception& e) {
     throw Error(source_name + " is not valid JSON: " + e.what());
   }
   try {
-    impl->load_model(require(root, "model", source_name, "(top level)"));
+    impl->load_model(require(root, "model", source_name, "(top level)"), streamed);
     impl->load_added_tokens(root.contains("added_tokens") ? root["added_tokens"] : json());
     impl->load_normalizer(root.contains("normalizer") ? root["normalizer"] : json(), "normalizer");
     impl->load_pre_tokenizer(root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json(),
@@ -965,8 +1111,8 @@ std::optional<int> Tokenizer::token_to_id(std::string_view token) const {
   std::string key(token);
   auto added = impl_->added_by_content.find(key);
   if (added != impl_->added_by_content.end()) return added->second;
-  auto it = impl_->vocab.find(key);
-  if (it != impl_->vocab.end()) return it->second;
+  int id = impl_->vocab.find(key);
+  if (id >= 0) return id;
   return std::nullopt;
 }
 
