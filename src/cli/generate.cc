@@ -1,17 +1,23 @@
 #include <cstdio>
+#include <filesystem>
 
+#include "base/error.h"
 #include "cli/commands.h"
 #include "infer/generator.h"
+#include "text/tokenizer.h"
 
 namespace whale {
 
 void add_generate_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Continue a token sequence; prints the new ids");
-  static std::string model_dir, tokens_text;
+  auto* cmd = app.add_subcommand(
+      "generate", "Continue a prompt: --tokens prints the new ids, --prompt streams the new text");
+  static std::string model_dir, tokens_text, prompt;
   static GenerateOptions options;
   static bool ignore_eos = false, stats = false;
   cmd->add_option("--model", model_dir, "Model folder")->required();
-  cmd->add_option("--tokens", tokens_text, "Prompt token ids, comma-separated")->required();
+  auto* tokens_opt = cmd->add_option("--tokens", tokens_text, "Prompt token ids, comma-separated");
+  cmd->add_option("--prompt", prompt, "Prompt text (needs tokenizer.json in the model folder)")
+      ->excludes(tokens_opt);
   cmd->add_option("-n,--max-tokens", options.max_new_tokens, "Tokens to generate (default 32)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--temperature", options.sampling.temperature,
@@ -22,29 +28,40 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep going past the end-of-sequence token");
   cmd->add_flag("--stats", stats, "Print prefill and decode speed on stderr");
   cmd->callback([] {
-    std::vector<int> prompt = parse_token_list(tokens_text);
+    check(!tokens_text.empty() || !prompt.empty(), "generate: give --tokens IDS or --prompt TEXT");
     auto model = Model::load(model_dir);
     options.stop_at_eos = !ignore_eos;
-    bool first = true;
     GenerateStats s;
-    generate(
-        *model, prompt, options,
-        [&](int token) {
-          std::printf(first ? "%d" : " %d", token);
-          std::fflush(stdout);
-          first = false;
-          return true;
-        },
-        &s);
+    if (!prompt.empty()) {
+      check(std::filesystem::exists(model_dir + "/tokenizer.json"),
+            model_dir + ": no tokenizer.json, so --prompt cannot be encoded (use --tokens)");
+      auto tokenizer = text::Tokenizer::load(model_dir);
+      std::vector<int> ids = tokenizer->encode(prompt, true);
+      text::StreamDecoder decoder(*tokenizer, true);
+      std::fputs(prompt.c_str(), stdout);
+      generate(*model, ids, options, [&](int token) {
+        std::fputs(decoder.push(token).c_str(), stdout);
+        std::fflush(stdout);
+        return true;
+      }, &s);
+      std::fputs(decoder.finish().c_str(), stdout);
+    } else {
+      std::vector<int> ids = parse_token_list(tokens_text);
+      bool first = true;
+      generate(*model, ids, options, [&](int token) {
+        std::printf(first ? "%d" : " %d", token);
+        std::fflush(stdout);
+        first = false;
+        return true;
+      }, &s);
+    }
     std::printf("\n");
     std::fflush(stdout);
     if (stats)
-      std::fprintf(
-          stderr,
-          "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
-          s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
-          s.generated_tokens, s.decode_seconds,
-          s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
+      std::fprintf(stderr, "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
+                   s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
+                   s.generated_tokens, s.decode_seconds,
+                   s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
   });
 }
 
