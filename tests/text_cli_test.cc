@@ -34,6 +34,13 @@ TEST(TokenizeCli, TextToIdsAndBack) {
   r = run_whale("tokenize --decode --tokenizer " + v3_dir() + " < " + (dir / "ids.txt"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output, "Hello! 毕老师！1 + 1 = 2 ĠÑĤÐ²ÑĬÑĢ");
+  // Nothing in, nothing out, both ways.
+  r = run_whale("tokenize --tokenizer " + v3_dir() + " < /dev/null");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.output, "\n");
+  r = run_whale("tokenize --decode --tokenizer " + v3_dir() + " < /dev/null");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.output, "");
 }
 
 TEST(TokenizeCli, JsonlMatchesHuggingFaceFixture) {

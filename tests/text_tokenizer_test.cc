@@ -57,6 +57,11 @@ struct RealTokenizer {
   const char* folder;
 };
 
+// Names the parameter in test listings (ctest shows it) instead of dumping its bytes.
+void PrintTo(const RealTokenizer& t, std::ostream* os) {
+  *os << t.fixture;
+}
+
 class HuggingFaceFixture : public ::testing::TestWithParam<RealTokenizer> {};
 
 TEST_P(HuggingFaceFixture, EveryLineEncodesToHuggingFaceIds) {
@@ -228,6 +233,34 @@ TEST(Tokenizer, ClearErrorsForBadFolders) {
     EXPECT_NE(std::string(e.what()).find("model.type"), std::string::npos) << e.what();
   }
   EXPECT_THROW(Tokenizer::load(dir / "missing"), Error);
+
+  // Malformed vocabulary and merges name the entry at fault.
+  auto error_of = [](const std::string& json_text) -> std::string {
+    try {
+      Tokenizer::from_json(json_text);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  const std::string rest =
+      R"("pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"}})";
+  EXPECT_NE(error_of(R"({"model": {"vocab": {"a": "x"}, "merges": []}, )" + rest)
+                .find("model.vocab[\"a\"]"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": {"vocab": {"a": 0}, "merges": ["a"]}, )" + rest)
+                .find("model.merges[0]"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": {"vocab": {"a": 0}, "merges": [["a", "b"]]}, )" + rest)
+                .find("\"b\" is not in the vocabulary"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": {"vocab": {"a": 0}, "merges": [["a", "a", "a"]]}, )" + rest)
+                .find("model.merges[0]"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": {"vocab": {"a": 0}, "merges": []}, "pre_tokenizer": )"
+                     R"({"type": "Whitespace"}, "decoder": {"type": "ByteLevel"}})")
+                .find("\"Whitespace\" is not supported"),
+            std::string::npos);
 }
 
 TEST(Unicode, Nfc) {

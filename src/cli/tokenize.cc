@@ -71,7 +71,10 @@ void run_bench(const text::Tokenizer& tokenizer, const std::string& path, int pa
 
 void add_tokenize_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "tokenize", "Text on stdin → token ids (one line, space-separated), or back with --decode");
+      "tokenize",
+      "Text on stdin (all of it, byte for byte: a final newline is part of the text) → token "
+      "ids on one line, space-separated; or ids → text with --decode. Invalid UTF-8 is read "
+      "as U+FFFD, one per ill-formed sequence");
   static std::string dir;
   static bool decode = false, jsonl = false, chat = false, no_special = false, skip_special = false;
   cmd->add_option("--tokenizer", dir, "Folder with tokenizer.json (+ tokenizer_config.json)")
@@ -101,6 +104,8 @@ void add_tokenize_command(CLI::App& app) {
 
     if (!jsonl && !chat) {
       if (decode) {
+        // No ids at all decode to no text (parse_token_list rejects an empty list).
+        if (input.find_first_not_of(" ,\t\r\n") == std::string::npos) return;
         std::vector<int> ids = parse_token_list(input);
         std::string out = tokenizer->decode(ids, skip_special);
         std::fwrite(out.data(), 1, out.size(), stdout);

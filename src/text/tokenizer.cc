@@ -305,9 +305,9 @@ void Tokenizer::Impl::load_model(const json& model, StreamedModel& streamed) {
     }
     check(!m.malformed, where(source, "model.merges[" + std::to_string(rank) + "]") +
                             " is neither \"a b\" nor [\"a\", \"b\"]");
+    int left_id = id_of(left, rank), right_id = id_of(right, rank);
     joined.assign(left).append(right);
-    merges.insert(id_of(left, rank), id_of(right, rank),
-                  {static_cast<uint32_t>(rank), id_of(joined, rank)});
+    merges.insert(left_id, right_id, {static_cast<uint32_t>(rank), id_of(joined, rank)});
   }
   streamed.merges.clear();
 }
