@@ -43,3 +43,16 @@ for pair in deepseek-v3:deepseek-v3-tokenizer deepseek-r1:deepseek-r1-tokenizer 
     "$warm_ours" "$(rate "$hf" 0)" "$warm_hf" "$speedup" "$same"
 done
 echo "(cold: first pass, empty caches; warm: best of passes 2-3; one core: taskset -c $core)"
+
+# Every assigned code point in the contexts where Unicode classes and NFC matter.
+node "$root/bench/tokenizer/unicode_sweep.mjs" "$work/sweep.jsonl" 2>/dev/null
+echo
+for pair in deepseek-v3:deepseek-v3-tokenizer deepseek-r1:deepseek-r1-tokenizer \
+            r1-distill-qwen:deepseek-r1-distill-qwen-tokenizer; do
+  name="${pair%%:*}"; dir="$assets/${pair#*:}"
+  [ -f "$dir/tokenizer.json" ] || continue
+  node "$root/bench/tokenizer/bench_hf.mjs" "$dir" "$work/sweep.jsonl" 1 "$work/hf_ids.jsonl" >/dev/null
+  "$whale" tokenize --tokenizer "$dir" --jsonl < "$work/sweep.jsonl" > "$work/whale_ids.jsonl"
+  printf "%-18s Unicode sweep (every assigned code point): ids %s lines\n" "$name" \
+    "$(node "$root/bench/tokenizer/compare_ids.mjs" "$work/hf_ids.jsonl" "$work/whale_ids.jsonl" || true)"
+done
