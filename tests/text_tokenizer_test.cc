@@ -271,6 +271,10 @@ TEST(Unicode, Nfc) {
   EXPECT_EQ(to_nfc("a\u0323\u0302"), "\u1ead");       // ậ from either mark order
   EXPECT_EQ(to_nfc("a\u0302\u0323"), "\u1ead");
   EXPECT_EQ(to_nfc("\u0958"), "\u0915\u093c");  // composition exclusion
+  // U+1DF6 (class 232 since Unicode 10) is a starter in HF's Unicode 9 data: no reordering.
+  EXPECT_EQ(to_nfc("a\u1df6\u0316"), "a\u1df6\u0316");
+  // Reordered (220 before 230), then the unblocked U+0301 composes with the base.
+  EXPECT_EQ(to_nfc("a\u0301\u0316"), "\u00e1\u0316");
   EXPECT_EQ(to_nfd("\u00e9"), "e\u0301");
   EXPECT_EQ(to_nfd("\uac01"), "\u1100\u1161\u11a8");
 }

@@ -35,9 +35,11 @@ const std::array<char32_t, 256>& byte_to_unicode();
 // The inverse: the byte for a character of that alphabet, or -1.
 int unicode_to_byte(char32_t c);
 
-// Unicode Normalization Form C (canonical decomposition, then canonical composition).
+// Unicode Normalization Form C (canonical decomposition, then canonical composition), with
+// the character data Hugging Face's tokenizers uses (Unicode 9: a mark added later counts as a
+// starter), so that normalizing tokenizers agree with HF (see tests/text/gen_unicode_tables.py).
 std::string to_nfc(std::string_view text);
-// Form D (canonical decomposition only).
+// Form D (canonical decomposition only), with the same data.
 std::string to_nfd(std::string_view text);
 
 }  // namespace whale::text
