@@ -8,6 +8,7 @@
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <queue>
 #include <unordered_map>
 
@@ -40,19 +41,23 @@ bool is_white_space(char32_t c) {
          c == 0x3000;
 }
 
-// What a ByteLevel decoder turns a token string into: the bytes its characters stand for, or,
-// if any character is outside the byte-level alphabet, the token's own UTF-8 (as HF does).
-std::string from_byte_level(std::string_view token) {
+// The raw bytes a token string spells in the byte-level alphabet, if it is written in it.
+std::optional<std::string> byte_level_bytes(std::string_view token) {
   std::string out;
   for (size_t i = 0; i < token.size();) {
     size_t n = valid_sequence_length(token, i);
-    if (n == 0) return std::string(token);
-    int b = unicode_to_byte(decode_code_point(token, i, n));
-    if (b < 0) return std::string(token);
+    int b = n ? unicode_to_byte(decode_code_point(token, i, n)) : -1;
+    if (b < 0) return std::nullopt;
     out.push_back(static_cast<char>(b));
     i += n;
   }
   return out;
+}
+
+// What a ByteLevel decoder turns a token string into: the bytes its characters stand for, or,
+// if any character is outside the byte-level alphabet, the token's own UTF-8 (as HF does).
+std::string from_byte_level(std::string_view token) {
+  return byte_level_bytes(token).value_or(std::string(token));
 }
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
@@ -267,9 +272,11 @@ void Tokenizer::Impl::load_model(const json& model, StreamedModel& streamed) {
   bytes_of.resize(max_id + 1);
   id_exists.assign(max_id + 1, false);
   vocab.for_each([&](std::string_view token, int id) {
-    bytes_of[id] = from_byte_level(token);
+    std::optional<std::string> bytes = byte_level_bytes(token);
+    bytes_of[id] = bytes ? *bytes : std::string(token);
     id_exists[id] = true;
-    vocab_by_bytes.insert_or_assign(bytes_of[id], id);
+    // Only true byte-level spellings can equal a pre-token (for ignore_merges).
+    if (bytes) vocab_by_bytes.insert_or_assign(*bytes, id);
   });
   for (int b = 0; b < 256; ++b) {
     std::string spelling;
