@@ -31,6 +31,7 @@ constexpr const char* kGpt2Pattern =
 // Pre-tokens up to this many bytes have their ids cached; longer ones are rare and costly to
 // store.
 constexpr size_t kMaxCachedLength = 64;
+constexpr int64_t kMaxTokenId = 1 << 24;
 // Words with more symbols than this merge with a heap instead of repeated linear scans.
 constexpr size_t kLinearMergeLimit = 48;
 
@@ -261,9 +262,10 @@ void Tokenizer::Impl::load_model(const json& model, StreamedModel& streamed) {
   vocab_by_bytes.reserve(streamed.vocab.size());
   int max_id = -1;
   for (const auto& [token, id_json] : streamed.vocab) {
+    // Ids index flat tables: bound them well above any real vocabulary (~150k).
     check(id_json.is_number_integer() && id_json.get<int64_t>() >= 0 &&
-              id_json.get<int64_t>() < std::numeric_limits<int>::max(),
-          where(source, "model.vocab[\"" + token + "\"]") + " is not a valid id");
+              id_json.get<int64_t>() < kMaxTokenId,
+          where(source, "model.vocab[\"" + token + "\"]") + " is not an id in [0, 2^24)");
     int id = id_json.get<int>();
     vocab.insert_or_assign(token, id);
     max_id = std::max(max_id, id);
@@ -335,7 +337,8 @@ void Tokenizer::Impl::load_added_tokens(const json& list) {
     token.rstrip = t.value("rstrip", false);
     check(!t.value("single_word", false),
           where(source, path + ".single_word") + " is true; it is not supported");
-    check(token.id >= 0, where(source, path + ".id") + " is negative");
+    check(token.id >= 0 && token.id < kMaxTokenId,
+          where(source, path + ".id") + " is not an id in [0, 2^24)");
     // HF ignores empty tokens and a repeated content (the first one wins).
     if (token.content.empty() || added_by_content.count(token.content)) continue;
     // HF does not trust the file's id: a token already in the model vocabulary gets that id,
