@@ -136,3 +136,58 @@ TEST(GoldenSparse, IndexerSelectionMatters) {
 
 }  // namespace
 }  // namespace whale
+
+namespace whale {
+namespace {
+
+// Several sequences in one forward (continuous batching's step: prefills and decodes mixed)
+// give each sequence exactly the logits it gets alone.
+TEST(BatchedForward, MixedPrefillAndDecodeMatchSeparateRuns) {
+  for (std::string name : {"v3_sharded", "v32", "v2_lite", "llama3"}) {
+    auto model = Model::load(testing::golden_dir(name));
+    const int V = model->config().vocab_size;
+    auto a = testing::golden_tokens(name);
+    std::vector<int> b(a.rbegin(), a.rend());
+    auto alone = [&](const std::vector<int>& seq) {
+      std::vector<float> logits(seq.size() * V);
+      KVCache cache = model->new_cache();
+      model->forward(seq.data(), static_cast<int>(seq.size()), cache, logits.data());
+      return logits;
+    };
+    std::vector<float> expect_a = alone(a), expect_b = alone(b);
+    KVCache ca = model->new_cache(), cb = model->new_cache();
+    std::vector<float> got_a(a.size() * V), got_b(b.size() * V);
+    size_t ia = 0, ib = 0;
+    // Steps: (rows of a, rows of b) — a prefill of both, single-token decodes, mixed chunks.
+    std::vector<std::pair<int, int>> steps = {{5, 3}, {1, 1}, {1, 4}, {2, 1}};
+    while (ia < a.size() || ib < b.size()) {
+      std::pair<int, int> s = steps.empty() ? std::pair{1, 1} : steps.front();
+      if (!steps.empty()) steps.erase(steps.begin());
+      int na = std::min<int>(s.first, a.size() - ia), nb = std::min<int>(s.second, b.size() - ib);
+      std::vector<int> tokens;
+      std::vector<KVCache*> caches;
+      std::vector<int> counts;
+      if (na > 0) {
+        tokens.insert(tokens.end(), a.begin() + ia, a.begin() + ia + na);
+        caches.push_back(&ca);
+        counts.push_back(na);
+      }
+      if (nb > 0) {
+        tokens.insert(tokens.end(), b.begin() + ib, b.begin() + ib + nb);
+        caches.push_back(&cb);
+        counts.push_back(nb);
+      }
+      std::vector<float> logits(tokens.size() * V);
+      model->forward_batch(tokens.data(), caches, counts, logits.data());
+      std::copy_n(logits.begin(), na * V, got_a.begin() + ia * V);
+      std::copy_n(logits.begin() + na * V, nb * V, got_b.begin() + ib * V);
+      ia += na;
+      ib += nb;
+    }
+    EXPECT_LT(testing::relative_max_error(got_a, expect_a), 1e-5) << name;
+    EXPECT_LT(testing::relative_max_error(got_b, expect_b), 1e-5) << name;
+  }
+}
+
+}  // namespace
+}  // namespace whale

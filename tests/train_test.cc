@@ -30,7 +30,8 @@ TEST(Optimizer, AdamWStepMatchesTheFormula) {
   ParamStore store(c);
   store.init_random(1);
   std::vector<float> before(store.values(), store.values() + store.size());
-  for (size_t i = 0; i < store.size(); ++i) store.grads()[i] = 0.001f * static_cast<float>(i % 7) - 0.002f;
+  for (size_t i = 0; i < store.size(); ++i)
+    store.grads()[i] = 0.001f * static_cast<float>(i % 7) - 0.002f;
   AdamWConfig config;
   config.clip_norm = 0;  // no clipping in this check
   AdamW adam(store, config);
@@ -103,7 +104,8 @@ TEST(Data, SynthPrepareRoundTripsThroughTheTokenizer) {
   std::vector<int> doc;
   int checked = 0;
   for (uint32_t t : d.train) {
-    if (t == 256) doc.clear();
+    if (t == 256)
+      doc.clear();
     else if (t == 257) {
       std::string text = tokenizer->decode(doc);
       ASSERT_NE(corpus.find(text), std::string::npos) << text;
@@ -129,14 +131,16 @@ TEST(Data, BadDataFoldersGetClearErrors) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("no data.json"), std::string::npos) << r.output;
   ASSERT_EQ(run_whale("data synth --bytes 20000 --out " + (tmp / "d")).exit_code, 0);
-  r = run_whale("train --data " + (tmp / "d") + " --preset tiny --vocab-size 100 --out " + (tmp / "run"));
+  r = run_whale("train --data " + (tmp / "d") + " --preset tiny --vocab-size 100 --out " +
+                (tmp / "run"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("smaller than the data's"), std::string::npos) << r.output;
 }
 
 TEST(Plot, WritesAValidPng) {
   TempDir tmp;
-  write_line_plot(tmp / "p.png", {{"a", {0, 1, 2}, {3, 1, 2}, 0xff0000}}, {"t", "x", "y", 320, 200, false});
+  write_line_plot(tmp / "p.png", {{"a", {0, 1, 2}, {3, 1, 2}, 0xff0000}},
+                  {"t", "x", "y", 320, 200, false});
   std::string png = read_file(tmp / "p.png");
   ASSERT_GT(png.size(), 200u * 320 * 3);
   EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
@@ -173,7 +177,8 @@ TEST(Trainer, ResumeAfterKillReplaysExactly) {
   auto started = std::chrono::steady_clock::now();
   auto r = run_whale(args + (tmp / "straight"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const double straight_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  const double straight_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
 
   // The interrupted run, killed at a random moment of its expected duration.
   std::random_device device;
@@ -181,7 +186,8 @@ TEST(Trainer, ResumeAfterKillReplaysExactly) {
   const int delay_ms = static_cast<int>(straight_ms * (0.1 + 0.8 * (rng() % 1000) / 1000.0));
   pid_t pid = fork();
   if (pid == 0) {
-    std::string command = std::string(WHALE_BINARY) + " " + args + (tmp / "killed") + " >/dev/null 2>&1";
+    std::string command =
+        std::string(WHALE_BINARY) + " " + args + (tmp / "killed") + " >/dev/null 2>&1";
     execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), nullptr);
     _exit(127);
   }
@@ -215,11 +221,12 @@ TEST(Trainer, LearnsTheSyntheticCorpus) {
   ASSERT_EQ(run_whale("data synth --bytes 400000 --out " + (tmp / "d")).exit_code, 0);
   auto r = run_whale("train --data " + (tmp / "d") +
                      " --preset tiny --steps 150 --batch 8 --seq-len 64 --lr 5e-3 --eval-every 50 "
-                     "--save-every 50 --bias-gamma 0.01 --out " + (tmp / "run"));
+                     "--save-every 50 --bias-gamma 0.01 --out " +
+                     (tmp / "run"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* f : {"log.csv", "experts.csv", "loss.png", "experts.png", "run.json",
-                        "model/config.json", "model/model.safetensors", "model/tokenizer.json",
-                        "checkpoints/latest"})
+  for (const char* f :
+       {"log.csv", "experts.csv", "loss.png", "experts.png", "run.json", "model/config.json",
+        "model/model.safetensors", "model/tokenizer.json", "checkpoints/latest"})
     EXPECT_TRUE(fs::exists(tmp / ("run/" + std::string(f)))) << f;
   TokenData d = TokenData::load(tmp / "d");
   double entropy = unigram_entropy(d.train);

@@ -27,10 +27,20 @@ struct ForwardOptions {
 // Empty means plain causal attention.
 using AttentionMask = std::vector<std::vector<char>>;
 
-// Appends the T tokens' entries to `cache` and returns the attention output [T, hidden].
-// `h` is the normed input [T, hidden]; positions are pos0 .. pos0 + T - 1.
-void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h, int T,
-                 int pos0, LayerCache& cache, const ForwardOptions& options, float* out);
+// A batch of rows may hold several sequences: a segment is a run of consecutive rows of one
+// sequence, with that sequence's cache for this layer and the position of its first row.
+// One sequence's prefill is one segment; a batched decode step is one single-row segment per
+// sequence (continuous batching mixes both).
+struct Segment {
+  LayerCache* cache;
+  int pos0;
+  int rows;
+};
+
+// Appends every row's entry to its segment's cache and returns the attention output
+// [rows, hidden]. `h` is the normed input [rows, hidden].
+void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
+                 const std::vector<Segment>& segments, const ForwardOptions& options, float* out);
 
 // V3.2 lightning indexer: scores every causal position for each query and keeps the top
 // index_topk. Appends the T tokens' indexer keys to `cache`. c_q is the normed query latent.
@@ -38,6 +48,13 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
                              const float* h, const float* c_q, int T, int pos0, LayerCache& cache);
 
 void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w, const Rope& rope,
-                             const float* h, int T, int pos0, LayerCache& cache, float* out);
+                             const float* h, const std::vector<Segment>& segments, float* out);
+
+// Total rows of a batch, and each row's segment and position.
+struct RowMap {
+  int rows = 0;
+  std::vector<int> segment, position;
+  explicit RowMap(const std::vector<Segment>& segments);
+};
 
 }  // namespace whale

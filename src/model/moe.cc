@@ -43,14 +43,15 @@ std::vector<float> router_scores(const ModelConfig& c, const Router& router, con
   // s_i = softmax (V2) or sigmoid (V3) of u·e_i, in f32.
   for (int t = 0; t < T; ++t) {
     float* s = scores.data() + static_cast<size_t>(t) * E;
-    if (c.scoring_func == "softmax") softmax(s, E);
-    else for (int e = 0; e < E; ++e) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
+    if (c.scoring_func == "softmax")
+      softmax(s, E);
+    else
+      for (int e = 0; e < E; ++e) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
   }
   return scores;
 }
 
-Routing choose_experts(const ModelConfig& c, const Router& router, const float* all_scores,
-                       int T) {
+Routing choose_experts(const ModelConfig& c, const Router& router, const float* all_scores, int T) {
   const int E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int groups = c.topk_method == "greedy" ? 1 : c.n_group;
   const int per_group = E / groups;

@@ -17,8 +17,7 @@ struct Routing {
 };
 Routing route(const ModelConfig& c, const Router& router, const float* u, int T);
 // The two halves of route(): s = softmax or sigmoid of the router logits [T, n_routed] ...
-std::vector<float> router_scores(const ModelConfig& c, const Router& router, const float* u,
-                                 int T);
+std::vector<float> router_scores(const ModelConfig& c, const Router& router, const float* u, int T);
 // ... and the choice from them: groups, top-k on s + bias, gates from the unbiased s.
 Routing choose_experts(const ModelConfig& c, const Router& router, const float* scores, int T);
 

@@ -24,23 +24,26 @@ void Model::check_tokens(const int* tokens, int T) const {
 }
 
 // h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h)).
-void Model::block_forward(const Layer& layer, float* x, int T, int pos0, LayerCache& cache,
+void Model::block_forward(const Layer& layer, float* x, const std::vector<Segment>& segments,
                           const ForwardOptions& options) const {
   const ModelConfig& c = config_;
   const int H = c.hidden_size;
+  int T = 0;
+  for (const Segment& s : segments) T += s.rows;
   const size_t n = static_cast<size_t>(T) * H;
   std::vector<float> normed(n), delta(n);
   for (int t = 0; t < T; ++t)
-    rms_norm(x + t * H, layer.input_layernorm.data(), H, c.rms_norm_eps, normed.data() + t * H);
+    rms_norm(x + static_cast<size_t>(t) * H, layer.input_layernorm.data(), H, c.rms_norm_eps,
+             normed.data() + static_cast<size_t>(t) * H);
   if (c.is_deepseek())
-    mla_forward(c, layer.mla, rope_, normed.data(), T, pos0, cache, options, delta.data());
+    mla_forward(c, layer.mla, rope_, normed.data(), segments, options, delta.data());
   else
-    dense_attention_forward(c, layer.attn, rope_, normed.data(), T, pos0, cache, delta.data());
+    dense_attention_forward(c, layer.attn, rope_, normed.data(), segments, delta.data());
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 
   for (int t = 0; t < T; ++t)
-    rms_norm(x + t * H, layer.post_attention_layernorm.data(), H, c.rms_norm_eps,
-             normed.data() + t * H);
+    rms_norm(x + static_cast<size_t>(t) * H, layer.post_attention_layernorm.data(), H,
+             c.rms_norm_eps, normed.data() + static_cast<size_t>(t) * H);
   if (layer.is_moe)
     moe_forward(c, layer.moe, normed.data(), T, delta.data());
   else
@@ -50,17 +53,34 @@ void Model::block_forward(const Layer& layer, float* x, int T, int pos0, LayerCa
 
 void Model::forward(const int* tokens, int T, KVCache& cache, float* logits, float* normed_hidden,
                     const ForwardOptions& options) const {
-  check(T > 0, "forward needs at least one token");
+  forward_batch(tokens, {&cache}, {T}, logits, normed_hidden, options);
+}
+
+void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches,
+                          const std::vector<int>& counts, float* logits, float* normed_hidden,
+                          const ForwardOptions& options) const {
+  check(!caches.empty() && caches.size() == counts.size(), "forward: one count per sequence");
+  int T = 0;
+  for (int n : counts) {
+    check(n > 0, "forward needs at least one token per sequence");
+    T += n;
+  }
   check_tokens(tokens, T);
   const ModelConfig& c = config_;
   const int H = c.hidden_size;
   std::vector<float> x(static_cast<size_t>(T) * H);
-  for (int t = 0; t < T; ++t) weights_.embed_tokens.row_to_f32(tokens[t], x.data() + t * H);
-  for (int l = 0; l < c.num_hidden_layers; ++l)
-    block_forward(weights_.layers[l], x.data(), T, cache.length, cache.layers[l], options);
-  cache.length += T;
   for (int t = 0; t < T; ++t)
-    rms_norm(x.data() + t * H, weights_.norm.data(), H, c.rms_norm_eps, x.data() + t * H);
+    weights_.embed_tokens.row_to_f32(tokens[t], x.data() + static_cast<size_t>(t) * H);
+  std::vector<Segment> segments(caches.size());
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    for (size_t i = 0; i < caches.size(); ++i)
+      segments[i] = {&caches[i]->layers[l], caches[i]->length, counts[i]};
+    block_forward(weights_.layers[l], x.data(), segments, options);
+  }
+  for (size_t i = 0; i < caches.size(); ++i) caches[i]->length += counts[i];
+  for (int t = 0; t < T; ++t)
+    rms_norm(x.data() + static_cast<size_t>(t) * H, weights_.norm.data(), H, c.rms_norm_eps,
+             x.data() + static_cast<size_t>(t) * H);
   if (normed_hidden) std::copy(x.begin(), x.end(), normed_hidden);
   if (logits) linear_forward(weights_.lm_head, x.data(), T, logits);
 }
@@ -81,7 +101,7 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
     rms_norm(normed_hidden + static_cast<size_t>(t) * H, m.hnorm.data(), H, c.rms_norm_eps, e + H);
   }
   linear_forward(m.eh_proj, concat.data(), T, x.data());
-  block_forward(m.block, x.data(), T, mtp_cache.length, mtp_cache.layers[0], options);
+  block_forward(m.block, x.data(), {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
   mtp_cache.length += T;
   for (int t = 0; t < T; ++t)
     rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);

@@ -28,6 +28,13 @@ class Model {
   void forward(const int* tokens, int T, KVCache& cache, float* logits,
                float* normed_hidden = nullptr, const ForwardOptions& options = {}) const;
 
+  // Several sequences in one pass (their rows share every weight read): sequence i
+  // contributes counts[i] consecutive tokens, at positions caches[i]->length …; each cache
+  // advances. Outputs are [Σ counts, ·] in the same row order.
+  void forward_batch(const int* tokens, const std::vector<KVCache*>& caches,
+                     const std::vector<int>& counts, float* logits, float* normed_hidden = nullptr,
+                     const ForwardOptions& options = {}) const;
+
   // MTP (D = 1): row i predicts token i+2 from the main model's normed hidden state h_i and the
   // embedding of token i+1: x = eh_proj([enorm(Emb(next_tokens[i])) ; hnorm(h_i)]), then one
   // transformer block (its own cache, RoPE position i), shared_head.norm and shared_head.head.
@@ -42,7 +49,7 @@ class Model {
   ParamCounts parameter_counts() const;
 
  private:
-  void block_forward(const Layer& layer, float* x, int T, int pos0, LayerCache& cache,
+  void block_forward(const Layer& layer, float* x, const std::vector<Segment>& segments,
                      const ForwardOptions& options) const;
   void check_tokens(const int* tokens, int T) const;
 

@@ -41,7 +41,8 @@ uint64_t mix(uint64_t x) {
 
 TokenData TokenData::load(const std::string& dir) {
   std::string meta_path = dir + "/data.json";
-  check(fs::exists(meta_path), dir + ": no data.json (make one with `whale data prepare` or `whale data synth`)");
+  check(fs::exists(meta_path),
+        dir + ": no data.json (make one with `whale data prepare` or `whale data synth`)");
   json meta;
   try {
     meta = json::parse(read_file(meta_path));
@@ -60,8 +61,9 @@ TokenData TokenData::load(const std::string& dir) {
   d.val = read_tokens(dir + "/val.bin");
   for (auto* part : {&d.train, &d.val})
     for (uint32_t t : *part)
-      check(t < static_cast<uint32_t>(d.vocab_size),
-            dir + ": token id " + std::to_string(t) + " is not below vocab_size " + std::to_string(d.vocab_size));
+      check(t < static_cast<uint32_t>(d.vocab_size), dir + ": token id " + std::to_string(t) +
+                                                         " is not below vocab_size " +
+                                                         std::to_string(d.vocab_size));
   check(!d.train.empty(), dir + ": train.bin is empty");
   return d;
 }
@@ -126,28 +128,24 @@ void prepare_data(const text::Tokenizer& tokenizer, const std::string& tokenizer
   check(n_train > 0, "data prepare: no training tokens (are the inputs empty?)");
   train.commit();
   val.commit();
-  json meta = {{"format", "whale-tokens-v1"},
-               {"vocab_size", tokenizer.vocab_size()},
-               {"bos_token_id", bos},
-               {"eos_token_id", eos},
-               {"train_tokens", n_train},
-               {"val_tokens", n_val},
-               {"documents", documents},
-               {"tokenizer", fs::absolute(tokenizer_dir).string()}};
+  json meta = {{"format", "whale-tokens-v1"}, {"vocab_size", tokenizer.vocab_size()},
+               {"bos_token_id", bos},         {"eos_token_id", eos},
+               {"train_tokens", n_train},     {"val_tokens", n_val},
+               {"documents", documents},      {"tokenizer", fs::absolute(tokenizer_dir).string()}};
   write_file_atomic(out_dir + "/data.json", meta.dump(2) + "\n");
 }
 
 std::string synthetic_corpus(size_t bytes, uint64_t seed) {
-  static const char* kNames[] = {"Ada", "Ben", "Cleo", "Dev", "Ema", "Finn", "Gus", "Hana",
-                                 "Ivo", "Jun", "Kai", "Lena", "Milo", "Nia", "Omar", "Pia"};
-  static const char* kItems[] = {"apples", "books", "coins", "shells", "stamps", "marbles",
-                                 "pencils", "cards"};
-  static const char* kPlaces[] = {"small village", "big city", "quiet forest", "house by the sea",
-                                  "tall tower", "green valley"};
-  static const char* kActs[] = {"read a book", "walked to the market", "fed the birds",
-                                "painted the fence", "sang a song", "baked bread"};
-  static const char* kFinds[] = {"a red box", "an old map", "a lost cat", "a silver key",
-                                 "a tiny boat", "a strange stone"};
+  static const char* kNames[] = {"Ada", "Ben", "Cleo", "Dev",  "Ema",  "Finn", "Gus",  "Hana",
+                                 "Ivo", "Jun", "Kai",  "Lena", "Milo", "Nia",  "Omar", "Pia"};
+  static const char* kItems[] = {"apples", "books",   "coins",   "shells",
+                                 "stamps", "marbles", "pencils", "cards"};
+  static const char* kPlaces[] = {"small village",    "big city",   "quiet forest",
+                                  "house by the sea", "tall tower", "green valley"};
+  static const char* kActs[] = {"read a book",       "walked to the market", "fed the birds",
+                                "painted the fence", "sang a song",          "baked bread"};
+  static const char* kFinds[] = {"a red box",    "an old map",  "a lost cat",
+                                 "a silver key", "a tiny boat", "a strange stone"};
   std::mt19937_64 rng(seed);
   auto pick = [&](auto& list) { return list[rng() % (sizeof(list) / sizeof(list[0]))]; };
   auto num = [&](int lo, int hi) { return lo + static_cast<int>(rng() % (hi - lo + 1)); };
@@ -159,9 +157,18 @@ std::string synthetic_corpus(size_t bytes, uint64_t seed) {
         for (int i = 0; i < lines; ++i) {
           int a = num(0, 99), b = num(0, 99);
           switch (rng() % 3) {
-            case 0: out << a << " + " << b << " = " << a + b << "\n"; break;
-            case 1: out << std::max(a, b) << " - " << std::min(a, b) << " = " << std::max(a, b) - std::min(a, b) << "\n"; break;
-            default: a %= 13; b %= 13; out << a << " * " << b << " = " << a * b << "\n"; break;
+            case 0:
+              out << a << " + " << b << " = " << a + b << "\n";
+              break;
+            case 1:
+              out << std::max(a, b) << " - " << std::min(a, b) << " = "
+                  << std::max(a, b) - std::min(a, b) << "\n";
+              break;
+            default:
+              a %= 13;
+              b %= 13;
+              out << a << " * " << b << " = " << a * b << "\n";
+              break;
           }
         }
         break;
@@ -186,8 +193,8 @@ std::string synthetic_corpus(size_t bytes, uint64_t seed) {
       default: {  // a small story
         const char* who = pick(kNames);
         out << "Once upon a time, " << who << " lived in a " << pick(kPlaces) << ". Every day "
-            << who << " " << pick(kActs) << ". One day " << who << " found " << pick(kFinds)
-            << ". " << who << " was very happy and " << pick(kActs) << " again.\n";
+            << who << " " << pick(kActs) << ". One day " << who << " found " << pick(kFinds) << ". "
+            << who << " was very happy and " << pick(kActs) << " again.\n";
         break;
       }
     }
@@ -217,55 +224,62 @@ std::string byte_char(int b) {
   }
   return s;
 }
-const char* kBos = "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-const char* kEos = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+const char* kBos =
+    "<\xef\xbd\x9c"
+    "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+const char* kEos =
+    "<\xef\xbd\x9c"
+    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 }  // namespace
 
 std::string byte_level_tokenizer_json() {
   json vocab = json::object();
   for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
   auto added = [](int id, const char* content) {
-    return json{{"id", id},          {"content", content}, {"single_word", false},
-                {"lstrip", false},   {"rstrip", false},    {"normalized", false},
-                {"special", true}};
+    return json{{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+                {"rstrip", false}, {"normalized", false}, {"special", true}};
   };
-  json tokenizer = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", {added(256, kBos), added(257, kEos)}},
-      {"normalizer", nullptr},
-      {"pre_tokenizer",
-       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}},
-      {"post_processor", nullptr},
-      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"vocab", vocab},
-        {"merges", json::array()}}}};
+  json tokenizer = {{"version", "1.0"},
+                    {"truncation", nullptr},
+                    {"padding", nullptr},
+                    {"added_tokens", {added(256, kBos), added(257, kEos)}},
+                    {"normalizer", nullptr},
+                    {"pre_tokenizer",
+                     {{"type", "ByteLevel"},
+                      {"add_prefix_space", false},
+                      {"trim_offsets", true},
+                      {"use_regex", false}}},
+                    {"post_processor", nullptr},
+                    {"decoder",
+                     {{"type", "ByteLevel"},
+                      {"add_prefix_space", true},
+                      {"trim_offsets", true},
+                      {"use_regex", true}}},
+                    {"model",
+                     {{"type", "BPE"},
+                      {"dropout", nullptr},
+                      {"unk_token", nullptr},
+                      {"continuing_subword_prefix", nullptr},
+                      {"end_of_word_suffix", nullptr},
+                      {"fuse_unk", false},
+                      {"byte_fallback", false},
+                      {"vocab", vocab},
+                      {"merges", json::array()}}}};
   return tokenizer.dump(2) + "\n";
 }
 
 std::string byte_level_tokenizer_config_json() {
-  json config = {{"add_bos_token", true},
-                 {"add_eos_token", false},
-                 {"bos_token", kBos},
-                 {"eos_token", kEos},
-                 {"model_max_length", 16384},
-                 {"tokenizer_class", "LlamaTokenizerFast"}};
+  json config = {{"add_bos_token", true},     {"add_eos_token", false},
+                 {"bos_token", kBos},         {"eos_token", kEos},
+                 {"model_max_length", 16384}, {"tokenizer_class", "LlamaTokenizerFast"}};
   return config.dump(2) + "\n";
 }
 
 void sample_batch(const std::vector<uint32_t>& tokens, int B, int T, uint64_t seed, uint64_t step,
                   int* out) {
-  check(tokens.size() >= static_cast<size_t>(T), "data has fewer tokens (" + std::to_string(tokens.size()) +
-                                                     ") than the sequence length " + std::to_string(T));
+  check(tokens.size() >= static_cast<size_t>(T),
+        "data has fewer tokens (" + std::to_string(tokens.size()) + ") than the sequence length " +
+            std::to_string(T));
   const uint64_t span = tokens.size() - T + 1;
   for (int b = 0; b < B; ++b) {
     uint64_t start = mix(seed * 0x9e3779b97f4a7c15ull + step * 1000003ull + b) % span;

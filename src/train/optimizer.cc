@@ -22,7 +22,8 @@ float AdamW::step(ParamStore& store, float lr) {
     sq += s;
   }
   const float norm = static_cast<float>(std::sqrt(sq));
-  const float clip = (config_.clip_norm > 0 && norm > config_.clip_norm) ? config_.clip_norm / norm : 1.0f;
+  const float clip =
+      (config_.clip_norm > 0 && norm > config_.clip_norm) ? config_.clip_norm / norm : 1.0f;
   ++steps_;
   const float b1 = config_.beta1, b2 = config_.beta2;
   const float correction1 = 1.0f - std::pow(b1, static_cast<float>(steps_));
@@ -65,7 +66,8 @@ void AdamW::load(const std::string& path, const ParamStore& store) {
   for (const Param& p : store.params())
     for (auto [prefix, buffer] : {std::pair{"m.", &m_}, std::pair{"v.", &v_}}) {
       auto it = file.tensors().find(prefix + p.name);
-      check(it != file.tensors().end(), path + ": missing optimizer state '" + prefix + p.name + "'");
+      check(it != file.tensors().end(),
+            path + ": missing optimizer state '" + prefix + p.name + "'");
       check(it->second.dtype == DType::F32 && it->second.shape == p.shape,
             path + ": optimizer state '" + prefix + p.name + "' has the wrong shape or type");
       std::memcpy(buffer->data() + p.offset, it->second.data, p.size * 4);
@@ -76,10 +78,14 @@ void AdamW::load(const std::string& path, const ParamStore& store) {
 }
 
 bool parse_schedule(const std::string& name, Schedule* out) {
-  if (name == "multistep") *out = Schedule::kMultiStep;
-  else if (name == "cosine") *out = Schedule::kCosine;
-  else if (name == "constant") *out = Schedule::kConstant;
-  else return false;
+  if (name == "multistep")
+    *out = Schedule::kMultiStep;
+  else if (name == "cosine")
+    *out = Schedule::kCosine;
+  else if (name == "constant")
+    *out = Schedule::kConstant;
+  else
+    return false;
   return true;
 }
 

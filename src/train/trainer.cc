@@ -14,6 +14,7 @@
 #include "base/file.h"
 #include "base/plot.h"
 #include "base/progress.h"
+#include "ops/gemm.h"
 #include "train/data.h"
 
 namespace whale {
@@ -137,9 +138,11 @@ TrainSummary train(const TrainerConfig& t) {
     std::string name = read_file(latest_path);
     while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
     resume_dir = t.out_dir + "/checkpoints/" + name;
-    check(fs::exists(resume_dir + "/trainer_state.json"), latest_path + " names a missing checkpoint");
+    check(fs::exists(resume_dir + "/trainer_state.json"),
+          latest_path + " names a missing checkpoint");
   }
-  ModelConfig config = resume_dir.empty() ? choose_model_config(t, data) : ModelConfig::load(resume_dir);
+  ModelConfig config =
+      resume_dir.empty() ? choose_model_config(t, data) : ModelConfig::load(resume_dir);
   ParamStore store(config);
   if (!resume_dir.empty()) {
     store.load(Checkpoint(resume_dir));
@@ -157,12 +160,20 @@ TrainSummary train(const TrainerConfig& t) {
   TrainModel model(store);
   const std::vector<std::string> bias_names = routing_bias_names(config);
 
-  json settings = {{"data", fs::absolute(t.data_dir).string()}, {"batch", t.batch},
-                   {"seq_len", t.seq_len}, {"accumulation", t.accumulation}, {"steps", t.steps},
-                   {"lr", t.lr}, {"warmup", t.warmup}, {"seed", t.seed},
-                   {"mtp_weight", t.objective.mtp_weight}, {"balance_alpha", t.objective.balance_alpha},
-                   {"bias_gamma", t.bias_gamma}, {"weight_decay", t.adamw.weight_decay},
-                   {"clip_norm", t.adamw.clip_norm}, {"model", config.to_json()}};
+  json settings = {{"data", fs::absolute(t.data_dir).string()},
+                   {"batch", t.batch},
+                   {"seq_len", t.seq_len},
+                   {"accumulation", t.accumulation},
+                   {"steps", t.steps},
+                   {"lr", t.lr},
+                   {"warmup", t.warmup},
+                   {"seed", t.seed},
+                   {"mtp_weight", t.objective.mtp_weight},
+                   {"balance_alpha", t.objective.balance_alpha},
+                   {"bias_gamma", t.bias_gamma},
+                   {"weight_decay", t.adamw.weight_decay},
+                   {"clip_norm", t.adamw.clip_norm},
+                   {"model", config.to_json()}};
   write_file_atomic(t.out_dir + "/run.json", settings.dump(2) + "\n");
 
   std::vector<LogRow> log_rows = read_log(t.out_dir + "/log.csv", t.resume ? start_step - 1 : -1);
@@ -199,7 +210,8 @@ TrainSummary train(const TrainerConfig& t) {
   auto save_checkpoint = [&](long step) {
     const std::string name = checkpoint_name(step);
     const std::string final_dir = t.out_dir + "/checkpoints/" + name;
-    const std::string tmp_dir = t.out_dir + "/checkpoints/.tmp-" + name + "-" + std::to_string(getpid());
+    const std::string tmp_dir =
+        t.out_dir + "/checkpoints/.tmp-" + name + "-" + std::to_string(getpid());
     fs::remove_all(tmp_dir);
     store.save(tmp_dir, DType::F32);
     optimizer.save(tmp_dir + "/optimizer.safetensors", store);
@@ -214,7 +226,8 @@ TrainSummary train(const TrainerConfig& t) {
       if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0)
         all.push_back(e.path().filename().string());
     std::sort(all.begin(), all.end());
-    for (size_t i = 0; i + 2 < all.size(); ++i) fs::remove_all(t.out_dir + "/checkpoints/" + all[i]);
+    for (size_t i = 0; i + 2 < all.size(); ++i)
+      fs::remove_all(t.out_dir + "/checkpoints/" + all[i]);
   };
 
   const int B = t.batch, T = t.seq_len;
@@ -237,6 +250,7 @@ TrainSummary train(const TrainerConfig& t) {
   progress.advance(static_cast<size_t>(start_step));
   auto started = clock::now();
   long tokens_done = 0;
+  reset_gemm_stats();
   for (long step = start_step; step < t.steps; ++step) {
     auto step_start = clock::now();
     const float lr = learning_rate(t.schedule, step, t.steps, t.warmup, t.lr);
@@ -253,7 +267,8 @@ TrainSummary train(const TrainerConfig& t) {
       mean.bal += p.bal / t.accumulation;
       auto l = model.expert_loads();
       if (model.has_mtp_output()) l.push_back(model.mtp_expert_load());
-      if (loads.empty()) loads = l;
+      if (loads.empty())
+        loads = l;
       else
         for (size_t i = 0; i < l.size(); ++i)
           for (size_t e = 0; e < l[i].size(); ++e) loads[i][e] += l[i][e];
@@ -272,7 +287,9 @@ TrainSummary train(const TrainerConfig& t) {
       mean_load /= loads[i].size();
       float* b = store.values() + p->offset;
       for (size_t e = 0; e < loads[i].size(); ++e)
-        b[e] += t.bias_gamma * (loads[i][e] < mean_load ? 1.0f : loads[i][e] > mean_load ? -1.0f : 0.0f);
+        b[e] += t.bias_gamma * (loads[i][e] < mean_load   ? 1.0f
+                                : loads[i][e] > mean_load ? -1.0f
+                                                          : 0.0f);
     }
     double worst = 0;
     for (size_t i = 0; i < loads.size() && i < main_moe_layers; ++i) {
@@ -285,25 +302,27 @@ TrainSummary train(const TrainerConfig& t) {
       }
       double ratio = total > 0 ? max / (total / loads[i].size()) : 0;
       worst = std::max(worst, ratio);
-      expert_rows.push_back(std::to_string(step) + "," + std::to_string(i) + "," + fmt(ratio) + "," + list);
+      expert_rows.push_back(std::to_string(step) + "," + std::to_string(i) + "," + fmt(ratio) +
+                            "," + list);
     }
     tokens_done += static_cast<long>(B) * T * t.accumulation;
     const double seconds = std::chrono::duration<double>(clock::now() - step_start).count();
     const bool eval_now = (step + 1) % t.eval_every == 0 || step + 1 == t.steps;
     const double val = eval_now ? validation_loss() : NAN;
-    log_rows.push_back({step, std::to_string(step) + "," +
-                                  std::to_string((step + 1) * static_cast<long>(B) * T * t.accumulation) +
-                                  "," + fmt(mean.loss) + "," + fmt(mean.ce_main) + "," + fmt(mean.ce_mtp) +
-                                  "," + fmt(mean.bal) + "," + (eval_now ? fmt(val) : "") + "," + fmt(lr) +
-                                  "," + fmt(grad_norm) + "," +
-                                  fmt(std::round(B * T * t.accumulation / seconds)) + "," +
-                                  (main_moe_layers ? fmt(worst) : "")});
+    log_rows.push_back(
+        {step, std::to_string(step) + "," +
+                   std::to_string((step + 1) * static_cast<long>(B) * T * t.accumulation) + "," +
+                   fmt(mean.loss) + "," + fmt(mean.ce_main) + "," + fmt(mean.ce_mtp) + "," +
+                   fmt(mean.bal) + "," + (eval_now ? fmt(val) : "") + "," + fmt(lr) + "," +
+                   fmt(grad_norm) + "," + fmt(std::round(B * T * t.accumulation / seconds)) + "," +
+                   (main_moe_layers ? fmt(worst) : "")});
     summary.final_loss = mean.ce_main;
     summary.final_imbalance = worst;
     if (eval_now) summary.final_val_loss = val;
     char status[160];
-    std::snprintf(status, sizeof status, "%s tok/s, loss %.3f%s", si(B * T * t.accumulation / seconds).c_str(),
-                  mean.ce_main, eval_now ? (" val " + fmt(std::round(val * 1000) / 1000)).c_str() : "");
+    std::snprintf(status, sizeof status, "%s tok/s, loss %.3f%s",
+                  si(B * T * t.accumulation / seconds).c_str(), mean.ce_main,
+                  eval_now ? (" val " + fmt(std::round(val * 1000) / 1000)).c_str() : "");
     progress.set_status(status);
     progress.advance(1);
     if ((step + 1) % t.save_every == 0 || step + 1 == t.steps) {
@@ -318,6 +337,10 @@ TrainSummary train(const TrainerConfig& t) {
   double elapsed = std::chrono::duration<double>(clock::now() - started).count();
   summary.steps = t.steps;
   summary.tokens_per_second = elapsed > 0 ? tokens_done / elapsed : 0;
+  GemmStats g = gemm_stats();
+  summary.seconds = elapsed;
+  summary.gemm_seconds = g.seconds;
+  summary.gemm_flops = g.flops;
   return summary;
 }
 

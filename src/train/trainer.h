@@ -42,6 +42,7 @@ struct TrainSummary {
   long steps = 0;
   double final_loss = 0, final_val_loss = 0, unigram_entropy = 0, tokens_per_second = 0;
   double final_imbalance = 0;
+  double seconds = 0, gemm_seconds = 0, gemm_flops = 0;  // where the time went
 };
 
 TrainSummary train(const TrainerConfig& config);
