@@ -15,6 +15,13 @@ namespace whale {
 
 namespace {
 
+struct TokenizeOptions {
+  std::string dir;
+  bool decode = false, jsonl = false, chat = false, no_special = false, skip_special = false;
+  std::string bench_file;
+  int bench_passes = 3;
+};
+
 std::string read_stdin() {
   std::ostringstream buffer;
   buffer << std::cin.rdbuf();
@@ -50,7 +57,10 @@ void run_bench(const text::Tokenizer& tokenizer, const std::string& path, int pa
   for (std::string line; std::getline(in, line);) {
     ++number;
     if (line.empty()) continue;
-    texts.push_back(parse_line(line, number).at("text").get<std::string>());
+    nlohmann::json record = parse_line(line, number);
+    check(record.is_object() && record.contains("text") && record["text"].is_string(),
+          path + " line " + std::to_string(number) + " has no \"text\" string");
+    texts.push_back(record["text"].get<std::string>());
     bytes += texts.back().size();
   }
   nlohmann::json rates = nlohmann::json::array();
@@ -67,6 +77,36 @@ void run_bench(const text::Tokenizer& tokenizer, const std::string& path, int pa
   std::printf("%s\n", report.dump().c_str());
 }
 
+// One --jsonl / --chat request line → its reply object.
+nlohmann::json answer(const nlohmann::json& request, const std::string& where,
+                      const text::Tokenizer& tokenizer, const text::ChatTemplate* chat_template,
+                      const TokenizeOptions& options) {
+  nlohmann::json reply;
+  if (chat_template) {
+    check(request.contains("messages"), where + " has no \"messages\"");
+    check(
+        !request.contains("add_generation_prompt") || request["add_generation_prompt"].is_boolean(),
+        where + ": \"add_generation_prompt\" must be true or false");
+    bool add_generation_prompt = request.value("add_generation_prompt", false);
+    std::string rendered = chat_template->render(request["messages"], add_generation_prompt);
+    // The rendered text already holds the BOS, as transformers' apply_chat_template.
+    reply = {{"text", rendered}, {"ids", tokenizer.encode(rendered, false)}};
+  } else if (options.decode) {
+    check(request.contains("ids") && request["ids"].is_array(), where + " has no \"ids\" array");
+    std::vector<int> ids;
+    for (const auto& id : request["ids"]) {
+      check(id.is_number_integer(), where + ": ids must be integers");
+      ids.push_back(id.get<int>());
+    }
+    reply = {{"text", tokenizer.decode(ids, options.skip_special)}};
+  } else {
+    check(request.contains("text") && request["text"].is_string(),
+          where + " has no \"text\" string");
+    reply = {{"ids", tokenizer.encode(request["text"].get<std::string>(), !options.no_special)}};
+  }
+  return reply;
+}
+
 }  // namespace
 
 void add_tokenize_command(CLI::App& app) {
@@ -75,79 +115,64 @@ void add_tokenize_command(CLI::App& app) {
       "Text on stdin (all of it, byte for byte: a final newline is part of the text) → token "
       "ids on one line, space-separated; or ids → text with --decode. Invalid UTF-8 is read "
       "as U+FFFD, one per ill-formed sequence");
-  static std::string dir;
-  static bool decode = false, jsonl = false, chat = false, no_special = false, skip_special = false;
-  cmd->add_option("--tokenizer", dir, "Folder with tokenizer.json (+ tokenizer_config.json)")
+  static TokenizeOptions options;
+  cmd->add_option("--tokenizer", options.dir,
+                  "Folder with tokenizer.json (+ tokenizer_config.json)")
       ->required();
-  cmd->add_flag("--decode", decode, "Ids on stdin (spaces, commas or newlines) → text");
-  cmd->add_flag("--jsonl", jsonl,
+  cmd->add_flag("--decode", options.decode, "Ids on stdin (spaces, commas or newlines) → text");
+  cmd->add_flag("--jsonl", options.jsonl,
                 "Each input line {\"text\": ...} → {\"ids\": [...]} (with --decode: "
                 "{\"ids\": [...]} → {\"text\": ...})");
-  cmd->add_flag("--chat", chat,
+  cmd->add_flag("--chat", options.chat,
                 "Each input line {\"messages\": [...], \"add_generation_prompt\": bool} → "
                 "{\"text\": rendered, \"ids\": [...]}");
-  cmd->add_flag("--no-special", no_special,
+  cmd->add_flag("--no-special", options.no_special,
                 "Do not add the post-processor's special tokens (e.g. a leading BOS)");
-  cmd->add_flag("--skip-special", skip_special, "With --decode: leave special tokens out");
-  static std::string bench_file;
-  static int bench_passes = 3;
-  cmd->add_option("--bench", bench_file,
+  cmd->add_flag("--skip-special", options.skip_special, "With --decode: leave special tokens out");
+  cmd->add_option("--bench", options.bench_file,
                   "Time encoding the {\"text\"} lines of this JSONL file (no stdin); prints MB/s");
-  cmd->add_option("--passes", bench_passes, "Passes over the --bench file (default 3)")
+  cmd->add_option("--passes", options.bench_passes, "Passes over the --bench file (default 3)")
       ->check(CLI::PositiveNumber);
   cmd->callback([] {
-    check(!(chat && decode), "--chat and --decode cannot be combined");
-    auto tokenizer = text::Tokenizer::load(dir);
-    if (!bench_file.empty()) return run_bench(*tokenizer, bench_file, bench_passes);
-    bool add_special = !no_special;
-    std::string input = read_stdin();
+    const TokenizeOptions& o = options;
+    check(!(o.chat && o.decode), "--chat and --decode cannot be combined");
+    auto tokenizer = text::Tokenizer::load(o.dir);
+    if (!o.bench_file.empty()) return run_bench(*tokenizer, o.bench_file, o.bench_passes);
 
-    if (!jsonl && !chat) {
-      if (decode) {
+    if (!o.jsonl && !o.chat) {
+      std::string input = read_stdin();
+      if (o.decode) {
         // No ids at all decode to no text (parse_token_list rejects an empty list).
         if (input.find_first_not_of(" ,\t\r\n") == std::string::npos) return;
         std::vector<int> ids = parse_token_list(input);
-        std::string out = tokenizer->decode(ids, skip_special);
+        std::string out = tokenizer->decode(ids, o.skip_special);
         std::fwrite(out.data(), 1, out.size(), stdout);
       } else {
-        print_ids(tokenizer->encode(input, add_special));
+        print_ids(tokenizer->encode(input, !o.no_special));
       }
       return;
     }
 
     std::unique_ptr<text::ChatTemplate> chat_template;
-    if (chat) chat_template = text::ChatTemplate::for_tokenizer(*tokenizer, dir);
-    std::istringstream lines(input);
+    if (o.chat) chat_template = text::ChatTemplate::for_tokenizer(*tokenizer, o.dir);
+    // Line by line, each reply written as soon as it is ready: works as a pipe, any size.
+    std::ios::sync_with_stdio(false);
     std::string line;
-    for (size_t number = 1; std::getline(lines, line); ++number) {
+    for (size_t number = 1; std::getline(std::cin, line); ++number) {
       if (line.empty()) continue;
       nlohmann::json request = parse_line(line, number);
       std::string where = "stdin line " + std::to_string(number);
       nlohmann::json reply;
-      if (chat) {
-        check(request.contains("messages"), where + " has no \"messages\"");
-        bool add_generation_prompt = request.value("add_generation_prompt", false);
-        std::string rendered = chat_template->render(request["messages"], add_generation_prompt);
-        // The rendered text already holds the BOS, as transformers' apply_chat_template.
-        reply = {{"text", rendered}, {"ids", tokenizer->encode(rendered, false)}};
-      } else if (decode) {
-        check(request.contains("ids") && request["ids"].is_array(),
-              where + " has no \"ids\" array");
-        std::vector<int> ids;
-        for (const auto& id : request["ids"]) {
-          check(id.is_number_integer(), where + ": ids must be integers");
-          ids.push_back(id.get<int>());
-        }
-        reply = {{"text", tokenizer->decode(ids, skip_special)}};
-      } else {
-        check(request.contains("text") && request["text"].is_string(),
-              where + " has no \"text\" string");
-        reply = {{"ids", tokenizer->encode(request["text"].get<std::string>(), add_special)}};
+      try {
+        reply = answer(request, where, *tokenizer, chat_template.get(), o);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(where + ": " + e.what());
       }
       // Replace, not throw, if decoded text is not valid UTF-8 (it always is; belt and braces).
       std::string out = reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       out += '\n';
       std::fwrite(out.data(), 1, out.size(), stdout);
+      std::fflush(stdout);
     }
   });
 }
