@@ -9,7 +9,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <queue>
 #include <unordered_map>
 
 #include "base/error.h"
@@ -74,6 +73,16 @@ struct PreTokenizerStep {
 struct NormalizerStep {
   enum class Kind { kNfc, kNfd, kPrepend, kReplace } kind;
   std::string argument, replacement;
+};
+
+// A possible merge in a long word: min-heap order is (rank, position).
+struct MergeCandidate {
+  uint32_t rank;
+  uint32_t position;
+  int32_t result;
+  bool operator>(const MergeCandidate& o) const {
+    return rank != o.rank ? rank > o.rank : position > o.position;
+  }
 };
 
 // A stretch of text: an added token (token >= 0) or text still to be tokenized.
@@ -222,6 +231,8 @@ struct Tokenizer::Impl {
   mutable std::deque<std::string> owned_pieces;
   mutable std::vector<Regex::Match> matches;
   mutable std::vector<int> word_ids;
+  mutable std::vector<int32_t> merge_prev, merge_next;
+  mutable std::vector<MergeCandidate> merge_heap;
 
   void load_model(const json& model, StreamedModel& streamed);
   void load_added_tokens(const json& list);
@@ -737,37 +748,36 @@ void Tokenizer::Impl::merge_word(std::string_view word, std::vector<int>& ids) c
 
   // Long words: a doubly linked list of symbols and a min-heap of candidate merges by
   // (rank, position); stale heap entries are skipped when popped, as in HF's Word::merge_all.
-  struct Candidate {
-    uint32_t rank;
-    uint32_t position;
-    int32_t result;
-    bool operator>(const Candidate& o) const {
-      return rank != o.rank ? rank > o.rank : position > o.position;
-    }
-  };
-  std::vector<int32_t> prev(n), next(n);
-  std::vector<bool> alive(n, true);
+  // A symbol merged into its left neighbour gets id -1.
+  std::vector<int32_t>& prev = merge_prev;
+  std::vector<int32_t>& next = merge_next;
+  std::vector<MergeCandidate>& heap = merge_heap;
+  prev.resize(n);
+  next.resize(n);
+  heap.clear();
   for (size_t i = 0; i < n; ++i) {
     prev[i] = static_cast<int32_t>(i) - 1;
     next[i] = i + 1 < n ? static_cast<int32_t>(i + 1) : -1;
   }
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
   auto push = [&](int32_t i) {
     if (i < 0 || next[i] < 0) return;
-    if (const MergeTable::Merge* m = merges.find(word_ids[i], word_ids[next[i]]))
-      heap.push({m->rank, static_cast<uint32_t>(i), m->result});
+    if (const MergeTable::Merge* m = merges.find(word_ids[i], word_ids[next[i]])) {
+      heap.push_back({m->rank, static_cast<uint32_t>(i), m->result});
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
   };
   for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i));
   while (!heap.empty()) {
-    Candidate top = heap.top();
-    heap.pop();
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    MergeCandidate top = heap.back();
+    heap.pop_back();
     int32_t i = static_cast<int32_t>(top.position);
-    if (!alive[i] || next[i] < 0) continue;
+    if (word_ids[i] < 0 || next[i] < 0) continue;
     const MergeTable::Merge* m = merges.find(word_ids[i], word_ids[next[i]]);
     if (!m || m->result != top.result) continue;
     int32_t right = next[i];
     word_ids[i] = top.result;
-    alive[right] = false;
+    word_ids[right] = -1;
     next[i] = next[right];
     if (next[i] >= 0) prev[next[i]] = i;
     push(prev[i]);
