@@ -20,7 +20,15 @@ Sampler::Sampler(const SamplingParams& p) : params_(p), rng_(p.seed) {
 }
 
 int Sampler::sample(const float* logits, int vocab) {
-  if (params_.temperature == 0.0f) return argmax(logits, vocab);
+  return sample(logits, vocab, nullptr);
+}
+
+int Sampler::sample(const float* logits, int vocab, std::vector<int>* support) {
+  if (params_.temperature == 0.0f) {
+    int best = argmax(logits, vocab);
+    if (support) *support = {best};
+    return best;
+  }
   std::vector<int> ids(vocab);
   std::iota(ids.begin(), ids.end(), 0);
   int keep = params_.top_k > 0 ? std::min(params_.top_k, vocab) : vocab;
@@ -41,7 +49,12 @@ int Sampler::sample(const float* logits, int vocab) {
     }
   }
   std::discrete_distribution<int> pick(p.begin(), p.begin() + cut);
-  return ids[pick(rng_)];
+  int chosen = ids[pick(rng_)];
+  if (support) {
+    support->assign(ids.begin(), ids.begin() + cut);
+    std::sort(support->begin(), support->end());
+  }
+  return chosen;
 }
 
 }  // namespace whale

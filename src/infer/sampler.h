@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <random>
+#include <vector>
 
 namespace whale {
 
@@ -17,6 +18,9 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   int sample(const float* logits, int vocab);
+  // Also returns the token set the draw was made from (after top-k / top-p), sorted; for
+  // greedy decoding, just the chosen token.
+  int sample(const float* logits, int vocab, std::vector<int>* support);
 
  private:
   SamplingParams params_;

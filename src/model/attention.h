@@ -1,6 +1,7 @@
 // Attention layers: Multi-head Latent Attention (DeepSeek V2/V3/V3.2, with the V3.2 lightning
 // indexer choosing which past tokens each query sees) and grouped-query attention (Qwen2, Llama).
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "model/config.h"
@@ -21,6 +22,9 @@ struct ForwardOptions {
   // V3.2: attend only to the indexer's top-k (the published model). false gives dense
   // attention, as in DSA's dense warm-up stage; the indexer still runs and fills its cache.
   bool sparse_attention = true;
+  // Called after each MoE layer with the experts chosen for the batch's rows (keep-routing
+  // records them at sampling time to replay them in training).
+  std::function<void(int layer, const struct Routing& routing)> on_routing;
 };
 
 // Which cached positions each of T queries may attend to: allowed[t][s] for s < pos0 + t + 1.

@@ -7,10 +7,17 @@
 namespace whale {
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
+  ModelConfig config = ModelConfig::load(dir);
+  auto checkpoint = std::make_unique<Checkpoint>(dir);
+  auto model = from_source(config, *checkpoint);
+  model->checkpoint_ = std::move(checkpoint);
+  return model;
+}
+
+std::unique_ptr<Model> Model::from_source(const ModelConfig& config, const TensorSource& source) {
   auto model = std::unique_ptr<Model>(new Model());
-  model->config_ = ModelConfig::load(dir);
-  model->checkpoint_ = std::make_unique<Checkpoint>(dir);
-  model->weights_ = load_weights(model->config_, *model->checkpoint_);
+  model->config_ = config;
+  model->weights_ = load_weights(config, source);
   const ModelConfig& c = model->config_;
   model->rope_ = Rope(c, c.is_deepseek() ? c.qk_rope_head_dim : c.dense_head_dim());
   return model;
@@ -24,7 +31,8 @@ void Model::check_tokens(const int* tokens, int T) const {
 }
 
 // h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h)).
-void Model::block_forward(const Layer& layer, float* x, const std::vector<Segment>& segments,
+void Model::block_forward(const Layer& layer, int layer_index, float* x,
+                          const std::vector<Segment>& segments,
                           const ForwardOptions& options) const {
   const ModelConfig& c = config_;
   const int H = c.hidden_size;
@@ -75,7 +83,7 @@ void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     for (size_t i = 0; i < caches.size(); ++i)
       segments[i] = {&caches[i]->layers[l], caches[i]->length, counts[i]};
-    block_forward(weights_.layers[l], x.data(), segments, options);
+    block_forward(weights_.layers[l], l, x.data(), segments, options);
   }
   for (size_t i = 0; i < caches.size(); ++i) caches[i]->length += counts[i];
   for (int t = 0; t < T; ++t)
@@ -101,7 +109,8 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
     rms_norm(normed_hidden + static_cast<size_t>(t) * H, m.hnorm.data(), H, c.rms_norm_eps, e + H);
   }
   linear_forward(m.eh_proj, concat.data(), T, x.data());
-  block_forward(m.block, x.data(), {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
+  block_forward(m.block, c.num_hidden_layers, x.data(),
+                {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
   mtp_cache.length += T;
   for (int t = 0; t < T; ++t)
     rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);

@@ -16,10 +16,13 @@ class Model {
  public:
   // Opens DIR/config.json and the safetensors weights (memory-mapped, nothing copied).
   static std::unique_ptr<Model> load(const std::string& dir);
+  // A model over tensors held elsewhere (e.g. training's parameter store: the model then sees
+  // every optimizer update, as its weights are views). The source must outlive the model.
+  static std::unique_ptr<Model> from_source(const ModelConfig& config, const TensorSource& source);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return weights_; }
-  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }  // only for load()
   KVCache new_cache() const { return KVCache::for_layers(config_.num_hidden_layers); }
   KVCache new_mtp_cache() const { return KVCache::for_layers(1); }
 
@@ -49,8 +52,8 @@ class Model {
   ParamCounts parameter_counts() const;
 
  private:
-  void block_forward(const Layer& layer, float* x, const std::vector<Segment>& segments,
-                     const ForwardOptions& options) const;
+  void block_forward(const Layer& layer, int layer_index, float* x,
+                     const std::vector<Segment>& segments, const ForwardOptions& options) const;
   void check_tokens(const int* tokens, int T) const;
 
   ModelConfig config_;

@@ -1,0 +1,226 @@
+#include "rl/tasks.h"
+
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+
+namespace whale {
+
+namespace {
+
+const char* kNames[] = {"Ada", "Ben", "Cleo", "Dev",  "Ema",  "Finn", "Gus",  "Hana",
+                        "Ivo", "Jun", "Kai",  "Lena", "Milo", "Nia",  "Omar", "Pia"};
+const char* kItems[] = {"apples", "books",   "coins",   "shells",
+                        "stamps", "marbles", "pencils", "cards"};
+
+int uniform(std::mt19937_64& rng, int lo, int hi) {
+  return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
+}
+
+Problem arithmetic(std::mt19937_64& rng) {
+  Problem p;
+  p.task = "arithmetic";
+  p.checker = "number";
+  int a = uniform(rng, 10, 99), b = uniform(rng, 10, 99);
+  if (rng() % 2) {
+    p.question = std::to_string(a) + "+" + std::to_string(b);
+    p.answer = std::to_string(a + b);
+  } else {
+    if (a < b) std::swap(a, b);
+    p.question = std::to_string(a) + "-" + std::to_string(b);
+    p.answer = std::to_string(a - b);
+  }
+  p.numbers = {a, b};
+  return p;
+}
+
+Problem word(std::mt19937_64& rng) {
+  Problem p;
+  p.task = "word";
+  p.checker = "number";
+  std::string who = kNames[rng() % 16], other = kNames[rng() % 16];
+  while (other == who) other = kNames[rng() % 16];
+  std::string item = kItems[rng() % 8];
+  int a = uniform(rng, 1, 20), b = uniform(rng, 1, 20);
+  if (rng() % 2) {
+    p.question = who + " has " + std::to_string(a) + " " + item + ". " + other + " gives " + who +
+                 " " + std::to_string(b) + " more. How many " + item + " does " + who + " have?";
+    p.answer = std::to_string(a + b);
+    p.numbers = {a, b, 1};
+  } else {
+    int total = a + b;
+    p.question = who + " has " + std::to_string(total) + " " + item + ". " + who + " gives " +
+                 std::to_string(b) + " to " + other + ". How many " + item + " does " + who +
+                 " have?";
+    p.answer = std::to_string(a);
+    p.numbers = {total, b, 0};
+  }
+  return p;
+}
+
+int apply(int x, char op, int y) {
+  switch (op) {
+    case '+':
+      return x + y;
+    case '-':
+      return x - y;
+    default:
+      return x * y;
+  }
+}
+
+Problem countdown(std::mt19937_64& rng) {
+  Problem p;
+  p.task = "countdown";
+  p.checker = "countdown";
+  const char ops[] = {'+', '-', '*'};
+  for (;;) {
+    int a = uniform(rng, 1, 12), b = uniform(rng, 1, 12), c = uniform(rng, 1, 12);
+    char o1 = ops[rng() % 3], o2 = ops[rng() % 3];
+    int ab = apply(a, o1, b);
+    int target = apply(ab, o2, c);
+    if (ab < 0 || target < 1 || target > 150) continue;
+    p.numbers = {a, b, c};
+    // The numbers are shown sorted, so the order does not give the solution away.
+    std::vector<int> shown = p.numbers;
+    std::sort(shown.begin(), shown.end());
+    p.question = "Use " + std::to_string(shown[0]) + " " + std::to_string(shown[1]) + " " +
+                 std::to_string(shown[2]) + " to make " + std::to_string(target);
+    p.answer = std::to_string(target);
+    p.ops = {o1, o2};  // with numbers (a, b, c) in order: the reference solution
+    return p;
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& builtin_tasks() {
+  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown"};
+  return tasks;
+}
+
+Split split_of(const Problem& p) {
+  return std::hash<std::string>{}(p.task + "|" + p.question) % 8 == 0 ? Split::kHeldOut
+                                                                      : Split::kTrain;
+}
+
+Problem draw_problem(const std::string& task, Split split, std::mt19937_64& rng) {
+  for (;;) {
+    Problem p;
+    if (task == "arithmetic")
+      p = arithmetic(rng);
+    else if (task == "word")
+      p = word(rng);
+    else if (task == "countdown")
+      p = countdown(rng);
+    else
+      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown)");
+    if (split_of(p) == split) return p;
+  }
+}
+
+std::vector<Problem> heldout_set(const std::vector<std::string>& tasks, int per_task,
+                                 uint64_t seed) {
+  std::vector<Problem> set;
+  std::mt19937_64 rng(seed);
+  for (const std::string& task : tasks) {
+    std::vector<std::string> seen;
+    while (static_cast<int>(seen.size()) < per_task) {
+      Problem p = draw_problem(task, Split::kHeldOut, rng);
+      if (std::find(seen.begin(), seen.end(), p.question) != seen.end()) continue;
+      seen.push_back(p.question);
+      set.push_back(p);
+    }
+  }
+  return set;
+}
+
+std::vector<Problem> load_task_file(const std::string& path) {
+  std::ifstream in(path);
+  check(in.good(), "cannot open " + path);
+  std::vector<Problem> problems;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    std::string where = path + ":" + std::to_string(n);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw Error(where + ": not valid JSON");
+    }
+    check(j.is_object() && j.contains("prompt") && j["prompt"].is_string() &&
+              j.contains("answer") && (j["answer"].is_string() || j["answer"].is_number()),
+          where + ": expected {\"prompt\": \"...\", \"answer\": \"...\", \"checker\": \"exact\"}");
+    Problem p;
+    p.question = j["prompt"].get<std::string>();
+    p.answer = j["answer"].is_string() ? j["answer"].get<std::string>() : j["answer"].dump();
+    p.checker = j.value("checker", "exact");
+    p.task = j.value("task", "custom");
+    check(p.checker == "exact" || p.checker == "number" || p.checker == "countdown",
+          where + ": checker must be exact, number or countdown");
+    if (p.checker == "countdown") {
+      check(j.contains("numbers") && j["numbers"].is_array(),
+            where + ": countdown needs \"numbers\"");
+      for (auto& v : j["numbers"]) p.numbers.push_back(v.get<int>());
+    }
+    problems.push_back(p);
+  }
+  check(!problems.empty(), path + ": no problems");
+  return problems;
+}
+
+std::string prompt_text(const Problem& p) {
+  return "Q: " + p.question + "\nA: <think>";
+}
+
+namespace {
+
+// Column addition and subtraction, one digit at a time (units first, then tens).
+std::string column_reasoning(int a, int b, bool add) {
+  std::string s;
+  int a0 = a % 10, a1 = a / 10, b0 = b % 10, b1 = b / 10;
+  if (add) {
+    int units = a0 + b0, carry = units / 10;
+    s = std::to_string(a0) + "+" + std::to_string(b0) + "=" + std::to_string(units) + " ";
+    s += std::to_string(a1) + "+" + std::to_string(b1) + (carry ? "+1" : "") + "=" +
+         std::to_string(a1 + b1 + carry);
+  } else {
+    bool borrow = a0 < b0;
+    s = (borrow ? "1" : "") + std::to_string(a0) + "-" + std::to_string(b0) + "=" +
+        std::to_string(a0 + (borrow ? 10 : 0) - b0) + " ";
+    s += std::to_string(a1) + "-" + std::to_string(b1) + (borrow ? "-1" : "") + "=" +
+         std::to_string(a1 - b1 - (borrow ? 1 : 0));
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string solution_text(const Problem& p, bool reason) {
+  std::string think, answer = p.answer;
+  if (p.task == "arithmetic") {
+    bool add = p.question.find('+') != std::string::npos;
+    think = column_reasoning(p.numbers[0], p.numbers[1], add);
+  } else if (p.task == "word") {
+    bool add = p.numbers[2] == 1;
+    think = std::to_string(p.numbers[0]) + (add ? "+" : "-") + std::to_string(p.numbers[1]) + "=" +
+            p.answer;
+  } else if (p.task == "countdown") {
+    int a = p.numbers[0], b = p.numbers[1], c = p.numbers[2];
+    char o1 = p.ops[0], o2 = p.ops[1];
+    int ab = apply(a, o1, b);
+    think = std::to_string(a) + o1 + std::to_string(b) + "=" + std::to_string(ab) + " " +
+            std::to_string(ab) + o2 + std::to_string(c) + "=" + p.answer;
+    bool paren = (o2 == '*') && o1 != '*';
+    answer = std::string(paren ? "(" : "") + std::to_string(a) + o1 + std::to_string(b) +
+             (paren ? ")" : "") + o2 + std::to_string(c);
+  } else {
+    think = "";
+  }
+  return (reason ? think : "") + "</think><answer>" + answer + "</answer>";
+}
+
+}  // namespace whale
