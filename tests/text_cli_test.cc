@@ -35,7 +35,9 @@ TEST(TokenizeCli, TextToIdsAndBack) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output, "Hello! 毕老师！1 + 1 = 2 ĠÑĤÐ²ÑĬÑĢ");
   // Invalid UTF-8 reads as U+FFFD (one per ill-formed sequence).
-  write_file_atomic(dir / "bad.txt", "a\xff\xe4\xb8b");
+  write_file_atomic(dir / "bad.txt",
+                    "a\xff\xe4\xb8"
+                    "b");
   write_file_atomic(dir / "replaced.txt", "a\uFFFD\uFFFDb");
   r = run_whale("tokenize --tokenizer " + v3_dir() + " < " + (dir / "bad.txt"));
   auto replaced = run_whale("tokenize --tokenizer " + v3_dir() + " < " + (dir / "replaced.txt"));
