@@ -3,10 +3,12 @@
 // exactly HF's text, for the real DeepSeek-V3, R1 and R1-Distill-Qwen tokenizers.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "base/error.h"
 #include "base/file.h"
@@ -204,6 +206,22 @@ TEST(Tokenizer, StreamingHoldsBackSplitCharacters) {
   EXPECT_EQ(stream.push(ids[0]), "");
   EXPECT_EQ(stream.push(ids[1]), "");
   EXPECT_EQ(stream.finish(), "\uFFFD");
+}
+
+TEST(Tokenizer, ConcurrentEncodesAgree) {
+  REQUIRE_TOKENIZER(qwen, "deepseek-r1-distill-qwen-tokenizer");
+  std::vector<json> records = fixture("r1-distill-qwen");
+  std::vector<std::thread> threads;
+  std::atomic<size_t> mismatches{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < records.size(); i += 2)
+        if (qwen->encode(records[i]["text"].get<std::string>()) !=
+            records[i]["ids"].get<std::vector<int>>())
+          ++mismatches;
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0u);
 }
 
 TEST(Tokenizer, DecodeRejectsUnknownIds) {
