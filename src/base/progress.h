@@ -12,6 +12,7 @@ class Progress {
   Progress(std::string label, size_t total, std::string unit);
   void advance(size_t amount);
   void set_status(std::string status) { status_ = std::move(status); }
+  void set_total(size_t total) { total_ = total; }
   void finish();
   ~Progress();
 

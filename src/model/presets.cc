@@ -126,6 +126,32 @@ ModelConfig small_v3() {
   return c;
 }
 
+// The model of `whale demo r1-zero`: MLA + DeepSeekMoE + MTP, small enough to pre-train and
+// then RL-tune on two cores in minutes; byte-level vocabulary.
+ModelConfig r1_zero_demo() {
+  ModelConfig c = tiny_deepseek("deepseek_v3");
+  c.vocab_size = 258;
+  c.bos_token_id = 256;
+  c.eos_token_ids = {257};
+  c.hidden_size = 128;
+  c.intermediate_size = 384;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.q_lora_rank = 64;
+  c.kv_lora_rank = 32;
+  c.qk_nope_head_dim = 32;
+  c.qk_rope_head_dim = 16;
+  c.v_head_dim = 32;
+  c.n_routed_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  c.moe_intermediate_size = 128;
+  c.n_group = 4;
+  c.topk_group = 2;
+  return c;
+}
+
 const std::map<std::string, ModelConfig (*)()>& presets() {
   static const std::map<std::string, ModelConfig (*)()> table = {
       {"tiny", [] { return tiny_deepseek("deepseek_v3"); }},
@@ -135,6 +161,7 @@ const std::map<std::string, ModelConfig (*)()>& presets() {
       {"tiny-llama", [] { return tiny_dense("llama"); }},
       {"small", small_v3},
       {"v2-lite-8l", v2_lite_8l},
+      {"r1-zero-demo", r1_zero_demo},
   };
   return table;
 }

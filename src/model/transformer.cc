@@ -52,10 +52,14 @@ void Model::block_forward(const Layer& layer, int layer_index, float* x,
   for (int t = 0; t < T; ++t)
     rms_norm(x + static_cast<size_t>(t) * H, layer.post_attention_layernorm.data(), H,
              c.rms_norm_eps, normed.data() + static_cast<size_t>(t) * H);
-  if (layer.is_moe)
-    moe_forward(c, layer.moe, normed.data(), T, delta.data());
-  else
+  if (layer.is_moe) {
+    Routing routing;
+    moe_forward(c, layer.moe, normed.data(), T, delta.data(),
+                options.on_routing ? &routing : nullptr);
+    if (options.on_routing) options.on_routing(layer_index, routing);
+  } else {
     ffn_forward(layer.mlp, normed.data(), T, delta.data());
+  }
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 }
 

@@ -111,8 +111,10 @@ std::vector<Rollout> sample_rollouts(const Model& model,
     // to the last position), so any experts do: repeat the previous position's.
     for (auto& r : out)
       for (auto& layer : r.routing)
-        while (layer.size() < (r.prompt.size() + r.response.size()) * K)
-          layer.insert(layer.end(), layer.end() - K, layer.end());
+        while (layer.size() < (r.prompt.size() + r.response.size()) * K) {
+          std::vector<int> previous(layer.end() - K, layer.end());
+          layer.insert(layer.end(), previous.begin(), previous.end());
+        }
   }
   if (stats) {
     stats->seconds =

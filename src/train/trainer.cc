@@ -251,9 +251,15 @@ TrainSummary train(const TrainerConfig& t) {
   auto started = clock::now();
   long tokens_done = 0;
   reset_gemm_stats();
-  for (long step = start_step; step < t.steps; ++step) {
+  long total_steps = t.steps;
+  for (long step = start_step; step < total_steps; ++step) {
     auto step_start = clock::now();
-    const float lr = learning_rate(t.schedule, step, t.steps, t.warmup, t.lr);
+    if (t.time_budget_seconds > 0 && step == start_step + 3) {
+      double per_step = std::chrono::duration<double>(step_start - started).count() / 3;
+      total_steps = std::clamp<long>(static_cast<long>(t.time_budget_seconds / per_step), step + 1, t.steps);
+      progress.set_total(static_cast<size_t>(total_steps));
+    }
+    const float lr = learning_rate(t.schedule, step, total_steps, t.warmup, t.lr);
     store.zero_grads();
     LossParts mean;
     std::vector<std::vector<int>> loads;
@@ -307,7 +313,7 @@ TrainSummary train(const TrainerConfig& t) {
     }
     tokens_done += static_cast<long>(B) * T * t.accumulation;
     const double seconds = std::chrono::duration<double>(clock::now() - step_start).count();
-    const bool eval_now = (step + 1) % t.eval_every == 0 || step + 1 == t.steps;
+    const bool eval_now = (step + 1) % t.eval_every == 0 || step + 1 == total_steps;
     const double val = eval_now ? validation_loss() : NAN;
     log_rows.push_back(
         {step, std::to_string(step) + "," +
@@ -325,7 +331,7 @@ TrainSummary train(const TrainerConfig& t) {
                   eval_now ? (" val " + fmt(std::round(val * 1000) / 1000)).c_str() : "");
     progress.set_status(status);
     progress.advance(1);
-    if ((step + 1) % t.save_every == 0 || step + 1 == t.steps) {
+    if ((step + 1) % t.save_every == 0 || step + 1 == total_steps) {
       save_checkpoint(step + 1);
       write_logs();
     }
@@ -335,7 +341,7 @@ TrainSummary train(const TrainerConfig& t) {
   store.save(t.out_dir + "/model", DType::F32);
   copy_tokenizer(t.out_dir + "/model");
   double elapsed = std::chrono::duration<double>(clock::now() - started).count();
-  summary.steps = t.steps;
+  summary.steps = total_steps;
   summary.tokens_per_second = elapsed > 0 ? tokens_done / elapsed : 0;
   GemmStats g = gemm_stats();
   summary.seconds = elapsed;

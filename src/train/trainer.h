@@ -33,6 +33,9 @@ struct TrainerConfig {
   float bias_gamma = 0.001f;  // auxiliary-loss-free balancing speed γ (0: off)
 
   int eval_every = 25, eval_batches = 4, save_every = 50;
+  // When positive: after three steps, cap the run at the steps that fit in this many seconds
+  // (the schedule follows the capped length). Not for resumable runs.
+  double time_budget_seconds = 0;
   uint64_t seed = 0;
   bool resume = false;
   bool progress = true;

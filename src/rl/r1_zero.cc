@@ -1,0 +1,266 @@
+#include "rl/r1_zero.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "base/error.h"
+#include "base/file.h"
+#include "rl/evaluate.h"
+#include "rl/grpo_trainer.h"
+#include "rl/tasks.h"
+#include "text/tokenizer.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+namespace whale {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string task_document(const Problem& p, bool reason, bool correct, uint64_t noise) {
+  if (reason || correct) return prompt_text(p) + solution_text(p, reason);
+  std::string wrong;
+  if (p.checker == "countdown") {
+    // Right numbers, wrong arithmetic.
+    const char ops[] = {'+', '-', '*'};
+    wrong = std::to_string(p.numbers[(noise >> 3) % 3]) + ops[noise % 3] +
+            std::to_string(p.numbers[(noise >> 5) % 3]) + ops[(noise >> 7) % 3] + std::to_string(p.numbers[2]);
+  } else {
+    long answer = std::stol(p.answer);
+    long delta = 1 + static_cast<long>(noise % 10);
+    wrong = std::to_string(answer >= delta && (noise >> 8) % 2 ? answer - delta : answer + delta);
+  }
+  return prompt_text(p) + "</think><answer>" + wrong + "</answer>";
+}
+
+namespace {
+
+// Pre-training text: stories, and task documents where terse answers dominate.
+std::string demo_corpus(size_t bytes, uint64_t seed) {
+  constexpr double kReasonShare = 0.25, kBareCorrect = 0.3;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::string stories = synthetic_corpus(bytes / 5, seed + 1);
+  std::ostringstream out;
+  out << stories;
+  const auto& tasks = builtin_tasks();
+  while (static_cast<size_t>(out.tellp()) < bytes) {
+    Problem p = draw_problem(tasks[rng() % tasks.size()], Split::kTrain, rng);
+    bool reason = u(rng) < kReasonShare;
+    bool correct = u(rng) < kBareCorrect;
+    out << task_document(p, reason, correct, rng()) << "\n\n";
+  }
+  return out.str();
+}
+
+// SFT data for the baseline: the same kind of task documents, without the stories.
+std::string sft_corpus(size_t bytes, uint64_t seed) {
+  std::string all = demo_corpus(bytes * 5 / 4, seed);
+  // Drop the leading stories part (the first fifth).
+  size_t cut = all.find("Q: ");
+  return cut == std::string::npos ? all : all.substr(cut);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '<') out += "&lt;";
+    else if (c == '>') out += "&gt;";
+    else if (c == '&') out += "&amp;";
+    else out += c;
+  }
+  return out;
+}
+
+json eval_json(const EvalResult& r) {
+  return {{"accuracy", r.accuracy}, {"format_rate", r.format_rate},
+          {"response_length", r.mean_response_tokens}, {"per_task", r.task_accuracy}};
+}
+
+}  // namespace
+
+void run_r1_zero(const R1ZeroConfig& cfg) {
+  check(cfg.budget > 0, "demo: --budget must be positive");
+  const std::string out = cfg.out_dir;
+  fs::create_directories(out);
+  json summary;
+  json stages;
+  auto t0 = std::chrono::steady_clock::now();
+
+  // 1. Data.
+  std::printf("[1/5] corpus: stories + task documents (byte-level tokens)\n");
+  std::fflush(stdout);
+  auto t = std::chrono::steady_clock::now();
+  const std::string data = out + "/data", sft_data = out + "/sft_data", tok = out + "/data/tokenizer";
+  fs::create_directories(tok);
+  write_file_atomic(tok + "/tokenizer.json", byte_level_tokenizer_json());
+  write_file_atomic(tok + "/tokenizer_config.json", byte_level_tokenizer_config_json());
+  auto tokenizer = text::Tokenizer::load(tok);
+  const size_t corpus_bytes = static_cast<size_t>(6'000'000 * std::min(4.0, cfg.budget));
+  write_file_atomic(data + "/corpus.txt", demo_corpus(corpus_bytes, cfg.seed));
+  fs::create_directories(sft_data);
+  write_file_atomic(sft_data + "/corpus.txt", sft_corpus(corpus_bytes / 2, cfg.seed + 17));
+  PrepareOptions quiet;
+  quiet.progress = false;
+  prepare_data(*tokenizer, tok, {data + "/corpus.txt"}, data, quiet);
+  prepare_data(*tokenizer, tok, {sft_data + "/corpus.txt"}, sft_data, quiet);
+  stages["data_seconds"] = seconds_since(t);
+
+  // 2. Pre-training.
+  std::printf("[2/5] pre-train a V3-architecture model (MLA + MoE + MTP)\n");
+  std::fflush(stdout);
+  t = std::chrono::steady_clock::now();
+  TrainerConfig pre;
+  pre.data_dir = data;
+  pre.out_dir = out + "/pretrain";
+  pre.preset = "r1-zero-demo";
+  pre.batch = 16;
+  pre.seq_len = 128;
+  pre.steps = 100000;
+  pre.time_budget_seconds = 210 * cfg.budget;
+  pre.lr = 3e-3f;
+  pre.warmup = 30;
+  pre.eval_every = 100;
+  pre.save_every = 1000000;
+  pre.bias_gamma = 0.01f;
+  pre.seed = cfg.seed;
+  TrainSummary pre_summary = train(pre);
+  stages["pretrain_seconds"] = seconds_since(t);
+  summary["pretrain"] = {{"steps", pre_summary.steps},
+                         {"val_loss", pre_summary.final_val_loss},
+                         {"unigram_entropy", pre_summary.unigram_entropy},
+                         {"tokens_per_second", pre_summary.tokens_per_second}};
+  const std::string base_dir = pre.out_dir + "/model";
+
+  // 3. The pre-trained model on the held-out problems.
+  std::printf("[3/5] evaluate the pre-trained model on held-out problems\n");
+  std::fflush(stdout);
+  t = std::chrono::steady_clock::now();
+  const int per_task = 60, max_tokens = 48;
+  std::vector<Problem> heldout = heldout_set(builtin_tasks(), per_task, cfg.seed + 99);
+  auto base = Model::load(base_dir);
+  EvalResult before = evaluate(*base, *tokenizer, heldout, max_tokens);
+  stages["eval_seconds"] = seconds_since(t);
+  std::printf("      held-out accuracy %.1f%%, mean response %.1f tokens\n", 100 * before.accuracy,
+              before.mean_response_tokens);
+
+  // 4. R1-Zero: GRPO straight from the pre-trained model.
+  std::printf("[4/5] GRPO (R1-Zero: no SFT), rewards: correct answer + format\n");
+  std::fflush(stdout);
+  t = std::chrono::steady_clock::now();
+  GrpoTrainConfig rl;
+  rl.model_dir = base_dir;
+  rl.out_dir = out + "/grpo";
+  rl.steps = 100000;
+  rl.time_budget_seconds = 210 * cfg.budget;
+  rl.prompts_per_step = 16;
+  rl.grpo.group_size = 8;
+  rl.inner_steps = 2;
+  rl.max_new_tokens = max_tokens;
+  rl.lr = 3e-4f;
+  rl.grpo.kl_beta = 0.02f;
+  rl.heldout_per_task = 20;
+  rl.eval_every = 10;
+  rl.seed = cfg.seed;
+  GrpoTrainSummary rl_summary = grpo_train(rl);
+  const double rl_seconds = seconds_since(t);
+  stages["grpo_seconds"] = rl_seconds;
+  auto policy = Model::load(rl.out_dir + "/model");
+  EvalResult after = evaluate(*policy, *tokenizer, heldout, max_tokens);
+  std::printf("      held-out accuracy %.1f%%, mean response %.1f tokens\n", 100 * after.accuracy,
+              after.mean_response_tokens);
+
+  // 5. The SFT-only baseline, same wall-clock as GRPO.
+  std::printf("[5/5] SFT-only baseline with the same compute (%.0f s)\n", rl_seconds);
+  std::fflush(stdout);
+  t = std::chrono::steady_clock::now();
+  TrainerConfig sft = pre;
+  sft.preset.clear();
+  sft.model_dir = base_dir;
+  sft.data_dir = sft_data;
+  sft.out_dir = out + "/sft";
+  sft.time_budget_seconds = rl_seconds;
+  sft.lr = 3e-4f;
+  sft.warmup = 5;
+  train(sft);
+  stages["sft_seconds"] = seconds_since(t);
+  auto sft_model = Model::load(sft.out_dir + "/model");
+  EvalResult sft_eval = evaluate(*sft_model, *tokenizer, heldout, max_tokens);
+  std::printf("      held-out accuracy %.1f%%\n", 100 * sft_eval.accuracy);
+
+  // Report.
+  fs::remove_all(out + "/model");
+  fs::copy(rl.out_dir + "/model", out + "/model", fs::copy_options::recursive);
+  stages["total_seconds"] = seconds_since(t0);
+  summary["accuracy_before"] = before.accuracy;
+  summary["accuracy_after"] = after.accuracy;
+  summary["sft_baseline_accuracy"] = sft_eval.accuracy;
+  summary["response_length_before"] = before.mean_response_tokens;
+  summary["response_length_after"] = after.mean_response_tokens;
+  summary["heldout_size"] = heldout.size();
+  summary["before"] = eval_json(before);
+  summary["after"] = eval_json(after);
+  summary["sft_baseline"] = eval_json(sft_eval);
+  json task_table;
+  for (auto& [task, acc] : before.task_accuracy)
+    task_table[task] = {{"before", acc}, {"after", after.task_accuracy[task]}, {"sft_baseline", sft_eval.task_accuracy[task]}};
+  summary["per_task"] = task_table;
+  summary["grpo"] = {{"steps", rl_summary.steps},
+                     {"rollout_tokens_per_second", rl_summary.rollout_tokens_per_second},
+                     {"step_seconds", rl_summary.step_seconds},
+                     {"rollout_seconds", rl_summary.rollout_seconds},
+                     {"update_seconds", rl_summary.update_seconds}};
+  summary["stage_seconds"] = stages;
+  write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
+  fs::copy_file(rl.out_dir + "/rl_reward.png", out + "/rl_reward.png", fs::copy_options::overwrite_existing);
+  fs::copy_file(rl.out_dir + "/rl_length.png", out + "/rl_length.png", fs::copy_options::overwrite_existing);
+  fs::copy_file(pre.out_dir + "/loss.png", out + "/pretrain_loss.png", fs::copy_options::overwrite_existing);
+
+  std::ostringstream html;
+  html << "<!doctype html><meta charset=utf-8><title>whale: R1-Zero in miniature</title>"
+       << "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}td,th{padding:4px 10px;"
+       << "border-bottom:1px solid #ddd}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
+       << ".ok{color:#080}.bad{color:#b00}</style>"
+       << "<h1>R1-Zero in miniature</h1><p>A " << pre_summary.steps
+       << "-step pre-trained DeepSeek-V3-architecture model (MLA, MoE, MTP), then GRPO with rule "
+          "rewards only. Held-out problems: "
+       << heldout.size() << " (never in the corpus or the RL prompts).</p>"
+       << "<table><tr><th></th><th>pre-trained</th><th>after GRPO</th><th>SFT-only baseline</th></tr>";
+  char row[256];
+  std::snprintf(row, sizeof row, "<tr><td>held-out accuracy</td><td>%.1f%%</td><td>%.1f%%</td><td>%.1f%%</td></tr>",
+                100 * before.accuracy, 100 * after.accuracy, 100 * sft_eval.accuracy);
+  html << row;
+  for (auto& [task, acc] : before.task_accuracy) {
+    std::snprintf(row, sizeof row, "<tr><td>&nbsp; %s</td><td>%.1f%%</td><td>%.1f%%</td><td>%.1f%%</td></tr>",
+                  task.c_str(), 100 * acc, 100 * after.task_accuracy[task], 100 * sft_eval.task_accuracy[task]);
+    html << row;
+  }
+  std::snprintf(row, sizeof row, "<tr><td>mean response length</td><td>%.1f</td><td>%.1f</td><td>%.1f</td></tr>",
+                before.mean_response_tokens, after.mean_response_tokens, sft_eval.mean_response_tokens);
+  html << row << "</table>"
+       << "<h2>Curves</h2><img src=rl_reward.png width=900><img src=rl_length.png width=900>"
+       << "<img src=pretrain_loss.png width=900><h2>Held-out answers, before and after</h2>";
+  for (size_t i = 0; i < heldout.size(); i += heldout.size() / 9) {
+    html << "<pre>" << html_escape(prompt_text(heldout[i])) << "\n<b>before</b> <span class="
+         << (before.correct[i] ? "ok" : "bad") << ">" << html_escape(before.responses[i]) << "</span>\n<b>after</b>  <span class="
+         << (after.correct[i] ? "ok" : "bad") << ">" << html_escape(after.responses[i]) << "</span></pre>";
+  }
+  html << "<h2>Rollouts during RL</h2>";
+  for (auto& s : rl_summary.sample_traces) html << "<pre>" << html_escape(s) << "</pre>";
+  write_file_atomic(out + "/report.html", html.str());
+  std::printf("\nheld-out accuracy: %.1f%% before, %.1f%% after GRPO (SFT-only baseline %.1f%%); "
+              "response length %.1f → %.1f tokens\nreport: %s/report.html (summary.json, model/)\n",
+              100 * before.accuracy, 100 * after.accuracy, 100 * sft_eval.accuracy,
+              before.mean_response_tokens, after.mean_response_tokens, out.c_str());
+}
+
+}  // namespace whale
