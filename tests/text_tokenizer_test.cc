@@ -92,6 +92,9 @@ TEST_P(HuggingFaceFixture, EveryLineDecodesToHuggingFaceText) {
     std::vector<int> ids = r["ids"];
     std::string expected = r.contains("decoded") ? r["decoded"] : r["text"];
     EXPECT_EQ(tokenizer->decode(ids), expected) << "ids " << show(ids);
+    std::string without_special = r.value("decoded_skip_special", expected);
+    EXPECT_EQ(tokenizer->decode(ids, /*skip_special_tokens=*/true), without_special)
+        << "ids " << show(ids);
   }
 }
 

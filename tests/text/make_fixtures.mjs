@@ -1,6 +1,6 @@
 // Writes tests/text/fixtures/<tokenizer>.jsonl: for every corpus line, the ids that Hugging
-// Face's tokenizers library (Rust, through its Node binding) gives, and its decode of them
-// when that differs from the text. Run from the repository root:
+// Face's tokenizers library (Rust, through its Node binding) gives, its decode of them when
+// that differs from the text, and its decode without special tokens when that differs again. Run from the repository root:
 //   npm install --prefix tests/text && node tests/text/make_fixtures.mjs
 import { writeFileSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -26,6 +26,8 @@ for (const [name, folder] of Object.entries(tokenizers)) {
     const record = { text, ids };
     const decoded = await tokenizer.decode(ids, false);
     if (decoded !== text) record.decoded = decoded;
+    const withoutSpecial = await tokenizer.decode(ids, true);
+    if (withoutSpecial !== decoded) record.decoded_skip_special = withoutSpecial;
     out += JSON.stringify(record) + "\n";
   }
   writeFileSync(join(here, "fixtures", `${name}.jsonl`), out);
