@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   whale::add_grad_command(app);
   whale::add_data_command(app);
   whale::add_train_command(app);
+  whale::add_grpo_command(app);
   whale::add_tokenize_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);

@@ -162,7 +162,7 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   rl.out_dir = out + "/grpo";
   rl.steps = 100000;
   rl.time_budget_seconds = 210 * cfg.budget;
-  rl.prompts_per_step = 16;
+  rl.prompts_per_step = 8;
   rl.grpo.group_size = 8;
   rl.inner_steps = 2;
   rl.max_new_tokens = max_tokens;

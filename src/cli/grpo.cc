@@ -1,0 +1,66 @@
+#include <cstdio>
+
+#include "base/error.h"
+#include "cli/commands.h"
+#include "rl/grpo_trainer.h"
+
+namespace whale {
+
+void add_grpo_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "grpo", "Reinforcement learning with GRPO on tasks with checkable answers (R1-Zero style)");
+  static GrpoTrainConfig g;
+  static std::string tasks = "arithmetic,word,countdown";
+  static float offpolicy = -1;
+  cmd->add_option("--model", g.model_dir, "Policy to start from (also the KL reference)")->required();
+  cmd->add_option("--out", g.out_dir, "Run folder (default runs/grpo)");
+  cmd->add_option("--tasks", tasks, "Built-in tasks, comma-separated (arithmetic,word,countdown)");
+  cmd->add_option("--task-file", g.task_file,
+                  "Your own tasks: JSONL lines {\"prompt\", \"answer\", \"checker\": exact|number|countdown}");
+  cmd->add_option("--steps", g.steps, "RL steps (100)");
+  cmd->add_option("--time-budget", g.time_budget_seconds, "Stop after this many seconds");
+  cmd->add_option("--prompts", g.prompts_per_step, "Prompts per step (16)");
+  cmd->add_option("--group-size", g.grpo.group_size, "Answers sampled per prompt, G (8)");
+  cmd->add_option("--inner-steps", g.inner_steps, "GRPO updates per batch of rollouts (2)");
+  cmd->add_option("--max-tokens", g.max_new_tokens, "Longest answer (48)");
+  cmd->add_option("--temperature", g.temperature, "Rollout temperature (1.0)");
+  cmd->add_option("--top-p", g.top_p, "Rollout nucleus mass (1.0)");
+  cmd->add_option("--top-k", g.top_k, "Rollout top-k (0: all)");
+  cmd->add_option("--lr", g.lr, "Learning rate (2e-4)");
+  cmd->add_option("--clip", g.grpo.clip_eps, "ε of the clipped ratio (0.2)");
+  cmd->add_option("--kl", g.grpo.kl_beta, "β of the KL penalty to the reference (0.04)");
+  cmd->add_flag("--unbiased-kl", g.grpo.unbiased_kl, "V3.2: importance-weighted KL estimate");
+  cmd->add_option("--offpolicy-mask", offpolicy,
+                  "V3.2: drop negative-advantage sequences whose mean log(π_old/π) exceeds this");
+  cmd->add_flag("--keep-routing", g.grpo.keep_routing, "V3.2: replay the sampled experts in training");
+  cmd->add_flag("--keep-sampling-mask", g.grpo.keep_sampling_mask,
+                "V3.2: train on the sampler's top-k/top-p support");
+  cmd->add_option("--reward-accuracy", g.rewards.accuracy, "Weight of the accuracy reward (1)");
+  cmd->add_option("--reward-format", g.rewards.format, "Weight of the format reward (0.1)");
+  cmd->add_option("--reward-language", g.rewards.language, "Weight of language consistency (0)");
+  cmd->add_option("--heldout", g.heldout_per_task, "Held-out problems per task (50)");
+  cmd->add_option("--eval-every", g.eval_every, "Held-out evaluation every N steps (10)");
+  cmd->add_option("--seed", g.seed, "Seed");
+  cmd->callback([] {
+    g.tasks.clear();
+    for (size_t i = 0; i <= tasks.size();) {
+      size_t j = tasks.find(',', i);
+      if (j == std::string::npos) j = tasks.size();
+      if (j > i) g.tasks.push_back(tasks.substr(i, j - i));
+      i = j + 1;
+    }
+    for (auto& t : g.tasks)
+      check(std::find(builtin_tasks().begin(), builtin_tasks().end(), t) != builtin_tasks().end(),
+            "grpo: unknown task '" + t + "' (built in: arithmetic, word, countdown)");
+    if (offpolicy >= 0) g.grpo.offpolicy_delta = offpolicy;
+    GrpoTrainSummary s = grpo_train(g);
+    double first = s.curve.empty() ? 0 : s.curve.front().reward;
+    double last = s.curve.empty() ? 0 : s.curve.back().reward;
+    std::printf("%d GRPO steps in %.0f s: reward %.3f → %.3f; rollouts %.0f tokens/s, %.2f s per "
+                "step (rollout %.0f s, updates %.0f s); model in %s/model\n",
+                s.steps, s.seconds, first, last, s.rollout_tokens_per_second, s.step_seconds,
+                s.rollout_seconds, s.update_seconds, g.out_dir.c_str());
+  });
+}
+
+}  // namespace whale
