@@ -895,6 +895,39 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool add_special_token
   return ids;
 }
 
+void Tokenizer::pre_tokenize(std::string_view text,
+                             const std::function<void(std::string_view)>& visit) const {
+  const Impl& m = *impl_;
+  std::string repaired;
+  if (!is_valid_utf8(text)) {
+    repaired = to_valid_utf8(text);
+    text = repaired;
+  }
+  std::lock_guard<std::mutex> lock(m.mutex);
+  m.find_added_tokens(text, m.raw_trie, m.raw_segments);
+  std::vector<Segment> raw_segments = m.raw_segments;
+  std::string normalized;
+  for (const Segment& raw : raw_segments) {
+    if (raw.token >= 0) continue;
+    std::string_view piece = text.substr(raw.begin, raw.end - raw.begin);
+    if (!m.normalizer.empty()) {
+      normalized = m.normalize(piece);
+      piece = normalized;
+    }
+    m.find_added_tokens(piece, m.normalized_trie, m.normalized_segments);
+    std::vector<Segment> segments = m.normalized_segments;
+    for (const Segment& s : segments) {
+      if (s.token >= 0) continue;
+      m.pieces.clear();
+      m.owned_pieces.clear();
+      std::string_view part = piece.substr(s.begin, s.end - s.begin);
+      if (!part.empty()) m.pieces.push_back(part);
+      for (const PreTokenizerStep& step : m.pre_tokenizer) m.split(step);
+      for (std::string_view word : m.pieces) visit(word);
+    }
+  }
+}
+
 std::string Tokenizer::decode(std::span<const int> ids, bool skip_special_tokens) const {
   std::string bytes;
   for (int id : ids) {

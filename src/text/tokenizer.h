@@ -9,6 +9,7 @@
 // U+FFFD (the maximal-subpart rule of Rust's from_utf8_lossy and Python's errors="replace").
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -41,6 +42,11 @@ class Tokenizer {
   // R1-distilled Qwen tokenizer: a leading <｜begin▁of▁sentence｜>), as the HF library does by
   // default. Safe to call from several threads (they take turns).
   std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const;
+
+  // The pre-tokens of `text` as encode sees them (raw bytes of each piece the BPE model would
+  // merge), in order; added tokens in the text are skipped. Used by the BPE trainer.
+  void pre_tokenize(std::string_view text,
+                    const std::function<void(std::string_view)>& visit) const;
 
   // Ids → text, as HF's decode: the bytes of all tokens, then U+FFFD for any ill-formed
   // subsequence. Throws whale::Error for an id outside the vocabulary.

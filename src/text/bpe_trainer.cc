@@ -1,0 +1,369 @@
+#include "text/bpe_trainer.h"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <unordered_map>
+
+#include "base/error.h"
+#include "base/file.h"
+#include "base/progress.h"
+#include "text/unicode.h"
+
+namespace whale::text {
+
+using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+
+const char* deepseek_v3_pre_tokenizer_json() {
+  return R"json({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": false}, {"type": "Split", "pattern": {"Regex": "[一-龥぀-ゟ゠-ヿ]+"}, "behavior": "Isolated", "invert": false}, {"type": "Split", "pattern": {"Regex": "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]})json";
+}
+
+namespace {
+
+std::string byte_level(std::string_view bytes) {
+  std::string out;
+  for (unsigned char b : bytes) append_utf8(out, byte_to_unicode()[b]);
+  return out;
+}
+
+ordered_json added_token(int id, const char* content) {
+  return ordered_json{{"id", id},        {"content", content}, {"single_word", false},
+                      {"lstrip", false}, {"rstrip", false},    {"normalized", false},
+                      {"special", true}};
+}
+
+// The tokenizer.json of the byte alphabet alone: the pre-tokenizer the trainer counts with.
+BpeModel bytes_only_model() {
+  BpeModel m;
+  for (int b = 0; b < 256; ++b) m.tokens.push_back(std::string(1, static_cast<char>(b)));
+  return m;
+}
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+uint64_t pair_key(int a, int b) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
+
+}  // namespace
+
+struct BpeTrainer::Counts {
+  std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> words;
+};
+
+BpeTrainer::BpeTrainer(bool progress) : counts_(std::make_unique<Counts>()), progress_(progress) {
+  pre_tokenizer_ = Tokenizer::from_json(bpe_tokenizer_json(bytes_only_model()),
+                                        bpe_tokenizer_config_json(), "bpe_trainer");
+}
+
+BpeTrainer::~BpeTrainer() = default;
+
+size_t BpeTrainer::distinct_words() const {
+  return counts_->words.size();
+}
+
+void BpeTrainer::add_text(std::string_view text) {
+  bytes_ += text.size();
+  auto& words = counts_->words;
+  pre_tokenizer_->pre_tokenize(text, [&](std::string_view word) {
+    auto it = words.find(word);
+    if (it != words.end())
+      ++it->second;
+    else
+      words.emplace(std::string(word), 1);
+  });
+}
+
+void BpeTrainer::add_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  check(in.good(), path + ": cannot open");
+  size_t total = std::filesystem::file_size(path);
+  Progress progress(progress_ ? "counting " + std::filesystem::path(path).filename().string() : "",
+                    total, "B");
+  bool jsonl = path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl";
+  if (jsonl) {
+    std::string line;
+    size_t line_number = 0;
+    while (std::getline(in, line)) {
+      ++line_number;
+      progress.advance(line.size() + 1);
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      std::string where = path + ":" + std::to_string(line_number);
+      json doc;
+      try {
+        doc = json::parse(line);
+      } catch (const json::exception& e) {
+        throw Error(where + ": not valid JSON: " + e.what());
+      }
+      check(doc.is_object() && doc.contains("text") && doc["text"].is_string(),
+            where + ": expected an object with a string \"text\" field");
+      add_text(doc["text"].get_ref<const std::string&>());
+    }
+    progress.finish();
+    return;
+  }
+  // Plain text in blocks. A block ends just after a '\n' that is followed by an ASCII byte
+  // which is not whitespace: every Split regex of the pre-tokenizer ends a piece there (no
+  // pattern continues past a newline into a non-space, and none starts with a newline's
+  // predecessor), so counting block by block gives exactly the pre-tokens of the whole file.
+  constexpr size_t kBlock = 1 << 20;
+  std::string buffer;
+  std::vector<char> chunk(kBlock);
+  for (;;) {
+    in.read(chunk.data(), kBlock);
+    size_t got = static_cast<size_t>(in.gcount());
+    if (got == 0) break;
+    buffer.append(chunk.data(), got);
+    progress.advance(got);
+    size_t cut = std::string::npos;
+    for (size_t i = buffer.size(); i-- > 1;) {
+      unsigned char next = static_cast<unsigned char>(buffer[i]);
+      if (buffer[i - 1] == '\n' && next < 0x80 && !std::isspace(next)) {
+        cut = i;
+        break;
+      }
+    }
+    if (cut == std::string::npos) continue;
+    add_text(std::string_view(buffer).substr(0, cut));
+    buffer.erase(0, cut);
+  }
+  check(!in.bad(), path + ": read error");
+  if (!buffer.empty()) add_text(buffer);
+  progress.finish();
+}
+
+BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
+  check(options.vocab_size >= kBpeFirstMergedId,
+        "the vocabulary size must be at least " + std::to_string(kBpeFirstMergedId) +
+            " (2 special tokens and the 256 bytes); got " + std::to_string(options.vocab_size));
+  BpeModel model = bytes_only_model();
+  // Token strings (raw bytes) by internal id (= output id − 2) and back.
+  std::vector<std::string>& tokens = model.tokens;
+  std::unordered_map<std::string, int, StringHash, std::equal_to<>> id_of;
+  for (int b = 0; b < 256; ++b) id_of.emplace(tokens[b], b);
+
+  // Words in a fixed order (sorted by spelling) so the result never depends on hash order.
+  struct Word {
+    std::vector<int> symbols;
+    int64_t count;
+  };
+  std::vector<const std::pair<const std::string, uint64_t>*> sorted;
+  sorted.reserve(counts_->words.size());
+  for (const auto& entry : counts_->words) sorted.push_back(&entry);
+  std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->first < b->first; });
+  std::vector<Word> words(sorted.size());
+  for (size_t w = 0; w < sorted.size(); ++w) {
+    for (unsigned char c : sorted[w]->first) words[w].symbols.push_back(c);
+    words[w].count = static_cast<int64_t>(sorted[w]->second);
+  }
+  sorted.clear();
+
+  std::unordered_map<uint64_t, int64_t> pair_count;
+  std::unordered_map<uint64_t, std::vector<uint32_t>> where;  // words that may hold the pair
+  for (size_t w = 0; w < words.size(); ++w) {
+    const auto& s = words[w].symbols;
+    for (size_t i = 0; i + 1 < s.size(); ++i) {
+      uint64_t key = pair_key(s[i], s[i + 1]);
+      pair_count[key] += words[w].count;
+      auto& list = where[key];
+      if (list.empty() || list.back() != w) list.push_back(static_cast<uint32_t>(w));
+    }
+  }
+
+  // Max-heap on count, then the smallest (left, right) spelling.
+  struct Entry {
+    int64_t count;
+    int left, right;
+  };
+  auto less_urgent = [&tokens](const Entry& a, const Entry& b) {
+    if (a.count != b.count) return a.count < b.count;
+    const std::string &al = tokens[a.left], &bl = tokens[b.left];
+    if (al != bl) return al > bl;  // std::string compares bytes as unsigned char
+    return tokens[a.right] > tokens[b.right];
+  };
+  std::priority_queue<Entry, std::vector<Entry>, decltype(less_urgent)> heap(less_urgent);
+  for (const auto& [key, count] : pair_count)
+    heap.push({count, static_cast<int>(key >> 32), static_cast<int>(key & 0xffffffffu)});
+
+  const size_t target_tokens = static_cast<size_t>(options.vocab_size - kBpeSpecialTokens);
+  Progress progress(options.progress ? "merging" : "", target_tokens - tokens.size(), " tokens");
+  std::vector<uint32_t> visited(words.size(), UINT32_MAX);
+  std::vector<uint64_t> touched;
+  std::vector<int> merged_symbols;
+  const int64_t min_frequency = std::max<int64_t>(options.min_frequency, 1);
+  uint32_t step = 0;
+  while (tokens.size() < target_tokens && !heap.empty()) {
+    Entry top = heap.top();
+    heap.pop();
+    uint64_t key = pair_key(top.left, top.right);
+    auto found = pair_count.find(key);
+    int64_t current = found == pair_count.end() ? 0 : found->second;
+    if (current != top.count) {
+      // Stale. A pair whose count rose was pushed again when it rose; one whose count fell
+      // is pushed again now, with what it has left.
+      if (current > 0 && current < top.count) heap.push({current, top.left, top.right});
+      continue;
+    }
+    if (current < min_frequency) break;
+    // The new token (an existing spelling keeps its id: two merge paths can reach it).
+    std::string spelling = tokens[top.left] + tokens[top.right];
+    int new_id;
+    if (auto it = id_of.find(spelling); it != id_of.end()) {
+      new_id = it->second;
+    } else {
+      new_id = static_cast<int>(tokens.size());
+      tokens.push_back(spelling);
+      id_of.emplace(std::move(spelling), new_id);
+      progress.advance(1);
+    }
+    model.merges.push_back({top.left, top.right});
+    // Revisit each word that holds the pair and merge it there, moving the counts of the
+    // neighbouring pairs: (x, left) → (x, new) and (right, y) → (new, y).
+    std::vector<uint32_t> list = std::move(where[key]);
+    where.erase(key);
+    touched.clear();
+    for (uint32_t w : list) {
+      if (visited[w] == step) continue;
+      visited[w] = step;
+      auto& s = words[w].symbols;
+      const int64_t count = words[w].count;
+      merged_symbols.clear();
+      const size_t n = s.size();
+      bool changed = false;
+      for (size_t i = 0; i < n;) {
+        if (i + 1 < n && s[i] == top.left && s[i + 1] == top.right) {
+          if (!merged_symbols.empty()) {
+            int x = merged_symbols.back();
+            pair_count[pair_key(x, top.left)] -= count;
+            uint64_t k = pair_key(x, new_id);
+            pair_count[k] += count;
+            touched.push_back(k);
+            auto& l = where[k];
+            if (l.empty() || l.back() != w) l.push_back(w);
+          }
+          if (i + 2 < n) {
+            int y = s[i + 2];
+            pair_count[pair_key(top.right, y)] -= count;
+            uint64_t k = pair_key(new_id, y);
+            pair_count[k] += count;
+            touched.push_back(k);
+            auto& l = where[k];
+            if (l.empty() || l.back() != w) l.push_back(w);
+          }
+          merged_symbols.push_back(new_id);
+          i += 2;
+          changed = true;
+        } else {
+          merged_symbols.push_back(s[i]);
+          ++i;
+        }
+      }
+      if (changed) s.swap(merged_symbols);
+    }
+    pair_count.erase(key);  // overlapping runs ("a a a") may have moved it below zero
+    std::sort(touched.begin(), touched.end());
+    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+    for (uint64_t k : touched) {
+      auto it = pair_count.find(k);
+      if (it == pair_count.end()) continue;
+      if (it->second <= 0) {
+        pair_count.erase(it);
+        continue;
+      }
+      heap.push({it->second, static_cast<int>(k >> 32), static_cast<int>(k & 0xffffffffu)});
+    }
+    ++step;
+  }
+  progress.set_total(tokens.size() - 256);
+  progress.finish();
+  return model;
+}
+
+std::string bpe_tokenizer_json(const BpeModel& model) {
+  // The big vocab and merges are written by hand (one entry per line, as HF does); the rest
+  // through the JSON library, into which they are spliced.
+  ordered_json root = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", {added_token(0, kBpeBosToken), added_token(1, kBpeEosToken)}},
+      {"normalizer", {{"type", "Sequence"}, {"normalizers", ordered_json::array()}}},
+      {"pre_tokenizer", ordered_json::parse(deepseek_v3_pre_tokenizer_json())},
+      {"post_processor",
+       {{"type", "ByteLevel"},
+        {"add_prefix_space", true},
+        {"trim_offsets", false},
+        {"use_regex", true}}},
+      {"decoder",
+       {{"type", "ByteLevel"},
+        {"add_prefix_space", true},
+        {"trim_offsets", true},
+        {"use_regex", true}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"vocab", "@VOCAB@"},
+        {"merges", "@MERGES@"}}}};
+  std::string text = root.dump(2);
+  std::vector<std::string> spelled(model.tokens.size());
+  for (size_t i = 0; i < model.tokens.size(); ++i) spelled[i] = byte_level(model.tokens[i]);
+  std::string vocab = "{\n";
+  auto entry = [&](const std::string& token, int id, bool last) {
+    vocab += "      " + json(token).dump() + ": " + std::to_string(id) + (last ? "\n" : ",\n");
+  };
+  entry(kBpeBosToken, 0, false);
+  entry(kBpeEosToken, 1, false);
+  for (size_t i = 0; i < spelled.size(); ++i)
+    entry(spelled[i], static_cast<int>(i) + kBpeSpecialTokens, i + 1 == spelled.size());
+  vocab += "    }";
+  std::string merges = model.merges.empty() ? "[]" : "[\n";
+  for (size_t i = 0; i < model.merges.size(); ++i) {
+    const auto& [a, b] = model.merges[i];
+    merges += "      " + json(spelled[a] + " " + spelled[b]).dump() +
+              (i + 1 == model.merges.size() ? "\n    ]" : ",\n");
+  }
+  auto splice = [&text](const std::string& placeholder, const std::string& with) {
+    size_t at = text.find("\"" + placeholder + "\"");
+    check(at != std::string::npos, "bpe_tokenizer_json: no " + placeholder);
+    text.replace(at, placeholder.size() + 2, with);
+  };
+  splice("@VOCAB@", vocab);
+  splice("@MERGES@", merges);
+  return text + "\n";
+}
+
+std::string bpe_tokenizer_config_json() {
+  ordered_json config = {{"add_bos_token", true},
+                         {"add_eos_token", false},
+                         {"bos_token", kBpeBosToken},
+                         {"eos_token", kBpeEosToken},
+                         {"pad_token", kBpeEosToken},
+                         {"clean_up_tokenization_spaces", false},
+                         {"legacy", true},
+                         {"model_max_length", 16384},
+                         {"unk_token", nullptr},
+                         {"tokenizer_class", "LlamaTokenizerFast"}};
+  return config.dump(2) + "\n";
+}
+
+void save_bpe_tokenizer(const BpeModel& model, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  check(!ec, dir + ": cannot create the folder: " + ec.message());
+  write_file_atomic(dir + "/tokenizer.json", bpe_tokenizer_json(model));
+  write_file_atomic(dir + "/tokenizer_config.json", bpe_tokenizer_config_json());
+}
+
+}  // namespace whale::text
