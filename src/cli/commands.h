@@ -17,6 +17,7 @@ void add_train_command(CLI::App& app);
 void add_grpo_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_tokenizer_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
 
 // "1,2,3" or "1 2 3" → ids; anything else is an Error naming the bad entry.
 std::vector<int> parse_token_list(const std::string& text);

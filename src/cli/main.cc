@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   whale::add_grpo_command(app);
   whale::add_tokenize_command(app);
   whale::add_tokenizer_command(app);
+  whale::add_chat_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);
   });
