@@ -16,6 +16,8 @@ void add_data_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_grpo_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_tokenizer_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   whale::add_train_command(app);
   whale::add_grpo_command(app);
   whale::add_tokenize_command(app);
+  whale::add_convert_command(app);
+  whale::add_bench_command(app);
   whale::add_tokenizer_command(app);
   whale::add_chat_command(app);
   app.parse_complete_callback([&] {

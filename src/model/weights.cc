@@ -133,7 +133,11 @@ struct Loader {
   const TensorSource& checkpoint;
 
   void matrix(const std::string& name, int rows, int cols, bool quantizable, Linear& out) {
-    const TensorView& t = checkpoint.get(name, {rows, cols});
+    // whale's q4 packs two values a byte in groups of 32: [rows, ceil(cols / 32) · 16] U8.
+    const int64_t groups = (cols + 31) / 32;
+    const TensorView& t = checkpoint.get(name).dtype == DType::U8
+                              ? checkpoint.get(name, {rows, groups * 16})
+                              : checkpoint.get(name, {rows, cols});
     out.rows = rows;
     out.cols = cols;
     out.data = t.data;
@@ -145,10 +149,17 @@ struct Loader {
       int64_t bc = (cols + out.block_cols - 1) / out.block_cols;
       const TensorView& s = checkpoint.get(name + "_scale_inv", {br, bc});
       out.block_scale = to_f32(s);
+    } else if (t.dtype == DType::I8 || t.dtype == DType::U8) {  // q8 / q4 (io/quantize.h)
+      const TensorView& s = t.dtype == DType::I8
+                                ? checkpoint.get(name + "_qscale", {rows, groups})
+                                : checkpoint.get(name + "_qscale", {rows, groups, 2});
+      check(s.dtype == DType::F16 && reinterpret_cast<uintptr_t>(s.data) % 2 == 0,
+            s.file + ": tensor '" + s.name + "' must be 2-byte aligned F16");
+      out.qscale = reinterpret_cast<const uint16_t*>(s.data);
     } else {
       check(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
             t.file + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
-                " (whale reads F32, BF16, F16 and F8_E4M3 matrices)");
+                " (whale reads F32, BF16, F16, F8_E4M3, and I8/U8 q8/q4 matrices)");
     }
   }
 

@@ -105,6 +105,156 @@ float DotE4M3(const uint8_t* w, const float* x, size_t n) {
   return sum;
 }
 
+// Quantized rows. At most 16 f32 lanes, so a lane count always divides a group (32) and a q4
+// half-group (16). Scales are converted a chunk of groups at a time with the f16 promotion.
+using QTag = hn::CappedTag<float, 16>;
+constexpr size_t kGroup = 32, kScaleChunk = 64;
+
+// f16 scales [0, count) → f32 (count ≤ 2 · kScaleChunk).
+HWY_INLINE void ScalesToF32(const uint16_t* in, float* out, size_t count) {
+  const QTag d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= count; i += N) hn::StoreU(LoadF16(d, in + i), d, out + i);
+  for (; i < count; ++i) out[i] = whale::f16_to_f32(in[i]);
+}
+
+HWY_INLINE float Q4Value(const uint8_t* group, size_t j, float scale, float min) {
+  uint8_t b = group[j & 15];
+  return static_cast<float>(j < 16 ? b & 15 : b >> 4) * scale + min;
+}
+
+float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+  const QTag d;
+  const hn::Rebind<int8_t, QTag> di8;
+  const hn::Rebind<int32_t, QTag> di32;
+  const size_t N = hn::Lanes(d);
+  const size_t full = n / kGroup;
+  HWY_ALIGN float s[kScaleChunk];
+  auto total = hn::Zero(d);
+  for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
+    const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
+    ScalesToF32(scales + g0, s, count);
+    for (size_t g = 0; g < count; ++g) {
+      const int8_t* w = codes + (g0 + g) * kGroup;
+      const float* xg = x + (g0 + g) * kGroup;
+      auto acc = hn::Zero(d);
+      for (size_t j = 0; j < kGroup; j += N) {
+        auto wf = hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + j)));
+        acc = hn::MulAdd(wf, hn::LoadU(d, xg + j), acc);
+      }
+      total = hn::MulAdd(acc, hn::Set(d, s[g]), total);
+    }
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, total));
+  if (full * kGroup < n) {
+    const float scale = whale::f16_to_f32(scales[full]);
+    float tail = 0;
+    for (size_t i = full * kGroup; i < n; ++i) tail += static_cast<float>(codes[i]) * x[i];
+    sum += tail * scale;
+  }
+  return sum;
+}
+
+void Q8ToF32(const int8_t* codes, const uint16_t* scales, float* out, size_t n) {
+  const QTag d;
+  const hn::Rebind<int8_t, QTag> di8;
+  const hn::Rebind<int32_t, QTag> di32;
+  const size_t N = hn::Lanes(d);
+  const size_t full = n / kGroup;
+  HWY_ALIGN float s[kScaleChunk];
+  for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
+    const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
+    ScalesToF32(scales + g0, s, count);
+    for (size_t g = 0; g < count; ++g) {
+      const size_t base = (g0 + g) * kGroup;
+      const auto vs = hn::Set(d, s[g]);
+      for (size_t j = 0; j < kGroup; j += N) {
+        auto wf = hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, codes + base + j)));
+        hn::StoreU(hn::Mul(wf, vs), d, out + base + j);
+      }
+    }
+  }
+  if (full * kGroup < n) {
+    const float scale = whale::f16_to_f32(scales[full]);
+    for (size_t i = full * kGroup; i < n; ++i) out[i] = static_cast<float>(codes[i]) * scale;
+  }
+}
+
+float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+  const QTag d;
+  const hn::Rebind<uint8_t, QTag> du8;
+  const hn::Rebind<uint32_t, QTag> du32;
+  const hn::Rebind<int32_t, QTag> di32;
+  const size_t N = hn::Lanes(d);
+  const size_t full = n / kGroup;
+  const auto mask = hn::Set(du32, 15u);
+  HWY_ALIGN float s[2 * kScaleChunk];
+  auto total = hn::Zero(d);
+  for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
+    const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
+    ScalesToF32(scale_min + 2 * g0, s, 2 * count);
+    for (size_t g = 0; g < count; ++g) {
+      const uint8_t* b = packed + (g0 + g) * (kGroup / 2);
+      const float* xg = x + (g0 + g) * kGroup;
+      auto acc = hn::Zero(d), xsum = hn::Zero(d);
+      for (size_t j = 0; j < kGroup / 2; j += N) {
+        const auto bytes = hn::PromoteTo(du32, hn::LoadU(du8, b + j));
+        const auto lo = hn::ConvertTo(d, hn::BitCast(di32, hn::And(bytes, mask)));
+        const auto hi = hn::ConvertTo(d, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
+        const auto x_lo = hn::LoadU(d, xg + j), x_hi = hn::LoadU(d, xg + kGroup / 2 + j);
+        acc = hn::MulAdd(lo, x_lo, acc);
+        acc = hn::MulAdd(hi, x_hi, acc);
+        xsum = hn::Add(xsum, hn::Add(x_lo, x_hi));
+      }
+      total = hn::MulAdd(acc, hn::Set(d, s[2 * g]), total);
+      total = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), total);
+    }
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, total));
+  if (full * kGroup < n) {
+    const float scale = whale::f16_to_f32(scale_min[2 * full]);
+    const float min = whale::f16_to_f32(scale_min[2 * full + 1]);
+    const uint8_t* b = packed + full * (kGroup / 2);
+    for (size_t i = full * kGroup; i < n; ++i)
+      sum += Q4Value(b, i - full * kGroup, scale, min) * x[i];
+  }
+  return sum;
+}
+
+void Q4ToF32(const uint8_t* packed, const uint16_t* scale_min, float* out, size_t n) {
+  const QTag d;
+  const hn::Rebind<uint8_t, QTag> du8;
+  const hn::Rebind<uint32_t, QTag> du32;
+  const hn::Rebind<int32_t, QTag> di32;
+  const size_t N = hn::Lanes(d);
+  const size_t full = n / kGroup;
+  const auto mask = hn::Set(du32, 15u);
+  HWY_ALIGN float s[2 * kScaleChunk];
+  for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
+    const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
+    ScalesToF32(scale_min + 2 * g0, s, 2 * count);
+    for (size_t g = 0; g < count; ++g) {
+      const uint8_t* b = packed + (g0 + g) * (kGroup / 2);
+      float* o = out + (g0 + g) * kGroup;
+      const auto vs = hn::Set(d, s[2 * g]), vm = hn::Set(d, s[2 * g + 1]);
+      for (size_t j = 0; j < kGroup / 2; j += N) {
+        const auto bytes = hn::PromoteTo(du32, hn::LoadU(du8, b + j));
+        const auto lo = hn::ConvertTo(d, hn::BitCast(di32, hn::And(bytes, mask)));
+        const auto hi = hn::ConvertTo(d, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
+        hn::StoreU(hn::MulAdd(lo, vs, vm), d, o + j);
+        hn::StoreU(hn::MulAdd(hi, vs, vm), d, o + kGroup / 2 + j);
+      }
+    }
+  }
+  if (full * kGroup < n) {
+    const float scale = whale::f16_to_f32(scale_min[2 * full]);
+    const float min = whale::f16_to_f32(scale_min[2 * full + 1]);
+    const uint8_t* b = packed + full * (kGroup / 2);
+    for (size_t i = full * kGroup; i < n; ++i) out[i] = Q4Value(b, i - full * kGroup, scale, min);
+  }
+}
+
 void Axpy(float a, const float* x, float* y, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -129,6 +279,44 @@ HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(Axpy);
 HWY_EXPORT(DotF16);
 HWY_EXPORT(F16ToF32);
+HWY_EXPORT(DotQ8);
+HWY_EXPORT(DotQ4);
+HWY_EXPORT(Q8ToF32);
+HWY_EXPORT(Q4ToF32);
+
+float dot_q8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(DotQ8)(codes, scales, x, n);
+}
+float dot_q4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(DotQ4)(packed, scale_min, x, n);
+}
+void q8_to_f32(const int8_t* codes, const uint16_t* scales, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Q8ToF32)(codes, scales, out, n);
+}
+void q4_to_f32(const uint8_t* packed, const uint16_t* scale_min, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Q4ToF32)(packed, scale_min, out, n);
+}
+float q8_element(const int8_t* codes, const uint16_t* scales, size_t i) {
+  return static_cast<float>(codes[i]) * whale::f16_to_f32(scales[i / kQuantGroup]);
+}
+float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i) {
+  const size_t g = i / kQuantGroup, j = i % kQuantGroup;
+  const uint8_t b = packed[g * (kQuantGroup / 2) + j % (kQuantGroup / 2)];
+  const int nibble = j < kQuantGroup / 2 ? b & 15 : b >> 4;
+  return static_cast<float>(nibble) * whale::f16_to_f32(scale_min[2 * g]) +
+         whale::f16_to_f32(scale_min[2 * g + 1]);
+}
+float dot_q8_reference(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += static_cast<double>(q8_element(codes, scales, i)) * x[i];
+  return static_cast<float>(sum);
+}
+float dot_q4_reference(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i)
+    sum += static_cast<double>(q4_element(packed, scale_min, i)) * x[i];
+  return static_cast<float>(sum);
+}
 
 float dot_f16(const uint16_t* w, const float* x, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF16)(w, x, n);

@@ -16,10 +16,26 @@ void bf16_to_f32(const uint16_t* in, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
 
+// Group-quantized rows (whale's q8/q4, layout in io/quantize.h): groups of kQuantGroup values
+// along the row, the last one possibly partial; scales (and q4's minimums) are IEEE halves.
+//   q8: w[i] = codes[i] · scales[i / 32]                       (codes int8 in [-127, 127])
+//   q4: each group is 16 bytes, value j < 16 in the low nibble of byte j and value 16 + j in its
+//       high nibble; w = nibble · scale + min with (scale, min) = scale_min[2g], scale_min[2g+1].
+constexpr size_t kQuantGroup = 32;
+float dot_q8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n);
+float dot_q4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n);
+void q8_to_f32(const int8_t* codes, const uint16_t* scales, float* out, size_t n);
+void q4_to_f32(const uint8_t* packed, const uint16_t* scale_min, float* out, size_t n);
+// Element i of a row, the plain way (what the references and the tests use).
+float q8_element(const int8_t* codes, const uint16_t* scales, size_t i);
+float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
+
 float dot_f32_reference(const float* a, const float* b, size_t n);
 float dot_bf16_reference(const uint16_t* w, const float* x, size_t n);
 float dot_e4m3_reference(const uint8_t* w, const float* x, size_t n);
 float dot_f16_reference(const uint16_t* w, const float* x, size_t n);
+float dot_q8_reference(const int8_t* codes, const uint16_t* scales, const float* x, size_t n);
+float dot_q4_reference(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n);
 
 // The instruction set the dispatcher chose on this machine ("AVX3_ZEN4", "AVX2", ...).
 std::string simd_target_name();

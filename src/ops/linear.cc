@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ops/gemm.h"
@@ -9,9 +10,31 @@
 
 namespace whale {
 
+namespace {
+constexpr int kGemmMinTokens = 8;  // from here on a dequantized tile + sgemm beats row dots
+}  // namespace
+
+size_t Linear::row_bytes() const {
+  if (dtype == DType::U8) return groups() * 16;
+  return static_cast<size_t>(cols) * dtype_size(dtype);
+}
+
+size_t Linear::bytes() const {
+  size_t b = static_cast<size_t>(rows) * row_bytes();
+  if (dtype == DType::I8) b += static_cast<size_t>(rows) * groups() * 2;
+  if (dtype == DType::U8) b += static_cast<size_t>(rows) * groups() * 4;
+  return b;
+}
+
 void Linear::row_to_f32(int r, float* out) const {
   size_t offset = static_cast<size_t>(r) * cols;
   switch (dtype) {
+    case DType::I8:
+      q8_to_f32(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), out, cols);
+      break;
+    case DType::U8:
+      q4_to_f32(data + r * row_bytes(), qscale + 2 * r * groups(), out, cols);
+      break;
     case DType::F32:
       std::memcpy(out, data + offset * 4, static_cast<size_t>(cols) * 4);
       break;
@@ -36,6 +59,10 @@ void Linear::row_to_f32(int r, float* out) const {
 float Linear::row_dot(int r, const float* x) const {
   size_t offset = static_cast<size_t>(r) * cols;
   switch (dtype) {
+    case DType::I8:
+      return dot_q8(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), x, cols);
+    case DType::U8:
+      return dot_q4(data + r * row_bytes(), qscale + 2 * r * groups(), x, cols);
     case DType::F32: {
       const float* w = reinterpret_cast<const float*>(data) + offset;
       return dot_f32(w, x, cols);
@@ -71,7 +98,24 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     matmul_xwt(x, reinterpret_cast<const float*>(w.data), T, cols, rows, y);
     return;
   }
-  // Several tokens: dequantize each row once, then dot it with every token.
+  if (T >= kGemmMinTokens) {
+    // Many tokens: dequantize a tile of rows (about 256 KiB of f32) and multiply it with every
+    // token at once by sgemm: y[:, r0 : r0 + n] = x · tileᵀ. One tile per thread at a time.
+    const int tile_rows = std::clamp((65536 / std::max(cols, 1)) / 8 * 8, 8, 256);
+#pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
+    {
+      std::vector<float> tile(static_cast<size_t>(tile_rows) * cols);
+#pragma omp for schedule(dynamic)
+      for (int r0 = 0; r0 < rows; r0 += tile_rows) {
+        const int n = std::min(tile_rows, rows - r0);
+        for (int i = 0; i < n; ++i)
+          w.row_to_f32(r0 + i, tile.data() + static_cast<size_t>(i) * cols);
+        gemm(false, true, T, n, cols, 1.0f, x, cols, tile.data(), cols, 0.0f, y + r0, rows);
+      }
+    }
+    return;
+  }
+  // A few tokens: dequantize each row once, then dot it with every token.
 #pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
   {
     std::vector<float> row(cols);
@@ -92,7 +136,12 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
       for (int c = 0; c < w.cols; ++c) {
         size_t i = static_cast<size_t>(r) * w.cols + c;
         float v;
-        if (w.dtype == DType::F32)
+        if (w.dtype == DType::I8)
+          v = q8_element(reinterpret_cast<const int8_t*>(w.data) + static_cast<size_t>(r) * w.cols,
+                         w.qscale + r * w.groups(), c);
+        else if (w.dtype == DType::U8)
+          v = q4_element(w.data + r * w.row_bytes(), w.qscale + 2 * r * w.groups(), c);
+        else if (w.dtype == DType::F32)
           std::memcpy(&v, w.data + i * 4, 4);
         else if (w.dtype == DType::BF16 || w.dtype == DType::F16) {
           uint16_t b;

@@ -1,6 +1,8 @@
 // A weight matrix W [rows = out, cols = in] used in its stored type: f32, bf16, or fp8 e4m3
 // with one f32 scale per block_rows × block_cols block (DeepSeek-V3's `weight_scale_inv`:
-// w = e4m3 · scale, multiply despite the name). Dequantization happens inside the products.
+// w = e4m3 · scale, multiply despite the name), or whale's group quantization (io/quantize.h):
+// I8 = q8 (int8 codes, one f16 scale per 32 inputs), U8 = q4 (packed nibbles, an f16 scale and
+// minimum per 32 inputs). Dequantization happens inside the products.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -15,9 +17,17 @@ struct Linear {
   const uint8_t* data = nullptr;   // rows × cols elements of dtype (not owned)
   std::vector<float> block_scale;  // fp8 only: [ceil(rows/br), ceil(cols/bc)]
   int block_rows = 128, block_cols = 128;
+  // q8/q4 only (not owned): q8 [rows, groups] scales, q4 [rows, groups, 2] (scale, min) pairs,
+  // as f16 bits; groups = ceil(cols / 32).
+  const uint16_t* qscale = nullptr;
 
   bool empty() const { return data == nullptr; }
-  size_t bytes() const { return static_cast<size_t>(rows) * cols * dtype_size(dtype); }
+  bool quantized() const { return dtype == DType::I8 || dtype == DType::U8; }
+  size_t groups() const { return (static_cast<size_t>(cols) + 31) / 32; }
+  // Bytes of one row's codes: cols (q8), groups · 16 (q4), cols · element size otherwise.
+  size_t row_bytes() const;
+  // Bytes a full pass over the matrix reads (codes and, for q8/q4, their scales).
+  size_t bytes() const;
   // Row r dequantized to f32 (out has cols elements).
   void row_to_f32(int r, float* out) const;
   // Dot product of row r with x (cols elements).

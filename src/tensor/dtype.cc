@@ -15,6 +15,7 @@ size_t dtype_size(DType t) {
       return 2;
     case DType::F8_E4M3:
     case DType::U8:
+    case DType::I8:
       return 1;
     case DType::I64:
       return 8;
@@ -38,6 +39,8 @@ const char* dtype_name(DType t) {
       return "I32";
     case DType::U8:
       return "U8";
+    case DType::I8:
+      return "I8";
   }
   return "?";
 }
@@ -45,7 +48,7 @@ const char* dtype_name(DType t) {
 bool parse_dtype(const std::string& name, DType* out) {
   static const std::pair<const char*, DType> kNames[] = {
       {"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16}, {"F8_E4M3", DType::F8_E4M3},
-      {"I64", DType::I64}, {"I32", DType::I32},   {"U8", DType::U8}};
+      {"I64", DType::I64}, {"I32", DType::I32},   {"U8", DType::U8},   {"I8", DType::I8}};
   for (auto& [n, t] : kNames)
     if (name == n) {
       *out = t;

@@ -9,7 +9,9 @@
 
 namespace whale {
 
-enum class DType { F32, BF16, F16, F8_E4M3, I64, I32, U8 };
+// I8 and U8 also hold whale's group-quantized matrices (q8 codes, packed q4 nibbles; see
+// io/quantize.h).
+enum class DType { F32, BF16, F16, F8_E4M3, I64, I32, U8, I8 };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);  // safetensors spelling: "F32", "BF16", ...

@@ -1,0 +1,217 @@
+// whale bench: inference speed of one model on this machine — prefill, time to first token,
+// decode, peak memory, and decode against the memory-bandwidth ceiling (decode is memory-bound:
+// each token reads every weight it touches once).
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "base/error.h"
+#include "cli/commands.h"
+#include "model/moe.h"
+#include "model/transformer.h"
+#include "ops/kernels.h"
+#include "ops/linear.h"
+
+namespace whale {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Streaming read of a buffer much larger than the caches, split over the threads; best of
+// `repeats` runs, in GB/s (1e9 bytes).
+double measure_bandwidth(size_t bytes, int repeats) {
+  const size_t n = bytes / sizeof(float);
+  std::vector<float> buffer(n);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(i & 1023) * 1e-3f;
+  double best = 0, sink = 0;
+  for (int r = 0; r < repeats; ++r) {
+    auto start = std::chrono::steady_clock::now();
+    double total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+      const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t chunk = (n / threads + 15) / 16 * 16;
+      const size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
+      // dot(a, a) reads each element once, with the SIMD loads the kernels use.
+      total += dot_f32(buffer.data() + begin, buffer.data() + begin, end - begin);
+    }
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / seconds_since(start) / 1e9);
+    sink += total;
+  }
+  if (sink == -1) std::printf(" ");  // keep the reads
+  return best;
+}
+
+size_t ffn_bytes(const FeedForward& f) {
+  return f.gate_proj.bytes() + f.up_proj.bytes() + f.down_proj.bytes();
+}
+
+size_t attention_bytes(const Layer& l) {
+  const MlaWeights& m = l.mla;
+  const DenseAttentionWeights& a = l.attn;
+  size_t b = 0;
+  for (const Linear* w : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj,
+                          &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj,
+                          &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
+    if (!w->empty()) b += w->bytes();
+  return b;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "bench",
+      "Inference speed: prefill and decode tokens/s, time to first token, peak memory, and "
+      "decode's fraction of the measured memory bandwidth");
+  static std::string model_dir;
+  static int threads = 0, decode_tokens = 64, decode_prompt = 128, repeats = 3;
+  static std::vector<int> prompt_lengths = {128, 512};
+  static double bandwidth_mib = 1024;
+  static bool as_json = false;
+  cmd->add_option("--model", model_dir, "Model folder")->required();
+  cmd->add_option("--threads", threads, "Worker threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--prompt-lengths", prompt_lengths, "Prefill prompt lengths (default 128 512)")
+      ->delimiter(',');
+  cmd->add_option("--decode-tokens", decode_tokens, "Tokens decoded (default 64)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--decode-prompt", decode_prompt, "Prompt length before decoding (default 128)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--bandwidth-mib", bandwidth_mib, "Buffer of the bandwidth test (default 1024)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeats", repeats, "Best of this many bandwidth runs (default 3)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", as_json, "Print one JSON object");
+  cmd->callback([] {
+    if (threads > 0) omp_set_num_threads(threads);
+    const int used_threads = omp_get_max_threads();
+    auto t0 = std::chrono::steady_clock::now();
+    auto model = Model::load(model_dir);
+    const double load_s = seconds_since(t0);
+    const ModelConfig& c = model->config();
+    const Weights& w = model->weights();
+    const int V = c.vocab_size, H = c.hidden_size;
+    for (int len : prompt_lengths) check(len > 0, "bench: prompt lengths must be positive");
+
+    // Deterministic prompt tokens spread over the vocabulary.
+    auto prompt = [&](int n) {
+      std::vector<int> t(n);
+      for (int i = 0; i < n; ++i) t[i] = static_cast<int>((i * 7919ull + 17) % V);
+      return t;
+    };
+    // A prefill as a server does it: every row through the blocks, the head on the last row.
+    std::vector<float> logits(V);
+    auto prefill = [&](const std::vector<int>& tokens, KVCache& cache) {
+      std::vector<float> hidden(tokens.size() * H);
+      model->forward(tokens.data(), static_cast<int>(tokens.size()), cache, nullptr, hidden.data());
+      linear_forward(w.lm_head, hidden.data() + (tokens.size() - 1) * H, 1, logits.data());
+    };
+    auto argmax = [&] {
+      return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    };
+
+    {  // warm-up: page the weights in, so the timings below are not disk reads
+      KVCache cache = model->new_cache();
+      prefill(prompt(std::min(8, decode_prompt)), cache);
+    }
+    nlohmann::json prefill_json = nlohmann::json::object();
+    for (int len : prompt_lengths) {
+      KVCache cache = model->new_cache();
+      auto start = std::chrono::steady_clock::now();
+      prefill(prompt(len), cache);
+      const double rate = len / seconds_since(start);
+      prefill_json[std::to_string(len)] = rate;
+    }
+
+    // Time to first token: prefill of the decode prompt and the first token chosen (greedy).
+    KVCache cache = model->new_cache();
+    auto start = std::chrono::steady_clock::now();
+    prefill(prompt(decode_prompt), cache);
+    int next = argmax();
+    const double ttft = seconds_since(start);
+
+    // Decode, counting the routed experts each step actually reads.
+    size_t routed_bytes = 0;
+    ForwardOptions options;
+    options.on_routing = [&](int layer, const Routing& r) {
+      const Moe& moe = w.layers[layer].moe;
+      for (int e : std::set<int>(r.experts.begin(), r.experts.end()))
+        routed_bytes += ffn_bytes(moe.experts[e]);
+    };
+    start = std::chrono::steady_clock::now();
+    for (int i = 0; i < decode_tokens; ++i) {
+      model->forward(&next, 1, cache, logits.data(), nullptr, options);
+      next = argmax();
+    }
+    const double decode_s = seconds_since(start);
+    const double decode_rate = decode_tokens / decode_s;
+
+    // Weight bytes per decoded token: the embedding row, every attention matrix, dense FFNs,
+    // router gates and shared experts, the routed experts chosen (averaged), the head.
+    size_t fixed = w.embed_tokens.row_bytes() + w.lm_head.bytes();
+    for (const Layer& l : w.layers) {
+      fixed += attention_bytes(l);
+      if (l.is_moe)
+        fixed += l.moe.router.weight.bytes() + (l.moe.has_shared ? ffn_bytes(l.moe.shared) : 0);
+      else
+        fixed += ffn_bytes(l.mlp);
+    }
+    const double bytes_per_token = fixed + static_cast<double>(routed_bytes) / decode_tokens;
+    const double rss = peak_rss_mib();  // before the bandwidth buffer adds to it
+
+    const double bandwidth =
+        measure_bandwidth(static_cast<size_t>(bandwidth_mib * (1 << 20)), repeats);
+    const double fraction = bytes_per_token * decode_rate / (bandwidth * 1e9);
+
+    nlohmann::json j = {{"model", model_dir},
+                        {"threads", used_threads},
+                        {"simd", simd_target_name()},
+                        {"load_s", load_s},
+                        {"weight_bytes", model->checkpoint().total_bytes()},
+                        {"prefill_tok_s", prefill_json},
+                        {"ttft_s", ttft},
+                        {"ttft_prompt_tokens", decode_prompt},
+                        {"decode_tok_s", decode_rate},
+                        {"decode_tokens", decode_tokens},
+                        {"peak_rss_mib", rss},
+                        {"bytes_per_token", bytes_per_token},
+                        {"bandwidth_gbps", bandwidth},
+                        {"bandwidth_fraction", fraction}};
+    if (as_json) {
+      std::printf("%s\n", j.dump().c_str());
+      return;
+    }
+    std::printf("model              %s (%d threads, %s)\n", model_dir.c_str(), used_threads,
+                simd_target_name().c_str());
+    for (int len : prompt_lengths)
+      std::printf("prefill %5d tok   %.2f tok/s\n", len,
+                  prefill_json[std::to_string(len)].get<double>());
+    std::printf("time to 1st token  %.3f s (%d-token prompt)\n", ttft, decode_prompt);
+    std::printf("decode             %.2f tok/s (%d tokens)\n", decode_rate, decode_tokens);
+    std::printf("weights per token  %.1f MB\n", bytes_per_token / 1e6);
+    std::printf("memory bandwidth   %.2f GB/s (streaming read, %d threads)\n", bandwidth,
+                used_threads);
+    std::printf("decode/bandwidth   %.1f%% of the ceiling (%.2f tok/s)\n", 100 * fraction,
+                bandwidth * 1e9 / bytes_per_token);
+    std::printf("peak RSS           %.0f MiB\n", rss);
+  });
+}
+
+}  // namespace whale

@@ -1,0 +1,269 @@
+// Group quantization (q8, q4): the SIMD kernels against their scalar references on awkward
+// lengths, the quantizers' error bounds, Linear on the new dtypes, `whale convert` of bf16 and
+// FP8 models (logits stay close to the original's), and `whale bench --json`.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "base/npy.h"
+#include "io/quantize.h"
+#include "model/transformer.h"
+#include "ops/kernels.h"
+#include "ops/linear.h"
+#include "tensor/dtype.h"
+#include "test_util.h"
+
+namespace whale {
+namespace {
+
+using testing::run_whale;
+using testing::TempDir;
+
+std::vector<float> random_vector(size_t n, std::mt19937& rng, float mean = 0) {
+  std::normal_distribution<float> normal(mean, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
+size_t groups_of(size_t n) {
+  return (n + kQuantGroup - 1) / kQuantGroup;
+}
+
+const size_t kLengths[] = {1, 3, 15, 16, 17, 31, 32, 33, 63, 64, 95, 100, 257, 1000, 2049, 4099};
+
+TEST(Quant, Q8KernelsMatchScalarReferences) {
+  std::mt19937 rng(11);
+  for (size_t n : kLengths) {
+    auto w = random_vector(n, rng, 0.3f), x = random_vector(n, rng);
+    std::vector<int8_t> codes(n);
+    std::vector<uint16_t> scales(groups_of(n));
+    quantize_row_q8(w.data(), n, codes.data(), scales.data());
+    std::vector<float> out(n);
+    q8_to_f32(codes.data(), scales.data(), out.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const float scale = f16_to_f32(scales[i / 32]);
+      ASSERT_EQ(out[i], q8_element(codes.data(), scales.data(), i)) << n << " " << i;
+      ASSERT_LE(std::fabs(out[i] - w[i]), 0.5f * scale * 1.01f + 1e-7f) << n << " " << i;
+    }
+    const float ref = dot_q8_reference(codes.data(), scales.data(), x.data(), n);
+    EXPECT_NEAR(dot_q8(codes.data(), scales.data(), x.data(), n), ref,
+                1e-5f * std::sqrt(static_cast<float>(n)) * 4)
+        << n;
+  }
+}
+
+TEST(Quant, Q4KernelsMatchScalarReferences) {
+  std::mt19937 rng(12);
+  for (size_t n : kLengths) {
+    auto w = random_vector(n, rng, 0.3f), x = random_vector(n, rng);
+    std::vector<uint8_t> packed(groups_of(n) * 16);
+    std::vector<uint16_t> scale_min(2 * groups_of(n));
+    quantize_row_q4(w.data(), n, packed.data(), scale_min.data());
+    std::vector<float> out(n);
+    q4_to_f32(packed.data(), scale_min.data(), out.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const float scale = f16_to_f32(scale_min[2 * (i / 32)]);
+      const float ref = q4_element(packed.data(), scale_min.data(), i);
+      ASSERT_NEAR(out[i], ref, 1e-6f * (1 + std::fabs(ref))) << n << " " << i;
+      // Half a step, plus the rounding of min to f16.
+      ASSERT_LE(std::fabs(out[i] - w[i]), 0.5f * scale * 1.01f + 2e-3f * std::fabs(w[i]) + 1e-3f)
+          << n << " " << i;
+    }
+    const float ref = dot_q4_reference(packed.data(), scale_min.data(), x.data(), n);
+    EXPECT_NEAR(dot_q4(packed.data(), scale_min.data(), x.data(), n), ref,
+                1e-5f * std::sqrt(static_cast<float>(n)) * 8)
+        << n;
+  }
+}
+
+TEST(Quant, ConstantAndZeroGroups) {
+  std::vector<float> w(40, 0.0f), x(40, 1.0f);
+  for (size_t i = 32; i < 40; ++i) w[i] = -2.5f;
+  std::vector<int8_t> codes(40);
+  std::vector<uint16_t> s8(2), s4(4);
+  std::vector<uint8_t> packed(32);
+  quantize_row_q8(w.data(), 40, codes.data(), s8.data());
+  quantize_row_q4(w.data(), 40, packed.data(), s4.data());
+  for (size_t i = 0; i < 40; ++i) {
+    // q8's scale 2.5/127 rounds to f16; q4 stores a constant group exactly (scale 0, min).
+    EXPECT_NEAR(q8_element(codes.data(), s8.data(), i), w[i], 1e-3f) << i;
+    EXPECT_EQ(q4_element(packed.data(), s4.data(), i), w[i]) << i;
+  }
+  EXPECT_NEAR(dot_q8(codes.data(), s8.data(), x.data(), 40), -20.0f, 1e-2f);
+  EXPECT_EQ(dot_q4(packed.data(), s4.data(), x.data(), 40), -20.0f);
+}
+
+// Linear over q8/q4 (and bf16 through the many-token tile path) against the scalar reference.
+TEST(Quant, LinearForwardMatchesReference) {
+  std::mt19937 rng(13);
+  for (int rows : {1, 5, 130}) {
+    for (int cols : {3, 33, 64, 200}) {
+      auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
+      const size_t g = groups_of(cols);
+      for (DType dtype : {DType::I8, DType::U8, DType::BF16}) {
+        std::vector<uint8_t> codes;
+        std::vector<uint16_t> scales;
+        Linear lin;
+        lin.dtype = dtype;
+        lin.rows = rows;
+        lin.cols = cols;
+        if (dtype == DType::I8) {
+          codes.resize(static_cast<size_t>(rows) * cols);
+          scales.resize(rows * g);
+          for (int r = 0; r < rows; ++r)
+            quantize_row_q8(w.data() + static_cast<size_t>(r) * cols, cols,
+                            reinterpret_cast<int8_t*>(codes.data()) + static_cast<size_t>(r) * cols,
+                            scales.data() + r * g);
+        } else if (dtype == DType::U8) {
+          codes.resize(rows * g * 16);
+          scales.resize(rows * g * 2);
+          for (int r = 0; r < rows; ++r)
+            quantize_row_q4(w.data() + static_cast<size_t>(r) * cols, cols,
+                            codes.data() + r * g * 16, scales.data() + r * g * 2);
+        } else {
+          codes.resize(w.size() * 2);
+          for (size_t i = 0; i < w.size(); ++i) {
+            uint16_t b = f32_to_bf16(w[i]);
+            std::memcpy(codes.data() + 2 * i, &b, 2);
+          }
+        }
+        lin.data = codes.data();
+        lin.qscale = scales.empty() ? nullptr : scales.data();
+        EXPECT_EQ(lin.bytes(), codes.size() + scales.size() * 2);
+        for (int T : {1, 3, 9}) {
+          auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+          std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
+          linear_forward(lin, x.data(), T, y.data());
+          linear_forward_reference(lin, x.data(), T, y_ref.data());
+          for (size_t i = 0; i < y.size(); ++i)
+            ASSERT_NEAR(y[i], y_ref[i], 2e-4f * (1 + std::fabs(y_ref[i])))
+                << dtype_name(dtype) << " rows " << rows << " cols " << cols << " T " << T;
+        }
+      }
+    }
+  }
+}
+
+std::vector<float> model_logits(const std::string& dir, const std::vector<int>& tokens, bool step) {
+  auto model = Model::load(dir);
+  const int V = model->config().vocab_size, T = static_cast<int>(tokens.size());
+  std::vector<float> logits(static_cast<size_t>(T) * V);
+  KVCache cache = model->new_cache();
+  if (step)
+    for (int t = 0; t < T; ++t)
+      model->forward(&tokens[t], 1, cache, logits.data() + static_cast<size_t>(t) * V);
+  else
+    model->forward(tokens.data(), T, cache, logits.data());
+  return logits;
+}
+
+struct Closeness {
+  double mean_kl = 0, top1 = 0;
+};
+
+// Mean over rows of KL(softmax(ref) ‖ softmax(q)), and how often the argmaxes agree.
+Closeness compare(const std::vector<float>& ref, const std::vector<float>& q, int V) {
+  Closeness c;
+  const size_t rows = ref.size() / V;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* a = ref.data() + r * V;
+    const float* b = q.data() + r * V;
+    double ma = *std::max_element(a, a + V), mb = *std::max_element(b, b + V), za = 0, zb = 0;
+    for (int i = 0; i < V; ++i) {
+      za += std::exp(a[i] - ma);
+      zb += std::exp(b[i] - mb);
+    }
+    double kl = 0;
+    for (int i = 0; i < V; ++i) {
+      const double la = a[i] - ma - std::log(za), lb = b[i] - mb - std::log(zb);
+      kl += std::exp(la) * (la - lb);
+    }
+    c.mean_kl += kl / rows;
+    c.top1 += (std::max_element(a, a + V) - a == std::max_element(b, b + V) - b) ? 1.0 / rows : 0;
+  }
+  return c;
+}
+
+TEST(Quant, ConvertedModelsStayClose) {
+  TempDir tmp;
+  std::vector<int> tokens;
+  for (int i = 0; i < 64; ++i) tokens.push_back((i * 37 + 5) % 512);
+  for (std::string source : {"bf16", "fp8"}) {
+    const std::string dir = tmp / source;
+    auto r = run_whale("init --preset tiny --dtype " + source + " --seed 5 --out " + dir);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::vector<float> reference = model_logits(dir, tokens, false);
+    for (std::string quant : {"q8", "q4"}) {
+      const std::string out = tmp / (source + "-" + quant);
+      r = run_whale("convert --model " + dir + " --quant " + quant + " --out " + out);
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      auto config = nlohmann::json::parse(read_file(out + "/config.json"));
+      EXPECT_EQ(config["whale_quantization"]["method"], quant);
+      EXPECT_EQ(config["whale_quantization"]["group_size"], 32);
+      EXPECT_FALSE(config.contains("quantization_config"));
+      Checkpoint ckpt(out);
+      const TensorView& q = ckpt.get("model.layers.1.mlp.experts.3.down_proj.weight");
+      EXPECT_EQ(q.dtype, quant == "q8" ? DType::I8 : DType::U8);
+      EXPECT_EQ(ckpt.get("lm_head.weight").dtype, DType::I8);
+      EXPECT_EQ(ckpt.get("model.embed_tokens.weight").dtype, DType::BF16);
+      EXPECT_EQ(ckpt.get("model.layers.1.mlp.gate.weight").dtype, DType::BF16);
+      EXPECT_EQ(ckpt.find("model.layers.1.mlp.experts.3.down_proj.weight_scale_inv"), nullptr);
+
+      const std::vector<float> prefill = model_logits(out, tokens, false);
+      const std::vector<float> decode = model_logits(out, tokens, true);
+      EXPECT_LT(testing::relative_max_error(decode, prefill), 1e-4) << source << " " << quant;
+      Closeness c = compare(reference, prefill, 512);
+      std::printf("[quant] %s -> %s: mean KL %.6f, top-1 agreement %.3f\n", source.c_str(),
+                  quant.c_str(), c.mean_kl, c.top1);
+      RecordProperty(source + "_" + quant + "_mean_kl", std::to_string(c.mean_kl));
+      RecordProperty(source + "_" + quant + "_top1", std::to_string(c.top1));
+      if (quant == "q8") {
+        EXPECT_LT(c.mean_kl, 0.01);
+        EXPECT_GT(c.top1, 0.9);
+      } else {  // a random model's flat logits make top-1 fragile: loose bounds only
+        EXPECT_LT(c.mean_kl, 0.1);
+        EXPECT_GT(c.top1, 0.4);
+      }
+    }
+  }
+  // A quantized model is not converted again; a bad scheme is a one-line error.
+  auto r = run_whale("convert --model " + (tmp / "bf16-q8") + " --quant q4 --out " + (tmp / "x"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("already quantized"), std::string::npos) << r.output;
+  r = run_whale("convert --model " + (tmp / "bf16") + " --quant q3 --out " + (tmp / "x"));
+  EXPECT_EQ(r.exit_code, 1);
+}
+
+TEST(Quant, BenchPrintsJson) {
+  TempDir tmp;
+  const std::string dir = tmp / "m";
+  auto r = run_whale("init --preset tiny --seed 1 --out " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_whale("convert --model " + dir + " --quant q4 --out " + (tmp / "q4"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_whale("bench --model " + (tmp / "q4") +
+                " --json --threads 2 --prompt-lengths 8,20 --decode-prompt 8 --decode-tokens 4 "
+                "--bandwidth-mib 16 --repeats 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json j = nlohmann::json::parse(r.output);
+  for (const char* key : {"decode_tok_s", "prefill_tok_s", "ttft_s", "peak_rss_mib",
+                          "bytes_per_token", "bandwidth_gbps", "bandwidth_fraction"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_TRUE(j["prefill_tok_s"].contains("8"));
+  EXPECT_TRUE(j["prefill_tok_s"].contains("20"));
+  EXPECT_GT(j["decode_tok_s"].get<double>(), 0);
+  EXPECT_GT(j["bandwidth_gbps"].get<double>(), 0);
+  EXPECT_GT(j["bandwidth_fraction"].get<double>(), 0);
+  // Per token: the head and at least K routed experts of each MoE layer.
+  auto model = Model::load(tmp / "q4");
+  EXPECT_GT(j["bytes_per_token"].get<double>(), model->weights().lm_head.bytes());
+  r = run_whale("bench --model " + (tmp / "q4") + " --prompt-lengths 8 --decode-prompt 8 " +
+                "--decode-tokens 2 --bandwidth-mib 8 --repeats 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("decode/bandwidth"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace whale
