@@ -52,6 +52,65 @@ uint64_t pair_key(int a, int b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
+// Per pair of adjacent symbols: its count over the corpus (each word weighted by its
+// frequency) and the words that may hold it (some may no longer: they are checked on use).
+struct PairStats {
+  int64_t count = 0;
+  std::vector<uint32_t> words;
+};
+
+// An open-addressing hash map from pair_key to PairStats; keys are never removed (a pair
+// that disappears keeps count 0).
+class PairTable {
+ public:
+  PairTable() { rehash(1 << 16); }
+  PairStats& operator[](uint64_t key) {
+    size_t i = probe(key);
+    if (keys_[i] == kEmpty) {
+      if (2 * (stats_.size() + 1) > keys_.size()) {
+        rehash(2 * keys_.size());
+        i = probe(key);
+      }
+      keys_[i] = key;
+      slots_[i] = static_cast<uint32_t>(stats_.size());
+      stats_.emplace_back();
+    }
+    return stats_[slots_[i]];
+  }
+  PairStats* find(uint64_t key) {
+    size_t i = probe(key);
+    return keys_[i] == kEmpty ? nullptr : &stats_[slots_[i]];
+  }
+  template <typename F>
+  void for_each(F f) const {
+    for (size_t i = 0; i < keys_.size(); ++i)
+      if (keys_[i] != kEmpty) f(keys_[i], stats_[slots_[i]]);
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  size_t probe(uint64_t key) const {
+    size_t i = static_cast<size_t>((key * 0x9e3779b97f4a7c15ull) >> 20) & (keys_.size() - 1);
+    while (keys_[i] != kEmpty && keys_[i] != key) i = (i + 1) & (keys_.size() - 1);
+    return i;
+  }
+  void rehash(size_t size) {
+    std::vector<uint64_t> old_keys = std::move(keys_);
+    std::vector<uint32_t> old_slots = std::move(slots_);
+    keys_.assign(size, kEmpty);
+    slots_.assign(size, 0);
+    for (size_t j = 0; j < old_keys.size(); ++j) {
+      if (old_keys[j] == kEmpty) continue;
+      size_t i = probe(old_keys[j]);
+      keys_[i] = old_keys[j];
+      slots_[i] = old_slots[j];
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<uint32_t> slots_;
+  std::vector<PairStats> stats_;
+};
+
 }  // namespace
 
 struct BpeTrainer::Counts {
@@ -165,15 +224,14 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
   }
   sorted.clear();
 
-  std::unordered_map<uint64_t, int64_t> pair_count;
-  std::unordered_map<uint64_t, std::vector<uint32_t>> where;  // words that may hold the pair
+  PairTable pairs;
   for (size_t w = 0; w < words.size(); ++w) {
     const auto& s = words[w].symbols;
     for (size_t i = 0; i + 1 < s.size(); ++i) {
       uint64_t key = pair_key(s[i], s[i + 1]);
-      pair_count[key] += words[w].count;
-      auto& list = where[key];
-      if (list.empty() || list.back() != w) list.push_back(static_cast<uint32_t>(w));
+      PairStats& p = pairs[key];
+      p.count += words[w].count;
+      if (p.words.empty() || p.words.back() != w) p.words.push_back(static_cast<uint32_t>(w));
     }
   }
 
@@ -189,8 +247,9 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
     return tokens[a.right] > tokens[b.right];
   };
   std::priority_queue<Entry, std::vector<Entry>, decltype(less_urgent)> heap(less_urgent);
-  for (const auto& [key, count] : pair_count)
-    heap.push({count, static_cast<int>(key >> 32), static_cast<int>(key & 0xffffffffu)});
+  pairs.for_each([&heap](uint64_t key, const PairStats& p) {
+    heap.push({p.count, static_cast<int>(key >> 32), static_cast<int>(key & 0xffffffffu)});
+  });
 
   const size_t target_tokens = static_cast<size_t>(options.vocab_size - kBpeSpecialTokens);
   Progress progress(options.progress ? "merging" : "", target_tokens - tokens.size(), " tokens");
@@ -203,8 +262,8 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
     Entry top = heap.top();
     heap.pop();
     uint64_t key = pair_key(top.left, top.right);
-    auto found = pair_count.find(key);
-    int64_t current = found == pair_count.end() ? 0 : found->second;
+    PairStats* found = pairs.find(key);
+    int64_t current = found ? found->count : 0;
     if (current != top.count) {
       // Stale. A pair whose count rose was pushed again when it rose; one whose count fell
       // is pushed again now, with what it has left.
@@ -226,8 +285,8 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
     model.merges.push_back({top.left, top.right});
     // Revisit each word that holds the pair and merge it there, moving the counts of the
     // neighbouring pairs: (x, left) → (x, new) and (right, y) → (new, y).
-    std::vector<uint32_t> list = std::move(where[key]);
-    where.erase(key);
+    std::vector<uint32_t> list = std::move(found->words);
+    found->words = {};
     touched.clear();
     for (uint32_t w : list) {
       if (visited[w] == step) continue;
@@ -241,21 +300,21 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
         if (i + 1 < n && s[i] == top.left && s[i + 1] == top.right) {
           if (!merged_symbols.empty()) {
             int x = merged_symbols.back();
-            pair_count[pair_key(x, top.left)] -= count;
+            pairs[pair_key(x, top.left)].count -= count;
             uint64_t k = pair_key(x, new_id);
-            pair_count[k] += count;
+            PairStats& p = pairs[k];
+            p.count += count;
             touched.push_back(k);
-            auto& l = where[k];
-            if (l.empty() || l.back() != w) l.push_back(w);
+            if (p.words.empty() || p.words.back() != w) p.words.push_back(w);
           }
           if (i + 2 < n) {
             int y = s[i + 2];
-            pair_count[pair_key(top.right, y)] -= count;
+            pairs[pair_key(top.right, y)].count -= count;
             uint64_t k = pair_key(new_id, y);
-            pair_count[k] += count;
+            PairStats& p = pairs[k];
+            p.count += count;
             touched.push_back(k);
-            auto& l = where[k];
-            if (l.empty() || l.back() != w) l.push_back(w);
+            if (p.words.empty() || p.words.back() != w) p.words.push_back(w);
           }
           merged_symbols.push_back(new_id);
           i += 2;
@@ -267,17 +326,12 @@ BpeModel BpeTrainer::train(const BpeTrainOptions& options) const {
       }
       if (changed) s.swap(merged_symbols);
     }
-    pair_count.erase(key);  // overlapping runs ("a a a") may have moved it below zero
+    pairs[key].count = 0;  // overlapping runs ("a a a") may have moved it below zero
     std::sort(touched.begin(), touched.end());
     touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
     for (uint64_t k : touched) {
-      auto it = pair_count.find(k);
-      if (it == pair_count.end()) continue;
-      if (it->second <= 0) {
-        pair_count.erase(it);
-        continue;
-      }
-      heap.push({it->second, static_cast<int>(k >> 32), static_cast<int>(k & 0xffffffffu)});
+      int64_t c = pairs[k].count;
+      if (c > 0) heap.push({c, static_cast<int>(k >> 32), static_cast<int>(k & 0xffffffffu)});
     }
     ++step;
   }
