@@ -159,7 +159,8 @@ TEST_F(Chat, StreamsRepliesKeepsHistoryAndResets) {
   EXPECT_GT(stats[1].first, stats[0].first + 6);
   EXPECT_GT(stats[1].second, stats[0].first / 2);  // most of turn 1 came from the KV cache
   EXPECT_EQ(stats[2].first, stats[0].first);
-  EXPECT_EQ(count(r.err, "reply 6 tokens"), 3u) << r.err;  // random text: no EOS in 6
+  EXPECT_EQ(count(r.err, "; reply "), 3u) << r.err;
+  EXPECT_FALSE(r.out.empty());
 }
 
 TEST_F(Chat, CacheReuseGivesWhatRecomputingGives) {

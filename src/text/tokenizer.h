@@ -44,7 +44,8 @@ class Tokenizer {
   std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const;
 
   // The pre-tokens of `text` as encode sees them (raw bytes of each piece the BPE model would
-  // merge), in order; added tokens in the text are skipped. Used by the BPE trainer.
+  // merge), in order; added tokens in the text are skipped. Used by the BPE trainer. `visit`
+  // runs under the encoding lock: it must not call back into this tokenizer.
   void pre_tokenize(std::string_view text,
                     const std::function<void(std::string_view)>& visit) const;
 
