@@ -2,6 +2,8 @@
 // the committed one, which Hugging Face's library loads and encodes the held-out documents with
 // to the committed ids (tests/text/make_bpe_fixtures.mjs); training, encoding and decoding
 // round-trip; the merge rule on hand-made corpora.
+#include <omp.h>
+
 #include <fstream>
 #include <map>
 #include <random>
@@ -203,17 +205,21 @@ TEST(BpeTrain, RandomCorporaRoundTripAndAgreeWithASlowTrainer) {
 }
 
 TEST(BpeTrain, PlainTextFilesAreCountedAsOneText) {
-  // Over 1 MiB, so add_file reads it in several blocks; blocks end only at newlines where the
-  // pre-tokenizer splits anyway, so the counts equal those of the whole text at once.
+  // Over 4 MiB, so add_file reads it in two batches, each cut in one part per thread; the
+  // cuts are only at newlines where the pre-tokenizer splits anyway, so the counts equal those
+  // of the whole text at once.
   std::string base = read_file(bpe_dir() + "/corpus.txt");
   std::string text;
-  for (int i = 0; text.size() < (5u << 19); ++i)
+  for (int i = 0; text.size() < (9u << 19); ++i)
     text += base.substr(0, 1000 + (i * 7919) % (base.size() - 1000)) + (i % 3 ? "\n" : "\n \n\t");
   TempDir dir;
   write_file_atomic(dir / "big.txt", text);
   BpeTrainer whole(false), by_file(false);
   whole.add_text(text);
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(3);
   by_file.add_file(dir / "big.txt");
+  omp_set_num_threads(threads);
   EXPECT_EQ(whole.distinct_words(), by_file.distinct_words());
   BpeTrainOptions options;
   options.vocab_size = 400;

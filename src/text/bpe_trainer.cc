@@ -1,5 +1,7 @@
 #include "text/bpe_trainer.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
@@ -113,13 +115,49 @@ class PairTable {
 
 }  // namespace
 
+using WordCounts = std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>>;
+
 struct BpeTrainer::Counts {
-  std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> words;
+  WordCounts words;
+  std::vector<std::unique_ptr<Tokenizer>> pre_tokenizers;  // one per thread (each has a lock)
+  std::vector<WordCounts> local;                           // per-thread counts of a batch
 };
 
+namespace {
+
+void count_words(const Tokenizer& pre_tokenizer, std::string_view text, WordCounts& words) {
+  pre_tokenizer.pre_tokenize(text, [&](std::string_view word) {
+    auto it = words.find(word);
+    if (it != words.end())
+      ++it->second;
+    else
+      words.emplace(std::string(word), 1);
+  });
+}
+
+// Whether a plain text may be cut just before text[i]: after a '\n' and before an ASCII byte
+// that is not whitespace. Every Split regex of the pre-tokenizer ends a piece there (no pattern
+// continues past a newline into a non-space, and none reaches back over a newline), so the
+// pieces of the parts are exactly the pieces of the whole.
+bool can_cut_before(std::string_view text, size_t i) {
+  if (i == 0 || i >= text.size() || text[i - 1] != '\n') return false;
+  unsigned char next = static_cast<unsigned char>(text[i]);
+  return next < 0x80 && !std::isspace(next);
+}
+
+// The last cut point in (begin, end], or npos.
+size_t last_cut(std::string_view text, size_t begin, size_t end) {
+  if (text.empty()) return std::string::npos;
+  for (size_t i = std::min(end, text.size() - 1); i > begin; --i)
+    if (can_cut_before(text, i)) return i;
+  return std::string::npos;
+}
+
+}  // namespace
+
 BpeTrainer::BpeTrainer(bool progress) : counts_(std::make_unique<Counts>()), progress_(progress) {
-  pre_tokenizer_ = Tokenizer::from_json(bpe_tokenizer_json(bytes_only_model()),
-                                        bpe_tokenizer_config_json(), "bpe_trainer");
+  counts_->pre_tokenizers.push_back(Tokenizer::from_json(
+      bpe_tokenizer_json(bytes_only_model()), bpe_tokenizer_config_json(), "bpe_trainer"));
 }
 
 BpeTrainer::~BpeTrainer() = default;
@@ -129,15 +167,39 @@ size_t BpeTrainer::distinct_words() const {
 }
 
 void BpeTrainer::add_text(std::string_view text) {
-  bytes_ += text.size();
-  auto& words = counts_->words;
-  pre_tokenizer_->pre_tokenize(text, [&](std::string_view word) {
-    auto it = words.find(word);
-    if (it != words.end())
-      ++it->second;
-    else
-      words.emplace(std::string(word), 1);
-  });
+  add_texts({text});
+}
+
+void BpeTrainer::add_texts(const std::vector<std::string_view>& texts) {
+  for (std::string_view t : texts) bytes_ += t.size();
+  Counts& c = *counts_;
+  const int threads = static_cast<int>(
+      std::min<size_t>(texts.size(), static_cast<size_t>(std::max(omp_get_max_threads(), 1))));
+  if (threads <= 1) {
+    for (std::string_view t : texts) count_words(*c.pre_tokenizers[0], t, c.words);
+    return;
+  }
+  while (static_cast<int>(c.pre_tokenizers.size()) < threads)
+    c.pre_tokenizers.push_back(Tokenizer::from_json(bpe_tokenizer_json(bytes_only_model()),
+                                                    bpe_tokenizer_config_json(), "bpe_trainer"));
+  c.local.resize(threads);
+  const int64_t n = static_cast<int64_t>(texts.size());
+#pragma omp parallel num_threads(threads)
+  {
+    const int id = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) count_words(*c.pre_tokenizers[id], texts[i], c.local[id]);
+  }
+  for (WordCounts& local : c.local) {
+    for (auto& [word, count] : local) {
+      auto it = c.words.find(word);
+      if (it != c.words.end())
+        it->second += count;
+      else
+        c.words.emplace(word, count);
+    }
+    local.clear();
+  }
 }
 
 void BpeTrainer::add_file(const std::string& path) {
@@ -146,8 +208,16 @@ void BpeTrainer::add_file(const std::string& path) {
   size_t total = std::filesystem::file_size(path);
   Progress progress(progress_ ? "counting " + std::filesystem::path(path).filename().string() : "",
                     total, "B");
+  constexpr size_t kBatch = 4 << 20;  // bytes counted at a time, over all threads
   bool jsonl = path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl";
   if (jsonl) {
+    std::vector<std::string> docs;
+    size_t batch_bytes = 0;
+    auto flush = [&] {
+      add_texts(std::vector<std::string_view>(docs.begin(), docs.end()));
+      docs.clear();
+      batch_bytes = 0;
+    };
     std::string line;
     size_t line_number = 0;
     while (std::getline(in, line)) {
@@ -163,38 +233,45 @@ void BpeTrainer::add_file(const std::string& path) {
       }
       check(doc.is_object() && doc.contains("text") && doc["text"].is_string(),
             where + ": expected an object with a string \"text\" field");
-      add_text(doc["text"].get_ref<const std::string&>());
+      docs.push_back(std::move(doc["text"].get_ref<std::string&>()));
+      batch_bytes += docs.back().size();
+      if (batch_bytes >= kBatch) flush();
     }
+    check(!in.bad(), path + ": read error");
+    flush();
     progress.finish();
     return;
   }
-  // Plain text in blocks. A block ends just after a '\n' that is followed by an ASCII byte
-  // which is not whitespace: every Split regex of the pre-tokenizer ends a piece there (no
-  // pattern continues past a newline into a non-space, and none starts with a newline's
-  // predecessor), so counting block by block gives exactly the pre-tokens of the whole file.
-  constexpr size_t kBlock = 1 << 20;
+  // Plain text, one document, read in batches cut where the pre-tokenizer splits anyway; each
+  // batch is cut again into one part per thread.
   std::string buffer;
-  std::vector<char> chunk(kBlock);
+  std::vector<char> chunk(kBatch);
+  const size_t threads = static_cast<size_t>(std::max(omp_get_max_threads(), 1));
+  auto count_parts = [&](std::string_view text) {
+    std::vector<std::string_view> parts;
+    size_t begin = 0;
+    for (size_t k = 1; k < threads; ++k) {
+      size_t cut = last_cut(text, begin, k * text.size() / threads);
+      if (cut == std::string::npos) continue;
+      parts.push_back(text.substr(begin, cut - begin));
+      begin = cut;
+    }
+    parts.push_back(text.substr(begin));
+    add_texts(parts);
+  };
   for (;;) {
-    in.read(chunk.data(), kBlock);
+    in.read(chunk.data(), kBatch);
     size_t got = static_cast<size_t>(in.gcount());
     if (got == 0) break;
     buffer.append(chunk.data(), got);
     progress.advance(got);
-    size_t cut = std::string::npos;
-    for (size_t i = buffer.size(); i-- > 1;) {
-      unsigned char next = static_cast<unsigned char>(buffer[i]);
-      if (buffer[i - 1] == '\n' && next < 0x80 && !std::isspace(next)) {
-        cut = i;
-        break;
-      }
-    }
+    size_t cut = last_cut(buffer, 0, buffer.size() - 1);
     if (cut == std::string::npos) continue;
-    add_text(std::string_view(buffer).substr(0, cut));
+    count_parts(std::string_view(buffer).substr(0, cut));
     buffer.erase(0, cut);
   }
   check(!in.bad(), path + ": read error");
-  if (!buffer.empty()) add_text(buffer);
+  if (!buffer.empty()) count_parts(buffer);
   progress.finish();
 }
 

@@ -57,6 +57,8 @@ class BpeTrainer {
   // Counts the pre-tokens of one document. Added tokens (<｜begin▁of▁sentence｜>, ...) in the
   // text are left out, as encode would emit them whole.
   void add_text(std::string_view text);
+  // Several documents, counted in parallel (OpenMP threads).
+  void add_texts(const std::vector<std::string_view>& texts);
   // A file: .jsonl is one JSON object per line whose "text" field is a document; anything
   // else is plain text, read in blocks that are cut only where the pre-tokenizer would split
   // anyway. Throws whale::Error naming the file and line at fault.
@@ -70,7 +72,6 @@ class BpeTrainer {
 
  private:
   struct Counts;
-  std::unique_ptr<Tokenizer> pre_tokenizer_;
   std::unique_ptr<Counts> counts_;
   uint64_t bytes_ = 0;
   bool progress_ = true;
