@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BPE training speed on one core: `whale tokenizer train` vs Hugging Face's BpeTrainer (Rust,
 # via its Node binding, one thread), on the same mixed multilingual corpus (make_corpus.mjs),
-# both to a 30000-token vocabulary with DeepSeek-V3's pre-tokenizer.
+# both to a 30000-token vocabulary with DeepSeek-V3's pre-tokenizer; then checks that HF encodes
+# with the tokenizer whale learned exactly as whale does.
 #   bash bench/tokenizer/train.sh [megabytes of corpus, default 4] [core, default 0]
 # Needs: a built whale (build/ or $WHALE), node + npm.
 set -euo pipefail
@@ -31,3 +32,15 @@ done
 echo "Hugging Face (default BpeTrainer), corpus.txt:"
 echo "  $("${pin[@]}" node "$root/bench/tokenizer/train_hf.mjs" "$work/whale-corpus.txt/tokenizer.json" \
   "$work/corpus.txt" 2>/dev/null | tail -1)"
+
+# Whale's trained tokenizer in HF's library: the same ids as whale's own encoding, on the
+# training documents and on every assigned code point in context (unicode_sweep.mjs).
+node "$root/bench/tokenizer/unicode_sweep.mjs" "$work/sweep.jsonl" 2>/dev/null
+for docs in corpus sweep; do
+  node "$root/bench/tokenizer/bench_hf.mjs" "$work/whale-corpus.jsonl" "$work/$docs.jsonl" 1 \
+    "$work/hf_ids.jsonl" >/dev/null
+  "$whale" tokenize --tokenizer "$work/whale-corpus.jsonl" --jsonl < "$work/$docs.jsonl" \
+    > "$work/whale_ids.jsonl"
+  echo "ids, whale's tokenizer in HF vs whale, $docs.jsonl: $(node "$root/bench/tokenizer/compare_ids.mjs" \
+    "$work/hf_ids.jsonl" "$work/whale_ids.jsonl" || true)"
+done
