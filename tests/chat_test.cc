@@ -29,11 +29,13 @@ struct Result {
   std::string out, err;
 };
 
-// Runs whale with `input` on stdin; stdout and stderr apart.
+// Runs whale with `input` on stdin; stdout and stderr apart. One thread: the tiny models gain
+// nothing from more, and on a busy machine OpenMP's barriers would wait for descheduled ones.
 Result run_chat(const std::string& args, const std::string& input, const TempDir& dir) {
   write_file_atomic(dir / "stdin.txt", input);
-  std::string command = std::string(WHALE_BINARY) + " " + args + " < " + dir / "stdin.txt" + " > " +
-                        dir / "stdout.txt" + " 2> " + dir / "stderr.txt";
+  std::string command = std::string(WHALE_BINARY) + " --threads 1 " + args + " < " +
+                        dir / "stdin.txt" + " > " + dir / "stdout.txt" + " 2> " +
+                        dir / "stderr.txt";
   int status = std::system(command.c_str());
   Result r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -72,8 +74,10 @@ class Chat : public ::testing::Test {
     config["vocab_size"] = kByteVocabSize;
     config["bos_token_id"] = 256;
     config["eos_token_id"] = 257;
+    config["max_position_embeddings"] = 32768;  // a long window for the interrupt to land in
     write_file_atomic(d / "config.json", config.dump(2));
-    for (const char* name : {"random", "scripted", "scripted-r1", "looping", "no-tokenizer"}) {
+    for (const char* name :
+         {"random", "scripted", "scripted-r1", "scripted-v3", "looping", "no-tokenizer"}) {
       r = run_whale("init --config " + d / "config.json" + " --dtype f32 --seed 3 --out " +
                     d / name);
       ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -84,15 +88,21 @@ class Chat : public ::testing::Test {
     }
     script(d / "scripted", kScript);
     script(d / "scripted-r1", kScript);
+    script(d / "scripted-v3", kScript);
     script(d / "looping", {{':', 'L'}, {'L', 'o'}, {'o', 'L'}});  // "LoLoLo..." until stopped
-    // The R1 chat template, when the real tokenizer is at hand.
-    std::string r1 = whale::testing::source_dir() +
-                     "/../shared/assets/deepseek-r1-tokenizer/tokenizer_config.json";
-    if (std::filesystem::exists(r1)) {
-      json config_r1 = json::parse(byte_level_tokenizer_config_json());
-      config_r1["chat_template"] = json::parse(read_file(r1))["chat_template"];
-      write_file_atomic(d / "scripted-r1/tokenizer_config.json", config_r1.dump(2));
-      has_r1_ = true;
+    // The real R1 and V3 chat templates, when their tokenizers are at hand.
+    has_templates_ = true;
+    for (const char* version : {"r1", "v3"}) {
+      std::string config_path = whale::testing::source_dir() + "/../shared/assets/deepseek-" +
+                                version + "-tokenizer/tokenizer_config.json";
+      if (!std::filesystem::exists(config_path)) {
+        has_templates_ = false;
+        continue;
+      }
+      json with_template = json::parse(byte_level_tokenizer_config_json());
+      with_template["chat_template"] = json::parse(read_file(config_path))["chat_template"];
+      write_file_atomic(d / "scripted-" + version + "/tokenizer_config.json",
+                        with_template.dump(2));
     }
   }
   static void TearDownTestSuite() {
@@ -141,10 +151,10 @@ class Chat : public ::testing::Test {
   }
 
   static TempDir* dir_;
-  static bool has_r1_;
+  static bool has_templates_;
 };
 TempDir* Chat::dir_ = nullptr;
-bool Chat::has_r1_ = false;
+bool Chat::has_templates_ = false;
 
 TEST_F(Chat, StreamsRepliesKeepsHistoryAndResets) {
   TempDir t;
@@ -183,7 +193,7 @@ TEST_F(Chat, PlainFormatAnswer) {
 }
 
 TEST_F(Chat, ReasoningIsShownApart) {
-  if (!has_r1_) GTEST_SKIP() << "no ../shared/assets/deepseek-r1-tokenizer";
+  if (!has_templates_) GTEST_SKIP() << "no ../shared/assets/deepseek-{r1,v3}-tokenizer";
   TempDir t;
   Result r = run_chat("chat --model " + *dir_ / "scripted-r1" + " --system 'Be brief.' --stats",
                       "Hi\nAnd again\n/exit\nnot read\n", t);
@@ -194,6 +204,18 @@ TEST_F(Chat, ReasoningIsShownApart) {
   ASSERT_EQ(stats.size(), 2u) << r.err;
   // R1's template drops the earlier reasoning: turn 2 reuses the cache up to turn 1's answer.
   EXPECT_GT(stats[1].second, 10);
+}
+
+TEST_F(Chat, V3TemplateAnswer) {
+  if (!has_templates_) GTEST_SKIP() << "no ../shared/assets/deepseek-{r1,v3}-tokenizer";
+  TempDir t;
+  // V3's generation prompt ends "<｜Assistant｜>": after '>' the chain says "XY".
+  Result r = run_chat("chat --model " + *dir_ / "scripted-v3" + " --stats", "Hi\nAgain\n", t);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "XY\nXY\n");
+  auto stats = prompt_stats(r.err);
+  ASSERT_EQ(stats.size(), 2u) << r.err;
+  EXPECT_EQ(stats[1].second, stats[0].first + 2);  // turn 1 and its reply "XY" came from the cache
 }
 
 TEST_F(Chat, MissingTokenizerIsAOneLineError) {
@@ -221,8 +243,8 @@ TEST_F(Chat, InterruptStopsTheReplyNotTheProgram) {
     close(in[1]);
     close(out[0]);
     std::string model = *dir_ / "looping";
-    execl(WHALE_BINARY, WHALE_BINARY, "chat", "--model", model.c_str(), "--max-tokens", "100000",
-          "--seed", "5", static_cast<char*>(nullptr));
+    execl(WHALE_BINARY, WHALE_BINARY, "--threads", "1", "chat", "--model", model.c_str(),
+          "--max-tokens", "100000", "--seed", "5", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(in[0]);
