@@ -5,6 +5,7 @@
 #include "base/file.h"
 #include "cli/commands.h"
 #include "text/tokenizer.h"
+#include "rl/r1_zero.h"
 #include "train/data.h"
 
 namespace whale {
@@ -38,12 +39,18 @@ void add_data_command(CLI::App& app) {
   synth->add_option("--out", synth_out, "Output folder")->required();
   synth->add_option("--bytes", bytes, "Corpus size in bytes (default 4000000)");
   synth->add_option("--seed", seed, "Random seed");
+  static std::string kind = "stories";
+  synth->add_option("--kind", kind,
+                    "stories (arithmetic facts, word problems, small stories) or tasks (the R1-Zero "
+                    "demo's task documents with <think> reasoning)")
+      ->check(CLI::IsMember({"stories", "tasks"}));
   synth->callback([] {
     namespace fs = std::filesystem;
     fs::create_directories(synth_out + "/tokenizer");
     write_file_atomic(synth_out + "/tokenizer/tokenizer.json", byte_level_tokenizer_json());
     write_file_atomic(synth_out + "/tokenizer/tokenizer_config.json", byte_level_tokenizer_config_json());
-    write_file_atomic(synth_out + "/corpus.txt", synthetic_corpus(bytes, seed));
+    write_file_atomic(synth_out + "/corpus.txt",
+                      kind == "stories" ? synthetic_corpus(bytes, seed) : r1_zero_corpus(bytes, seed, 0.05));
     auto tokenizer = text::Tokenizer::load(synth_out + "/tokenizer");
     PrepareOptions o;
     prepare_data(*tokenizer, synth_out + "/tokenizer", {synth_out + "/corpus.txt"}, synth_out, o);

@@ -2,7 +2,9 @@
 
 #include "base/error.h"
 #include "cli/commands.h"
+#include "rl/evaluate.h"
 #include "rl/grpo_trainer.h"
+#include "text/tokenizer.h"
 
 namespace whale {
 
@@ -60,6 +62,45 @@ void add_grpo_command(CLI::App& app) {
                 "step (rollout %.0f s, updates %.0f s); model in %s/model\n",
                 s.steps, s.seconds, first, last, s.rollout_tokens_per_second, s.step_seconds,
                 s.rollout_seconds, s.update_seconds, g.out_dir.c_str());
+  });
+}
+
+}  // namespace whale
+
+namespace whale {
+
+void add_eval_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eval", "Held-out accuracy of a model on the built-in tasks (greedy)");
+  static std::string model_dir, tasks = "arithmetic,word,countdown";
+  static int per_task = 60, max_tokens = 48;
+  static uint64_t seed = 99;
+  static bool show = false;
+  cmd->add_option("--model", model_dir, "Model folder (with tokenizer.json)")->required();
+  cmd->add_option("--tasks", tasks, "Tasks, comma-separated");
+  cmd->add_option("--per-task", per_task, "Problems per task (60)");
+  cmd->add_option("--max-tokens", max_tokens, "Longest answer (48)");
+  cmd->add_option("--seed", seed, "Seed of the held-out set (99: the demo's)");
+  cmd->add_flag("--show", show, "Print every problem and answer");
+  cmd->callback([] {
+    std::vector<std::string> names;
+    for (size_t i = 0; i <= tasks.size();) {
+      size_t j = tasks.find(',', i);
+      if (j == std::string::npos) j = tasks.size();
+      if (j > i) names.push_back(tasks.substr(i, j - i));
+      i = j + 1;
+    }
+    auto model = Model::load(model_dir);
+    auto tokenizer = text::Tokenizer::load(model_dir);
+    std::vector<Problem> problems = heldout_set(names, per_task, seed);
+    EvalResult r = evaluate(*model, *tokenizer, problems, max_tokens);
+    if (show)
+      for (size_t i = 0; i < problems.size(); ++i)
+        std::printf("%s %s%s\n", r.correct[i] ? "+" : "-", prompt_text(problems[i]).c_str(),
+                    r.responses[i].c_str());
+    std::printf("held-out accuracy %.1f%% (format %.1f%%, mean response %.1f tokens)", 100 * r.accuracy,
+                100 * r.format_rate, r.mean_response_tokens);
+    for (auto& [task, acc] : r.task_accuracy) std::printf(", %s %.1f%%", task.c_str(), 100 * acc);
+    std::printf("\n");
   });
 }
 

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   whale::add_data_command(app);
   whale::add_train_command(app);
   whale::add_grpo_command(app);
+  whale::add_eval_command(app);
   whale::add_tokenize_command(app);
   whale::add_convert_command(app);
   whale::add_bench_command(app);

@@ -38,16 +38,12 @@ std::string task_document(const Problem& p, bool reason, bool correct, uint64_t 
   return prompt_text(p) + "</think><answer>" + wrong + "</answer>";
 }
 
-namespace {
-
-// Pre-training text: stories, and task documents where terse answers dominate.
-std::string demo_corpus(size_t bytes, uint64_t seed) {
-  constexpr double kReasonShare = 0.25, kBareCorrect = 0.3;
+std::string r1_zero_corpus(size_t bytes, uint64_t seed, double story_share) {
+  constexpr double kReasonShare = 0.4, kBareCorrect = 0.3;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(0, 1);
-  std::string stories = synthetic_corpus(bytes / 5, seed + 1);
   std::ostringstream out;
-  out << stories;
+  if (story_share > 0) out << synthetic_corpus(static_cast<size_t>(bytes * story_share), seed + 1);
   const auto& tasks = builtin_tasks();
   while (static_cast<size_t>(out.tellp()) < bytes) {
     Problem p = draw_problem(tasks[rng() % tasks.size()], Split::kTrain, rng);
@@ -58,13 +54,7 @@ std::string demo_corpus(size_t bytes, uint64_t seed) {
   return out.str();
 }
 
-// SFT data for the baseline: the same kind of task documents, without the stories.
-std::string sft_corpus(size_t bytes, uint64_t seed) {
-  std::string all = demo_corpus(bytes * 5 / 4, seed);
-  // Drop the leading stories part (the first fifth).
-  size_t cut = all.find("Q: ");
-  return cut == std::string::npos ? all : all.substr(cut);
-}
+namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -106,9 +96,9 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   write_file_atomic(tok + "/tokenizer_config.json", byte_level_tokenizer_config_json());
   auto tokenizer = text::Tokenizer::load(tok);
   const size_t corpus_bytes = static_cast<size_t>(6'000'000 * std::min(4.0, cfg.budget));
-  write_file_atomic(data + "/corpus.txt", demo_corpus(corpus_bytes, cfg.seed));
+  write_file_atomic(data + "/corpus.txt", r1_zero_corpus(corpus_bytes, cfg.seed, 0.05));
   fs::create_directories(sft_data);
-  write_file_atomic(sft_data + "/corpus.txt", sft_corpus(corpus_bytes / 2, cfg.seed + 17));
+  write_file_atomic(sft_data + "/corpus.txt", r1_zero_corpus(corpus_bytes / 2, cfg.seed + 17, 0.0));
   PrepareOptions quiet;
   quiet.progress = false;
   prepare_data(*tokenizer, tok, {data + "/corpus.txt"}, data, quiet);

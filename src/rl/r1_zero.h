@@ -26,4 +26,8 @@ struct Problem;
 // right or (with `noise` choosing how) wrong.
 std::string task_document(const Problem& p, bool reason, bool correct, uint64_t noise);
 
+// The demo's pre-training text: task documents (40% reason step by step and are right; the
+// rest answer tersely and are right only 30% of the time), after `story_share` of stories.
+std::string r1_zero_corpus(size_t bytes, uint64_t seed, double story_share);
+
 }  // namespace whale

@@ -254,6 +254,12 @@ TrainSummary train(const TrainerConfig& t) {
   long total_steps = t.steps;
   for (long step = start_step; step < total_steps; ++step) {
     auto step_start = clock::now();
+    // Past the budget (a busier machine than at calibration): stop here, as a finished run.
+    if (t.time_budget_seconds > 0 && step > start_step + 3 &&
+        std::chrono::duration<double>(step_start - started).count() > 1.1 * t.time_budget_seconds) {
+      total_steps = step;
+      break;
+    }
     if (t.time_budget_seconds > 0 && step == start_step + 3) {
       double per_step = std::chrono::duration<double>(step_start - started).count() / 3;
       total_steps = std::clamp<long>(static_cast<long>(t.time_budget_seconds / per_step), step + 1, t.steps);
@@ -337,6 +343,7 @@ TrainSummary train(const TrainerConfig& t) {
     }
   }
   progress.finish();
+  if (total_steps < t.steps && t.time_budget_seconds > 0) summary.final_val_loss = validation_loss();
   write_logs();
   store.save(t.out_dir + "/model", DType::F32);
   copy_tokenizer(t.out_dir + "/model");
