@@ -124,29 +124,40 @@ HWY_INLINE float Q4Value(const uint8_t* group, size_t j, float scale, float min)
   return static_cast<float>(j < 16 ? b & 15 : b >> 4) * scale + min;
 }
 
-float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+// One q8 group's Σ code·x as a vector (scale not applied).
+HWY_INLINE hn::Vec<QTag> GroupDotQ8(const int8_t* w, const float* x) {
   const QTag d;
   const hn::Rebind<int8_t, QTag> di8;
   const hn::Rebind<int32_t, QTag> di32;
   const size_t N = hn::Lanes(d);
+  auto acc = hn::Zero(d);
+  for (size_t j = 0; j < kGroup; j += N)
+    acc = hn::MulAdd(hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + j))),
+                     hn::LoadU(d, x + j), acc);
+  return acc;
+}
+
+float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+  const QTag d;
   const size_t full = n / kGroup;
   HWY_ALIGN float s[kScaleChunk];
-  auto total = hn::Zero(d);
+  // Two totals (even and odd groups) halve the FMA latency chain that carries across groups.
+  auto t0 = hn::Zero(d), t1 = hn::Zero(d);
   for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
     const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
     ScalesToF32(scales + g0, s, count);
-    for (size_t g = 0; g < count; ++g) {
-      const int8_t* w = codes + (g0 + g) * kGroup;
-      const float* xg = x + (g0 + g) * kGroup;
-      auto acc = hn::Zero(d);
-      for (size_t j = 0; j < kGroup; j += N) {
-        auto wf = hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + j)));
-        acc = hn::MulAdd(wf, hn::LoadU(d, xg + j), acc);
-      }
-      total = hn::MulAdd(acc, hn::Set(d, s[g]), total);
+    const int8_t* w = codes + g0 * kGroup;
+    const float* xg = x + g0 * kGroup;
+    size_t g = 0;
+    for (; g + 2 <= count; g += 2) {
+      t0 = hn::MulAdd(GroupDotQ8(w + g * kGroup, xg + g * kGroup), hn::Set(d, s[g]), t0);
+      t1 = hn::MulAdd(GroupDotQ8(w + (g + 1) * kGroup, xg + (g + 1) * kGroup), hn::Set(d, s[g + 1]),
+                      t1);
     }
+    if (g < count)
+      t0 = hn::MulAdd(GroupDotQ8(w + g * kGroup, xg + g * kGroup), hn::Set(d, s[g]), t0);
   }
-  float sum = hn::GetLane(hn::SumOfLanes(d, total));
+  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(t0, t1)));
   if (full * kGroup < n) {
     const float scale = whale::f16_to_f32(scales[full]);
     float tail = 0;
@@ -181,37 +192,56 @@ void Q8ToF32(const int8_t* codes, const uint16_t* scales, float* out, size_t n) 
   }
 }
 
-float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+// One q4 group: Σ nibble·x and Σ x as vectors (scale and min not applied).
+HWY_INLINE void GroupDotQ4(const uint8_t* b, const float* x, hn::Vec<QTag>& acc,
+                           hn::Vec<QTag>& xsum) {
   const QTag d;
   const hn::Rebind<uint8_t, QTag> du8;
   const hn::Rebind<uint32_t, QTag> du32;
   const hn::Rebind<int32_t, QTag> di32;
   const size_t N = hn::Lanes(d);
-  const size_t full = n / kGroup;
   const auto mask = hn::Set(du32, 15u);
+  acc = hn::Zero(d);
+  xsum = hn::Zero(d);
+  for (size_t j = 0; j < kGroup / 2; j += N) {
+    const auto bytes = hn::PromoteTo(du32, hn::LoadU(du8, b + j));
+    const auto lo = hn::ConvertTo(d, hn::BitCast(di32, hn::And(bytes, mask)));
+    const auto hi = hn::ConvertTo(d, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
+    const auto x_lo = hn::LoadU(d, x + j), x_hi = hn::LoadU(d, x + kGroup / 2 + j);
+    acc = hn::MulAdd(lo, x_lo, acc);
+    acc = hn::MulAdd(hi, x_hi, acc);
+    xsum = hn::Add(xsum, hn::Add(x_lo, x_hi));
+  }
+}
+
+float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+  const QTag d;
+  const size_t full = n / kGroup;
   HWY_ALIGN float s[2 * kScaleChunk];
-  auto total = hn::Zero(d);
+  // Separate totals for the scale and min terms, even and odd groups: short latency chains.
+  auto ts0 = hn::Zero(d), ts1 = hn::Zero(d), tm0 = hn::Zero(d), tm1 = hn::Zero(d);
+  auto acc = hn::Zero(d), xsum = hn::Zero(d);
   for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
     const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
     ScalesToF32(scale_min + 2 * g0, s, 2 * count);
-    for (size_t g = 0; g < count; ++g) {
-      const uint8_t* b = packed + (g0 + g) * (kGroup / 2);
-      const float* xg = x + (g0 + g) * kGroup;
-      auto acc = hn::Zero(d), xsum = hn::Zero(d);
-      for (size_t j = 0; j < kGroup / 2; j += N) {
-        const auto bytes = hn::PromoteTo(du32, hn::LoadU(du8, b + j));
-        const auto lo = hn::ConvertTo(d, hn::BitCast(di32, hn::And(bytes, mask)));
-        const auto hi = hn::ConvertTo(d, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
-        const auto x_lo = hn::LoadU(d, xg + j), x_hi = hn::LoadU(d, xg + kGroup / 2 + j);
-        acc = hn::MulAdd(lo, x_lo, acc);
-        acc = hn::MulAdd(hi, x_hi, acc);
-        xsum = hn::Add(xsum, hn::Add(x_lo, x_hi));
-      }
-      total = hn::MulAdd(acc, hn::Set(d, s[2 * g]), total);
-      total = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), total);
+    const uint8_t* b = packed + g0 * (kGroup / 2);
+    const float* xg = x + g0 * kGroup;
+    size_t g = 0;
+    for (; g + 2 <= count; g += 2) {
+      GroupDotQ4(b + g * (kGroup / 2), xg + g * kGroup, acc, xsum);
+      ts0 = hn::MulAdd(acc, hn::Set(d, s[2 * g]), ts0);
+      tm0 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), tm0);
+      GroupDotQ4(b + (g + 1) * (kGroup / 2), xg + (g + 1) * kGroup, acc, xsum);
+      ts1 = hn::MulAdd(acc, hn::Set(d, s[2 * g + 2]), ts1);
+      tm1 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 3]), tm1);
+    }
+    if (g < count) {
+      GroupDotQ4(b + g * (kGroup / 2), xg + g * kGroup, acc, xsum);
+      ts0 = hn::MulAdd(acc, hn::Set(d, s[2 * g]), ts0);
+      tm0 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), tm0);
     }
   }
-  float sum = hn::GetLane(hn::SumOfLanes(d, total));
+  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(ts0, ts1), hn::Add(tm0, tm1))));
   if (full * kGroup < n) {
     const float scale = whale::f16_to_f32(scale_min[2 * full]);
     const float min = whale::f16_to_f32(scale_min[2 * full + 1]);
