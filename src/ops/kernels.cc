@@ -116,7 +116,8 @@ HWY_INLINE void ScalesToF32(const uint16_t* in, float* out, size_t count) {
   const size_t N = hn::Lanes(d);
   size_t i = 0;
   for (; i + N <= count; i += N) hn::StoreU(LoadF16(d, in + i), d, out + i);
-  for (; i < count; ++i) out[i] = whale::f16_to_f32(in[i]);
+  const hn::CappedTag<float, 1> d1;  // the rest one lane at a time, still by the f16 promotion
+  for (; i < count; ++i) hn::StoreU(LoadF16(d1, in + i), d1, out + i);
 }
 
 HWY_INLINE float Q4Value(const uint8_t* group, size_t j, float scale, float min) {

@@ -90,7 +90,9 @@ float Linear::row_dot(int r, const float* x) const {
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
   if (T == 1) {
-#pragma omp parallel for schedule(static) if (static_cast <size_t>(rows) * cols > 32768)
+    // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
+    // then delays the step by one chunk, not by half the matrix.
+#pragma omp parallel for schedule(dynamic, 32) if (static_cast <size_t>(rows) * cols > 32768)
     for (int r = 0; r < rows; ++r) y[r] = w.row_dot(r, x);
     return;
   }
