@@ -113,11 +113,12 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   pre.data_dir = data;
   pre.out_dir = out + "/pretrain";
   pre.preset = "r1-zero-demo";
-  pre.batch = 16;
-  pre.seq_len = 128;
+  pre.batch = 32;
+  pre.seq_len = 96;
   pre.steps = 100000;
-  pre.time_budget_seconds = 210 * cfg.budget;
-  pre.lr = 3e-3f;
+  pre.time_budget_seconds = 300 * cfg.budget;
+  pre.lr = 2e-3f;
+  pre.objective.mtp_weight = 0.1f;
   pre.warmup = 30;
   pre.eval_every = 100;
   pre.save_every = 1000000;
@@ -151,7 +152,7 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   rl.model_dir = base_dir;
   rl.out_dir = out + "/grpo";
   rl.steps = 100000;
-  rl.time_budget_seconds = 210 * cfg.budget;
+  rl.time_budget_seconds = 150 * cfg.budget;
   rl.prompts_per_step = 8;
   rl.grpo.group_size = 8;
   rl.inner_steps = 2;

@@ -254,16 +254,15 @@ TrainSummary train(const TrainerConfig& t) {
   long total_steps = t.steps;
   for (long step = start_step; step < total_steps; ++step) {
     auto step_start = clock::now();
-    // Past the budget (a busier machine than at calibration): stop here, as a finished run.
-    if (t.time_budget_seconds > 0 && step > start_step + 3 &&
-        std::chrono::duration<double>(step_start - started).count() > 1.1 * t.time_budget_seconds) {
-      total_steps = step;
-      break;
-    }
-    if (t.time_budget_seconds > 0 && step == start_step + 3) {
-      double per_step = std::chrono::duration<double>(step_start - started).count() / 3;
-      total_steps = std::clamp<long>(static_cast<long>(t.time_budget_seconds / per_step), step + 1, t.steps);
+    // A time budget fixes the run's length from the speed so far (re-estimated every step, so
+    // a slow start or a busy machine does not distort it); the schedule follows that length.
+    if (t.time_budget_seconds > 0 && step >= start_step + 3) {
+      const double elapsed = std::chrono::duration<double>(step_start - started).count();
+      const double per_step = elapsed / static_cast<double>(step - start_step);
+      total_steps = std::clamp<long>(step + static_cast<long>((t.time_budget_seconds - elapsed) / per_step),
+                                     step, t.steps);
       progress.set_total(static_cast<size_t>(total_steps));
+      if (total_steps <= step) break;
     }
     const float lr = learning_rate(t.schedule, step, total_steps, t.warmup, t.lr);
     store.zero_grads();
