@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 #include "base/npy.h"
@@ -234,6 +235,38 @@ TEST(Quant, ConvertedModelsStayClose) {
   EXPECT_NE(r.output.find("already quantized"), std::string::npos) << r.output;
   r = run_whale("convert --model " + (tmp / "bf16") + " --quant q3 --out " + (tmp / "x"));
   EXPECT_EQ(r.exit_code, 1);
+}
+
+// A q8/q4 matrix whose scales are missing or misshapen is an error naming the tensor.
+TEST(Quant, BadScalesAreClearErrors) {
+  TempDir tmp;
+  auto r = run_whale("init --preset tiny --seed 2 --out " + (tmp / "m"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_whale("convert --model " + (tmp / "m") + " --quant q4 --out " + (tmp / "q4"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string bad = "model.layers.0.mlp.up_proj.weight_qscale";
+  for (bool drop : {true, false}) {
+    std::vector<TensorData> tensors;
+    {
+      Checkpoint ckpt(tmp / "q4");
+      for (const auto& [name, view] : ckpt.tensors()) {
+        TensorData t{{name, view->dtype, view->shape},
+                     std::vector<uint8_t>(view->data, view->data + view->nbytes)};
+        if (name == bad) {
+          if (drop) continue;
+          t.spec.shape = {t.spec.shape[0], t.spec.shape[1] * 2};  // [rows, 2G]: not [rows, G, 2]
+        }
+        tensors.push_back(std::move(t));
+      }
+    }
+    const std::string dir = tmp / (drop ? "dropped" : "reshaped");
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(tmp / "q4/config.json", dir + "/config.json");
+    write_safetensors(dir + "/model.safetensors", tensors);
+    r = run_whale("logits --model " + dir + " --tokens 1,2 --out " + (tmp / "l.npy"));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.output.find(bad), std::string::npos) << r.output;
+  }
 }
 
 TEST(Quant, BenchPrintsJson) {
