@@ -14,7 +14,7 @@ namespace whale {
 struct Linear {
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
-  const uint8_t* data = nullptr;   // rows × cols elements of dtype (not owned)
+  const uint8_t* data = nullptr;   // rows × row_bytes() bytes (not owned)
   std::vector<float> block_scale;  // fp8 only: [ceil(rows/br), ceil(cols/bc)]
   int block_rows = 128, block_cols = 128;
   // q8/q4 only (not owned): q8 [rows, groups] scales, q4 [rows, groups, 2] (scale, min) pairs,
@@ -34,7 +34,8 @@ struct Linear {
   float row_dot(int r, const float* x) const;
 };
 
-// y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows.
+// y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: row dots
+// for a few tokens; from 8 tokens on, tiles of dequantized rows multiplied by sgemm.
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);
