@@ -13,6 +13,7 @@
 #include "base/file.h"
 #include "base/progress.h"
 #include "text/tokenizer.h"
+#include "text/unicode.h"
 
 namespace whale {
 
@@ -204,24 +205,10 @@ std::string synthetic_corpus(size_t bytes, uint64_t seed) {
 }
 
 namespace {
-// GPT-2's byte → printable character map used by ByteLevel pre-tokenizers.
+// The printable character that ByteLevel pre-tokenizers use for byte b (GPT-2's map).
 std::string byte_char(int b) {
-  int code;
-  if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff)) {
-    code = b;
-  } else {
-    int n = 0;
-    for (int x = 0; x < b; ++x)
-      if (!((x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff))) ++n;
-    code = 256 + n;
-  }
   std::string s;
-  if (code < 0x80) {
-    s += static_cast<char>(code);
-  } else {
-    s += static_cast<char>(0xc0 | (code >> 6));
-    s += static_cast<char>(0x80 | (code & 0x3f));
-  }
+  text::append_utf8(s, text::byte_to_unicode()[b]);
   return s;
 }
 const char* kBos =
