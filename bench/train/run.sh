@@ -4,14 +4,14 @@
 # Runs alternate (whale, torch, whale, torch, ...) because the machine's speed drifts; prints a
 # Markdown table with tokens/s per run, the medians and the ratio whale / PyTorch.
 #
-#   bench/train/run.sh                       # defaults: small preset, vocab 258, B=8, T=128, 15 steps
-#   WHALE=build/whale STEPS=30 ROUNDS=3 bench/train/run.sh
+#   bench/train/run.sh                       # defaults: small preset, vocab 258, B=8, T=128, 30 steps, 3 rounds
+#   WHALE=build/whale STEPS=60 ROUNDS=5 bench/train/run.sh
 #   CONFIG_OVERRIDES='{"num_hidden_layers": 2}' bench/train/run.sh
 #
 # Environment (defaults in brackets):
 #   WHALE [./build/whale]   the whale binary (nothing is built here)
 #   PYTHON [/usr/bin/python3]
-#   STEPS [15] BATCH [8] SEQ_LEN [128] THREADS [2] ROUNDS [2] (runs per engine) LR [3e-3]
+#   STEPS [30] BATCH [8] SEQ_LEN [128] THREADS [2] ROUNDS [3] (runs per engine) LR [3e-3]
 #   PRESET [small]          whale preset giving the model shape; vocab_size is set to the data's (258)
 #   CONFIG                  or a config.json to use instead of the preset (vocab_size still the data's)
 #   CONFIG_OVERRIDES        JSON object merged into the config, e.g. '{"hidden_size": 384}'
@@ -22,11 +22,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WHALE=${WHALE:-./build/whale}
 PYTHON=${PYTHON:-/usr/bin/python3}
-STEPS=${STEPS:-15}
+STEPS=${STEPS:-30}
 BATCH=${BATCH:-8}
 SEQ_LEN=${SEQ_LEN:-128}
 THREADS=${THREADS:-2}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 LR=${LR:-3e-3}
 PRESET=${PRESET:-small}
 CONFIG=${CONFIG:-}
