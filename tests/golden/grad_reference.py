@@ -211,16 +211,7 @@ def read_metadata(path):
 
 
 def write_case(outdir, name, cfg, ck, tokens, lam, alpha, loss, parts, grads):
-    d = os.path.join(outdir, name)
-    if os.path.isdir(d):
-        shutil.rmtree(d)
-    os.makedirs(d)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(d, "tokens.json"), "w") as f:
-        json.dump({"tokens": tokens}, f)
-        f.write("\n")
+    d = R.new_case_dir(outdir, name, cfg, tokens)
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump({"mtp_weight": lam, "balance_alpha": alpha}, f)
         f.write("\n")

@@ -452,13 +452,7 @@ BATCH_KEYS = ["sequences", "prompt_lengths", "rewards", "old_logprobs", "ref_log
 
 
 def write_case(outdir, name, cfg, c):
-    d = os.path.join(outdir, name)
-    if os.path.isdir(d):
-        shutil.rmtree(d)
-    os.makedirs(d)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
+    d = R.new_case_dir(outdir, name, cfg)
     info = c["info"]
     batch = dict(c["batch"])
     # informative only (for debugging an engine): the reference's intermediate values

@@ -772,7 +772,8 @@ def make_case(name, cfg, T, seed, std_over, shards, max_tries=50):
     raise RuntimeError("no seed with safe margins for case " + name)
 
 
-def write_case(outdir, name, cfg, ck, tokens, logits, mtp, shards):
+def new_case_dir(outdir, name, cfg, tokens=None):
+    """A fresh fixture folder holding config.json (and tokens.json when tokens are given)."""
     d = os.path.join(outdir, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
@@ -780,9 +781,15 @@ def write_case(outdir, name, cfg, ck, tokens, logits, mtp, shards):
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
-    with open(os.path.join(d, "tokens.json"), "w") as f:
-        json.dump({"tokens": tokens}, f)
-        f.write("\n")
+    if tokens is not None:
+        with open(os.path.join(d, "tokens.json"), "w") as f:
+            json.dump({"tokens": tokens}, f)
+            f.write("\n")
+    return d
+
+
+def write_case(outdir, name, cfg, ck, tokens, logits, mtp, shards):
+    d = new_case_dir(outdir, name, cfg, tokens)
     np.save(os.path.join(d, "logits.npy"), np.ascontiguousarray(logits.numpy().astype(np.float32)))
     if mtp is not None:
         np.save(os.path.join(d, "mtp_logits.npy"), np.ascontiguousarray(mtp.numpy().astype(np.float32)))
