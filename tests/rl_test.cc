@@ -34,7 +34,7 @@ TEST(Tasks, SplitsNeverOverlapAndSolutionsAreCorrect) {
   for (const std::string& q : heldout) EXPECT_EQ(train.count(q), 0u) << q;
   // The held-out set is fixed for a seed.
   auto h1 = heldout_set(builtin_tasks(), 10, 5), h2 = heldout_set(builtin_tasks(), 10, 5);
-  ASSERT_EQ(h1.size(), 30u);
+  ASSERT_EQ(h1.size(), 10 * builtin_tasks().size());
   for (size_t i = 0; i < h1.size(); ++i) EXPECT_EQ(h1[i].question, h2[i].question);
 }
 

@@ -21,8 +21,14 @@ void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_tokenizer_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+void add_sft_command(CLI::App& app);
+void add_sample_command(CLI::App& app);
+void add_dpo_command(CLI::App& app);
 
 // "1,2,3" or "1 2 3" → ids; anything else is an Error naming the bad entry.
 std::vector<int> parse_token_list(const std::string& text);
+
+// "arithmetic,word" → task names, each checked against the built-in tasks.
+std::vector<std::string> parse_task_list(const std::string& text);
 
 }  // namespace whale

@@ -1,8 +1,10 @@
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 
 #include "base/error.h"
 #include "cli/commands.h"
+#include "rl/tasks.h"
 
 namespace whale {
 
@@ -25,6 +27,22 @@ std::vector<int> parse_token_list(const std::string& text) {
   }
   check(!ids.empty(), "no token ids given");
   return ids;
+}
+
+std::vector<std::string> parse_task_list(const std::string& text) {
+  std::vector<std::string> names;
+  for (size_t i = 0; i <= text.size();) {
+    size_t j = text.find(',', i);
+    if (j == std::string::npos) j = text.size();
+    if (j > i) names.push_back(text.substr(i, j - i));
+    i = j + 1;
+  }
+  check(!names.empty(), "no tasks given");
+  const auto& known = builtin_tasks();
+  for (auto& t : names)
+    check(std::find(known.begin(), known.end(), t) != known.end(),
+          "unknown task '" + t + "' (built in: arithmetic, word, countdown, countdown3)");
+  return names;
 }
 
 }  // namespace whale

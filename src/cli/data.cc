@@ -44,13 +44,20 @@ void add_data_command(CLI::App& app) {
                     "stories (arithmetic facts, word problems, small stories) or tasks (the R1-Zero "
                     "demo's task documents with <think> reasoning)")
       ->check(CLI::IsMember({"stories", "tasks"}));
+  static CorpusMix mix;
+  static std::string tasks;
+  synth->add_option("--reason-share", mix.reason_share,
+                    "tasks: share of documents that show their reasoning (0.3)");
+  synth->add_option("--story-share", mix.story_share, "tasks: share of the bytes that are stories (0.03)");
+  synth->add_option("--tasks", tasks, "tasks: comma-separated (default arithmetic,word,countdown)");
   synth->callback([] {
+    if (!tasks.empty()) mix.tasks = parse_task_list(tasks);
     namespace fs = std::filesystem;
     fs::create_directories(synth_out + "/tokenizer");
     write_file_atomic(synth_out + "/tokenizer/tokenizer.json", byte_level_tokenizer_json());
     write_file_atomic(synth_out + "/tokenizer/tokenizer_config.json", byte_level_tokenizer_config_json());
     write_file_atomic(synth_out + "/corpus.txt",
-                      kind == "stories" ? synthetic_corpus(bytes, seed) : r1_zero_corpus(bytes, seed, 0.05));
+                      kind == "stories" ? synthetic_corpus(bytes, seed) : r1_zero_corpus(mix, bytes, seed));
     auto tokenizer = text::Tokenizer::load(synth_out + "/tokenizer");
     PrepareOptions o;
     prepare_data(*tokenizer, synth_out + "/tokenizer", {synth_out + "/corpus.txt"}, synth_out, o);

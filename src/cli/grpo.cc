@@ -24,7 +24,7 @@ void add_grpo_command(CLI::App& app) {
   cmd->add_option("--prompts", g.prompts_per_step, "Prompts per step (16)");
   cmd->add_option("--group-size", g.grpo.group_size, "Answers sampled per prompt, G (8)");
   cmd->add_option("--inner-steps", g.inner_steps, "GRPO updates per batch of rollouts (2)");
-  cmd->add_option("--max-tokens", g.max_new_tokens, "Longest answer (48)");
+  cmd->add_option("--max-tokens", g.max_new_tokens, "Longest answer (72)");
   cmd->add_option("--temperature", g.temperature, "Rollout temperature (1.0)");
   cmd->add_option("--top-p", g.top_p, "Rollout nucleus mass (1.0)");
   cmd->add_option("--top-k", g.top_k, "Rollout top-k (0: all)");
@@ -44,16 +44,7 @@ void add_grpo_command(CLI::App& app) {
   cmd->add_option("--eval-every", g.eval_every, "Held-out evaluation every N steps (10)");
   cmd->add_option("--seed", g.seed, "Seed");
   cmd->callback([] {
-    g.tasks.clear();
-    for (size_t i = 0; i <= tasks.size();) {
-      size_t j = tasks.find(',', i);
-      if (j == std::string::npos) j = tasks.size();
-      if (j > i) g.tasks.push_back(tasks.substr(i, j - i));
-      i = j + 1;
-    }
-    for (auto& t : g.tasks)
-      check(std::find(builtin_tasks().begin(), builtin_tasks().end(), t) != builtin_tasks().end(),
-            "grpo: unknown task '" + t + "' (built in: arithmetic, word, countdown)");
+    g.tasks = parse_task_list(tasks);
     if (offpolicy >= 0) g.grpo.offpolicy_delta = offpolicy;
     GrpoTrainSummary s = grpo_train(g);
     double first = s.curve.empty() ? 0 : s.curve.front().reward;
@@ -72,23 +63,17 @@ namespace whale {
 void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Held-out accuracy of a model on the built-in tasks (greedy)");
   static std::string model_dir, tasks = "arithmetic,word,countdown";
-  static int per_task = 60, max_tokens = 48;
+  static int per_task = 60, max_tokens = 72;
   static uint64_t seed = 99;
   static bool show = false;
   cmd->add_option("--model", model_dir, "Model folder (with tokenizer.json)")->required();
   cmd->add_option("--tasks", tasks, "Tasks, comma-separated");
   cmd->add_option("--per-task", per_task, "Problems per task (60)");
-  cmd->add_option("--max-tokens", max_tokens, "Longest answer (48)");
+  cmd->add_option("--max-tokens", max_tokens, "Longest answer (72)");
   cmd->add_option("--seed", seed, "Seed of the held-out set (99: the demo's)");
   cmd->add_flag("--show", show, "Print every problem and answer");
   cmd->callback([] {
-    std::vector<std::string> names;
-    for (size_t i = 0; i <= tasks.size();) {
-      size_t j = tasks.find(',', i);
-      if (j == std::string::npos) j = tasks.size();
-      if (j > i) names.push_back(tasks.substr(i, j - i));
-      i = j + 1;
-    }
+    std::vector<std::string> names = parse_task_list(tasks);
     auto model = Model::load(model_dir);
     auto tokenizer = text::Tokenizer::load(model_dir);
     std::vector<Problem> problems = heldout_set(names, per_task, seed);

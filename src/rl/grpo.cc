@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/error.h"
+#include "rl/responses.h"
 
 namespace whale {
 
@@ -25,23 +26,9 @@ std::vector<float> group_advantages(const std::vector<float>& rewards, int group
 
 namespace {
 
-// The batch as one padded [B, T] block (padding sits after each sequence, where causal
-// attention keeps it from touching the real tokens), plus the replayed routing.
-struct Padded {
-  int B = 0, T = 0;
-  std::vector<int> tokens;
-  std::vector<std::vector<int>> forced;  // per MoE layer [B·T·K]
-};
-
-Padded pad(const ModelConfig& c, const GrpoBatch& batch, const GrpoOptions& o) {
-  Padded p;
-  p.B = static_cast<int>(batch.sequences.size());
-  check(p.B > 0, "GRPO: empty batch");
-  for (auto& s : batch.sequences) p.T = std::max(p.T, static_cast<int>(s.size()));
-  p.tokens.assign(static_cast<size_t>(p.B) * p.T, 0);
-  for (int b = 0; b < p.B; ++b)
-    std::copy(batch.sequences[b].begin(), batch.sequences[b].end(),
-              p.tokens.begin() + static_cast<size_t>(b) * p.T);
+// The padded batch with the sampled experts replayed (keep routing).
+PaddedBatch pad(const ModelConfig& c, const GrpoBatch& batch, const GrpoOptions& o) {
+  PaddedBatch p = pad_sequences(batch.sequences);
   if (o.keep_routing) {
     const int K = c.num_experts_per_tok;
     check(batch.routing.size() == batch.sequences.size(),
@@ -61,36 +48,6 @@ Padded pad(const ModelConfig& c, const GrpoBatch& batch, const GrpoOptions& o) {
   return p;
 }
 
-void forward(TrainModel& model, const Padded& p) {
-  TrainOptions t;
-  t.mtp = false;
-  t.balance_alpha = 0;
-  t.forced_routing = p.forced.empty() ? nullptr : &p.forced;
-  model.forward(p.tokens.data(), p.B, p.T, t);
-}
-
-// log π(token) from a row of logits, over `allowed` (sorted ids) or the whole vocabulary;
-// optionally the probabilities over that set (zero elsewhere).
-double log_prob(const float* logits, int vocab, int token, const std::vector<int>* allowed,
-                std::vector<double>* probs) {
-  double max = -INFINITY;
-  auto visit = [&](auto&& f) {
-    if (allowed)
-      for (int v : *allowed) f(v);
-    else
-      for (int v = 0; v < vocab; ++v) f(v);
-  };
-  visit([&](int v) { max = std::max(max, static_cast<double>(logits[v])); });
-  double sum = 0;
-  visit([&](int v) { sum += std::exp(logits[v] - max); });
-  const double log_z = max + std::log(sum);
-  if (probs) {
-    probs->assign(vocab, 0.0);
-    visit([&](int v) { (*probs)[v] = std::exp(logits[v] - log_z); });
-  }
-  return logits[token] - log_z;
-}
-
 const std::vector<int>* allowed_set(const GrpoBatch& batch, const GrpoOptions& o, int b, int t) {
   if (!o.keep_sampling_mask) return nullptr;
   check(batch.sampling_masks.size() == batch.sequences.size(),
@@ -103,16 +60,15 @@ const std::vector<int>* allowed_set(const GrpoBatch& batch, const GrpoOptions& o
 std::vector<std::vector<float>> response_logprobs(TrainModel& model, const GrpoBatch& batch,
                                                   const GrpoOptions& o) {
   const ModelConfig& c = model.config();
-  Padded p = pad(c, batch, o);
-  forward(model, p);
+  PaddedBatch p = pad(c, batch, o);
+  forward_padded(model, p);
   std::vector<std::vector<float>> out(p.B);
   for (int b = 0; b < p.B; ++b) {
     const auto& seq = batch.sequences[b];
     for (int pos = batch.prompt_lengths[b]; pos < static_cast<int>(seq.size()); ++pos) {
-      const float* row =
-          model.logits().data() + (static_cast<size_t>(b) * p.T + pos - 1) * c.vocab_size;
+      const float* row = prediction_row(model, p, b, pos);
       out[b].push_back(static_cast<float>(
-          log_prob(row, c.vocab_size, seq[pos],
+          token_log_prob(row, c.vocab_size, seq[pos],
                    allowed_set(batch, o, b, pos - batch.prompt_lengths[b]), nullptr)));
     }
   }
@@ -123,8 +79,8 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
                     bool backward) {
   const ModelConfig& c = model.config();
   const int V = c.vocab_size;
-  Padded p = pad(c, batch, o);
-  forward(model, p);
+  PaddedBatch p = pad(c, batch, o);
+  forward_padded(model, p);
   const std::vector<float> advantages = group_advantages(batch.rewards, o.group_size);
   const double N = p.B;
   GrpoStats stats;
@@ -144,8 +100,8 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
     std::vector<std::vector<double>> token_probs(n);
     double drift = 0;
     for (int t = 0; t < n; ++t) {
-      const float* row = model.logits().data() + (static_cast<size_t>(b) * p.T + start + t - 1) * V;
-      logp[t] = log_prob(row, V, seq[start + t], allowed_set(batch, o, b, t),
+      const float* row = prediction_row(model, p, b, start + t);
+      logp[t] = token_log_prob(row, V, seq[start + t], allowed_set(batch, o, b, t),
                          backward ? &token_probs[t] : nullptr);
       drift += batch.old_logprobs[b][t] - logp[t];
     }

@@ -25,10 +25,6 @@ std::string fmt(double v) {
   return buf;
 }
 
-void copy_tokenizer(const std::string& from, const std::string& to) {
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-    if (fs::exists(from + "/" + f)) write_file_atomic(to + "/" + f, read_file(from + "/" + f));
-}
 
 }  // namespace
 
@@ -167,7 +163,7 @@ GrpoTrainSummary grpo_train(const GrpoTrainConfig& cfg) {
   write_line_plot(cfg.out_dir + "/rl_length.png", {len},
                   {"GRPO: mean response length", "RL step", "tokens", 900, 360, false});
   policy_store.save(cfg.out_dir + "/model", DType::F32);
-  copy_tokenizer(cfg.model_dir, cfg.out_dir + "/model");
+  text::copy_tokenizer_files(cfg.model_dir, cfg.out_dir + "/model");
   return summary;
 }
 

@@ -18,7 +18,7 @@ struct GrpoTrainConfig {
   std::string model_dir, out_dir = "runs/grpo";
   std::vector<std::string> tasks = {"arithmetic", "word", "countdown"};
   std::string task_file;  // users' tasks instead (JSONL)
-  int prompts_per_step = 16, steps = 100, inner_steps = 2, max_new_tokens = 48;
+  int prompts_per_step = 16, steps = 100, inner_steps = 2, max_new_tokens = 72;
   double time_budget_seconds = 0;  // stop early when spent (0: no limit)
   float temperature = 1.0f, top_p = 1.0f;
   int top_k = 0;

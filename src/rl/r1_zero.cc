@@ -22,34 +22,20 @@ namespace whale {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string task_document(const Problem& p, bool reason, bool correct, uint64_t noise) {
-  if (reason || correct) return prompt_text(p) + solution_text(p, reason);
-  std::string wrong;
-  if (p.checker == "countdown") {
-    // Right numbers, wrong arithmetic.
-    const char ops[] = {'+', '-', '*'};
-    wrong = std::to_string(p.numbers[(noise >> 3) % 3]) + ops[noise % 3] +
-            std::to_string(p.numbers[(noise >> 5) % 3]) + ops[(noise >> 7) % 3] + std::to_string(p.numbers[2]);
-  } else {
-    long answer = std::stol(p.answer);
-    long delta = 1 + static_cast<long>(noise % 10);
-    wrong = std::to_string(answer >= delta && (noise >> 8) % 2 ? answer - delta : answer + delta);
-  }
-  return prompt_text(p) + "</think><answer>" + wrong + "</answer>";
+const std::vector<std::string>& r1_zero_tasks() {
+  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown"};
+  return tasks;
 }
 
-std::string r1_zero_corpus(size_t bytes, uint64_t seed, double story_share) {
-  constexpr double kReasonShare = 0.4, kBareCorrect = 0.3;
+std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(0, 1);
   std::ostringstream out;
-  if (story_share > 0) out << synthetic_corpus(static_cast<size_t>(bytes * story_share), seed + 1);
-  const auto& tasks = builtin_tasks();
+  if (mix.story_share > 0) out << synthetic_corpus(static_cast<size_t>(bytes * mix.story_share), seed + 1);
+  const std::vector<std::string>& tasks = mix.tasks.empty() ? r1_zero_tasks() : mix.tasks;
   while (static_cast<size_t>(out.tellp()) < bytes) {
     Problem p = draw_problem(tasks[rng() % tasks.size()], Split::kTrain, rng);
-    bool reason = u(rng) < kReasonShare;
-    bool correct = u(rng) < kBareCorrect;
-    out << task_document(p, reason, correct, rng()) << "\n\n";
+    out << prompt_text(p) << solution_text(p, u(rng) < mix.reason_share) << "\n\n";
   }
   return out.str();
 }
@@ -96,9 +82,11 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   write_file_atomic(tok + "/tokenizer_config.json", byte_level_tokenizer_config_json());
   auto tokenizer = text::Tokenizer::load(tok);
   const size_t corpus_bytes = static_cast<size_t>(6'000'000 * std::min(4.0, cfg.budget));
-  write_file_atomic(data + "/corpus.txt", r1_zero_corpus(corpus_bytes, cfg.seed, 0.05));
+  CorpusMix mix;
+  write_file_atomic(data + "/corpus.txt", r1_zero_corpus(mix, corpus_bytes, cfg.seed));
   fs::create_directories(sft_data);
-  write_file_atomic(sft_data + "/corpus.txt", r1_zero_corpus(corpus_bytes / 2, cfg.seed + 17, 0.0));
+  mix.story_share = 0;
+  write_file_atomic(sft_data + "/corpus.txt", r1_zero_corpus(mix, corpus_bytes / 2, cfg.seed + 17));
   PrepareOptions quiet;
   quiet.progress = false;
   prepare_data(*tokenizer, tok, {data + "/corpus.txt"}, data, quiet);
@@ -136,8 +124,8 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[3/5] evaluate the pre-trained model on held-out problems\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  const int per_task = 60, max_tokens = 48;
-  std::vector<Problem> heldout = heldout_set(builtin_tasks(), per_task, cfg.seed + 99);
+  const int per_task = 60, max_tokens = 72;
+  std::vector<Problem> heldout = heldout_set(r1_zero_tasks(), per_task, cfg.seed + 99);
   auto base = Model::load(base_dir);
   EvalResult before = evaluate(*base, *tokenizer, heldout, max_tokens);
   stages["eval_seconds"] = seconds_since(t);

@@ -1,7 +1,7 @@
 // `whale demo r1-zero`, whale's main job: DeepSeek-R1-Zero in miniature, end to end on a CPU.
 //  1. pre-train a small V3-architecture model (MLA + MoE + MTP) on a synthetic corpus of
-//     stories and task documents; most documents answer tersely (and are often wrong), a few
-//     reason step by step inside <think>…</think> (and are right);
+//     a few stories and task documents; all are right, most answer at once, a few reason step
+//     by step inside <think>…</think>;
 //  2. measure held-out accuracy (problems never seen in any corpus or RL prompt);
 //  3. GRPO straight from the pre-trained model (no SFT), rewarded only for correct, well-formed
 //     answers;
@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace whale {
 
@@ -21,13 +22,19 @@ struct R1ZeroConfig {
 
 void run_r1_zero(const R1ZeroConfig& config);
 
-struct Problem;
-// One corpus document for a problem: the step-by-step solution (reason), or a bare answer,
-// right or (with `noise` choosing how) wrong.
-std::string task_document(const Problem& p, bool reason, bool correct, uint64_t noise);
+// The demo's tasks: arithmetic, word, countdown (two numbers).
+const std::vector<std::string>& r1_zero_tasks();
 
-// The demo's pre-training text: task documents (40% reason step by step and are right; the
-// rest answer tersely and are right only 30% of the time), after `story_share` of stories.
-std::string r1_zero_corpus(size_t bytes, uint64_t seed, double story_share);
+// The demo's pre-training text. Every task document is right (a clean corpus); only
+// `reason_share` of them show their work inside <think>…</think>, the rest answer at once
+// (<think></think>). A small model cannot do two-digit sums in one step, but can follow the
+// columns: the pre-trained model greedily answers at once, and RL has to find that reasoning
+// pays — R1-Zero's story.
+struct CorpusMix {
+  double reason_share = 0.3;
+  double story_share = 0.03;            // small stories before the task documents
+  std::vector<std::string> tasks = {};  // empty: r1_zero_tasks()
+};
+std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed);
 
 }  // namespace whale

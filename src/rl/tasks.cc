@@ -36,6 +36,7 @@ Problem arithmetic(std::mt19937_64& rng) {
   return p;
 }
 
+// Two-digit operands, so the story's numbers go through the same column arithmetic.
 Problem word(std::mt19937_64& rng) {
   Problem p;
   p.task = "word";
@@ -43,19 +44,19 @@ Problem word(std::mt19937_64& rng) {
   std::string who = kNames[rng() % 16], other = kNames[rng() % 16];
   while (other == who) other = kNames[rng() % 16];
   std::string item = kItems[rng() % 8];
-  int a = uniform(rng, 1, 20), b = uniform(rng, 1, 20);
+  int a = uniform(rng, 10, 99), b = uniform(rng, 10, 99);
   if (rng() % 2) {
     p.question = who + " has " + std::to_string(a) + " " + item + ". " + other + " gives " + who +
                  " " + std::to_string(b) + " more. How many " + item + " does " + who + " have?";
     p.answer = std::to_string(a + b);
     p.numbers = {a, b, 1};
   } else {
-    int total = a + b;
-    p.question = who + " has " + std::to_string(total) + " " + item + ". " + who + " gives " +
+    if (a < b) std::swap(a, b);
+    p.question = who + " has " + std::to_string(a) + " " + item + ". " + who + " gives " +
                  std::to_string(b) + " to " + other + ". How many " + item + " does " + who +
                  " have?";
-    p.answer = std::to_string(a);
-    p.numbers = {total, b, 0};
+    p.answer = std::to_string(a - b);
+    p.numbers = {a, b, 0};
   }
   return p;
 }
@@ -71,9 +72,30 @@ int apply(int x, char op, int y) {
   }
 }
 
+// Countdown with two numbers: one operation reaches the target. Three numbers ("countdown3")
+// need two operations.
 Problem countdown(std::mt19937_64& rng) {
   Problem p;
   p.task = "countdown";
+  p.checker = "countdown";
+  const char ops[] = {'+', '-', '*'};
+  for (;;) {
+    int a = uniform(rng, 2, 30), b = uniform(rng, 2, 9);
+    if (a < b) std::swap(a, b);
+    char op = ops[rng() % 3];
+    int target = apply(a, op, b);
+    if (target < 1) continue;
+    p.numbers = {a, b};
+    // Larger first: the order of the search below, and no hint of the operation.
+    p.question = "Use " + std::to_string(a) + " " + std::to_string(b) + " to make " + std::to_string(target);
+    p.answer = std::to_string(target);
+    return p;
+  }
+}
+
+Problem countdown3(std::mt19937_64& rng) {
+  Problem p;
+  p.task = "countdown3";
   p.checker = "countdown";
   const char ops[] = {'+', '-', '*'};
   for (;;) {
@@ -97,7 +119,7 @@ Problem countdown(std::mt19937_64& rng) {
 }  // namespace
 
 const std::vector<std::string>& builtin_tasks() {
-  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown"};
+  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown", "countdown3"};
   return tasks;
 }
 
@@ -115,8 +137,10 @@ Problem draw_problem(const std::string& task, Split split, std::mt19937_64& rng)
       p = word(rng);
     else if (task == "countdown")
       p = countdown(rng);
+    else if (task == "countdown3")
+      p = countdown3(rng);
     else
-      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown)");
+      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown, countdown3)");
     if (split_of(p) == split) return p;
   }
 }
@@ -127,7 +151,9 @@ std::vector<Problem> heldout_set(const std::vector<std::string>& tasks, int per_
   std::mt19937_64 rng(seed);
   for (const std::string& task : tasks) {
     std::vector<std::string> seen;
-    while (static_cast<int>(seen.size()) < per_task) {
+    for (long tries = 0; static_cast<int>(seen.size()) < per_task; ++tries) {
+      check(tries < 200000, "task '" + task + "' has fewer than " + std::to_string(per_task) +
+                                " distinct held-out problems");
       Problem p = draw_problem(task, Split::kHeldOut, rng);
       if (std::find(seen.begin(), seen.end(), p.question) != seen.end()) continue;
       seen.push_back(p.question);
@@ -201,14 +227,24 @@ std::string column_reasoning(int a, int b, bool add) {
 
 std::string solution_text(const Problem& p, bool reason) {
   std::string think, answer = p.answer;
-  if (p.task == "arithmetic") {
-    bool add = p.question.find('+') != std::string::npos;
-    think = column_reasoning(p.numbers[0], p.numbers[1], add);
-  } else if (p.task == "word") {
-    bool add = p.numbers[2] == 1;
-    think = std::to_string(p.numbers[0]) + (add ? "+" : "-") + std::to_string(p.numbers[1]) + "=" +
-            p.answer;
+  if (p.task == "arithmetic" || p.task == "word") {
+    // Restate the sum first: the columns then read their digits at fixed distances behind.
+    bool add = p.task == "arithmetic" ? p.question.find('+') != std::string::npos : p.numbers[2] == 1;
+    think = std::to_string(p.numbers[0]) + (add ? "+" : "-") + std::to_string(p.numbers[1]) + " " +
+            column_reasoning(p.numbers[0], p.numbers[1], add);
   } else if (p.task == "countdown") {
+    // A search in a fixed order (+, *, -), each try checked against the target.
+    int a = p.numbers[0], b = p.numbers[1];
+    for (char op : {'+', '*', '-'}) {
+      std::string expr = std::to_string(a) + op + std::to_string(b);
+      bool hit = std::to_string(apply(a, op, b)) == p.answer;
+      think += expr + "=" + std::to_string(apply(a, op, b)) + (hit ? " yes" : " no ");
+      if (hit) {
+        answer = expr;
+        break;
+      }
+    }
+  } else if (p.task == "countdown3") {
     int a = p.numbers[0], b = p.numbers[1], c = p.numbers[2];
     char o1 = p.ops[0], o2 = p.ops[1];
     int ab = apply(a, o1, b);
@@ -217,10 +253,11 @@ std::string solution_text(const Problem& p, bool reason) {
     bool paren = (o2 == '*') && o1 != '*';
     answer = std::string(paren ? "(" : "") + std::to_string(a) + o1 + std::to_string(b) +
              (paren ? ")" : "") + o2 + std::to_string(c);
-  } else {
-    think = "";
   }
-  return (reason ? think : "") + "</think><answer>" + answer + "</answer>";
+  if (!reason) {
+    think.clear();
+  }
+  return think + "</think><answer>" + answer + "</answer>";
 }
 
 }  // namespace whale

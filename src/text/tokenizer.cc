@@ -1016,4 +1016,10 @@ std::string StreamDecoder::finish() {
   return out;
 }
 
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir) {
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    if (std::filesystem::exists(from_dir + "/" + f))
+      write_file_atomic(to_dir + "/" + f, read_file(from_dir + "/" + f));
+}
+
 }  // namespace whale::text

@@ -28,6 +28,10 @@ struct AddedToken {
   bool rstrip = false;      // ... and on its right
 };
 
+// Copies DIR/tokenizer.json and tokenizer_config.json (those present) into another model
+// folder, atomically: every saved model carries its tokenizer.
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir);
+
 class Tokenizer {
  public:
   // Reads DIR/tokenizer.json and, if present, DIR/tokenizer_config.json (bos/eos tokens and

@@ -15,6 +15,7 @@
 #include "base/plot.h"
 #include "base/progress.h"
 #include "ops/gemm.h"
+#include "text/tokenizer.h"
 #include "train/data.h"
 
 namespace whale {
@@ -202,9 +203,7 @@ TrainSummary train(const TrainerConfig& t) {
   } catch (const std::exception&) {
   }
   auto copy_tokenizer = [&](const std::string& dir) {
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-      if (!tokenizer_dir.empty() && fs::exists(tokenizer_dir + "/" + f))
-        write_file_atomic(dir + "/" + f, read_file(tokenizer_dir + "/" + f));
+    if (!tokenizer_dir.empty()) text::copy_tokenizer_files(tokenizer_dir, dir);
   };
 
   auto save_checkpoint = [&](long step) {
