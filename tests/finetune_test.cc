@@ -178,3 +178,34 @@ TEST(FinetuneCli, SampleSftAndDpoRunEndToEnd) {
 
 }  // namespace
 }  // namespace whale
+
+namespace whale {
+namespace {
+
+// Both demos end to end at a tiny budget: every stage runs and the report has what the issue
+// names (the accuracy figures themselves are the demos' business, not a unit test's).
+TEST(Demo, R1ZeroAndR1WriteTheirReports) {
+  namespace fs = std::filesystem;
+  const std::string dir = ::testing::TempDir() + "/whale_demos";
+  fs::remove_all(dir);
+  auto r = testing::run_whale("demo r1-zero --budget 0.01 --out " + dir + "/r1-zero");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto s = nlohmann::json::parse(read_file(dir + "/r1-zero/summary.json"));
+  for (const char* key : {"accuracy_before", "accuracy_after", "sft_baseline_accuracy", "response_length_before",
+                          "response_length_after", "heldout_size", "per_task", "stage_seconds"})
+    EXPECT_TRUE(s.contains(key)) << key;
+  EXPECT_EQ(s["heldout_size"].get<int>(), 180);
+  for (const char* f : {"report.html", "rl_reward.png", "rl_length.png", "model/model.safetensors", "model/tokenizer.json"})
+    EXPECT_TRUE(fs::exists(dir + "/r1-zero/" + f)) << f;
+
+  r = testing::run_whale("demo r1 --budget 0.01 --out " + dir + "/r1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  s = nlohmann::json::parse(read_file(dir + "/r1/summary.json"));
+  for (const char* key : {"pretrained", "cold_start", "grpo", "teacher", "student_distilled", "student_without_teacher"})
+    EXPECT_TRUE(s.contains(key) && s[key].contains("accuracy")) << key;
+  for (const char* f : {"report.html", "teacher_model/model.safetensors", "student_model/config.json"})
+    EXPECT_TRUE(fs::exists(dir + "/r1/" + f)) << f;
+}
+
+}  // namespace
+}  // namespace whale

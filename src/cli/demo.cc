@@ -10,6 +10,7 @@
 #include "infer/generator.h"
 #include "model/kv_cache.h"
 #include "model/random_init.h"
+#include "rl/r1_recipe.h"
 #include "rl/r1_zero.h"
 
 namespace whale {
@@ -59,16 +60,24 @@ void add_demo_command(CLI::App& app) {
   static int tokens = 32;
   static double budget = 1.0;
   static uint64_t seed = 0;
-  cmd->add_option("job", job, "r1-zero (default) or random")
-      ->check(CLI::IsMember({"r1-zero", "random"}));
-  cmd->add_option("--out", out, "Run folder (default runs/r1-zero, or runs/demo for random)");
-  cmd->add_option("--budget", budget, "r1-zero: scale every stage's time (1 = about 10 minutes on 2 cores)");
-  cmd->add_option("--seed", seed, "r1-zero: random seed");
+  cmd->add_option("job", job, "r1-zero (default), r1 (cold start → GRPO → rejection sampling → SFT → distillation) or random")
+      ->check(CLI::IsMember({"r1-zero", "r1", "random"}));
+  cmd->add_option("--out", out, "Run folder (default runs/r1-zero, runs/r1, or runs/demo for random)");
+  cmd->add_option("--budget", budget, "r1-zero, r1: scale every stage's time (1 = about 10 / 14 minutes on 2 cores)");
+  cmd->add_option("--seed", seed, "r1-zero, r1: random seed");
   cmd->add_option("--preset", preset, "random: model shape (default small)");
   cmd->add_option("-n", tokens, "random: tokens to generate")->check(CLI::PositiveNumber);
   cmd->callback([] {
     if (job == "random") {
       random_model_demo(out.empty() ? "runs/demo" : out, preset, tokens);
+      return;
+    }
+    if (job == "r1") {
+      R1Config config;
+      if (!out.empty()) config.out_dir = out;
+      config.budget = budget;
+      config.seed = seed;
+      run_r1(config);
       return;
     }
     R1ZeroConfig config;

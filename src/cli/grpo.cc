@@ -29,6 +29,7 @@ void add_grpo_command(CLI::App& app) {
   cmd->add_option("--top-p", g.top_p, "Rollout nucleus mass (1.0)");
   cmd->add_option("--top-k", g.top_k, "Rollout top-k (0: all)");
   cmd->add_option("--lr", g.lr, "Learning rate (2e-4)");
+  cmd->add_option("--warmup", g.warmup, "RL steps of linear learning-rate warm-up (10)");
   cmd->add_option("--clip", g.grpo.clip_eps, "ε of the clipped ratio (0.2)");
   cmd->add_option("--kl", g.grpo.kl_beta, "β of the KL penalty to the reference (0.04)");
   cmd->add_flag("--unbiased-kl", g.grpo.unbiased_kl, "V3.2: importance-weighted KL estimate");

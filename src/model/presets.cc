@@ -152,6 +152,21 @@ ModelConfig r1_zero_demo() {
   return c;
 }
 
+// The student of `whale demo r1`'s distillation: a dense Qwen2-architecture model (as R1's
+// distilled models are) with the byte vocabulary, about a third of the teacher's compute.
+ModelConfig r1_student() {
+  ModelConfig c = tiny_dense("qwen2");
+  c.vocab_size = 258;
+  c.bos_token_id = 256;
+  c.eos_token_ids = {257};
+  c.hidden_size = 96;
+  c.intermediate_size = 256;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  return c;
+}
+
 const std::map<std::string, ModelConfig (*)()>& presets() {
   static const std::map<std::string, ModelConfig (*)()> table = {
       {"tiny", [] { return tiny_deepseek("deepseek_v3"); }},
@@ -162,6 +177,7 @@ const std::map<std::string, ModelConfig (*)()>& presets() {
       {"small", small_v3},
       {"v2-lite-8l", v2_lite_8l},
       {"r1-zero-demo", r1_zero_demo},
+      {"r1-student", r1_student},
   };
   return table;
 }

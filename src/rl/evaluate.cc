@@ -2,6 +2,8 @@
 
 #include "rl/rollout.h"
 
+#include <cstdio>
+
 namespace whale {
 
 EvalResult evaluate(const Model& model, const text::Tokenizer& tokenizer,
@@ -35,6 +37,51 @@ EvalResult evaluate(const Model& model, const text::Tokenizer& tokenizer,
   for (auto& [task, total] : per_task_total)
     r.task_accuracy[task] = static_cast<double>(per_task_correct[task]) / total;
   return r;
+}
+
+nlohmann::json eval_json(const EvalResult& r) {
+  return {{"accuracy", r.accuracy}, {"format_rate", r.format_rate},
+          {"response_length", r.mean_response_tokens}, {"per_task", r.task_accuracy}};
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out += c;
+  }
+  return out;
+}
+
+std::string eval_table_html(const std::vector<std::pair<std::string, const EvalResult*>>& columns) {
+  std::string html = "<table><tr><th></th>";
+  for (auto& [name, r] : columns) html += "<th>" + html_escape(name) + "</th>";
+  html += "</tr>";
+  char cell[64];
+  auto row = [&](const std::string& label, auto&& value, const char* format) {
+    html += "<tr><td>" + label + "</td>";
+    for (auto& [name, r] : columns) {
+      std::snprintf(cell, sizeof cell, format, value(*r));
+      html += std::string("<td>") + cell + "</td>";
+    }
+    html += "</tr>";
+  };
+  row("held-out accuracy", [](const EvalResult& r) { return 100 * r.accuracy; }, "%.1f%%");
+  if (!columns.empty())
+    for (auto& [task, unused] : columns[0].second->task_accuracy)
+      row("&nbsp; " + html_escape(task), [&](const EvalResult& r) {
+        auto it = r.task_accuracy.find(task);
+        return it == r.task_accuracy.end() ? 0.0 : 100 * it->second;
+      }, "%.1f%%");
+  row("well-formed answers", [](const EvalResult& r) { return 100 * r.format_rate; }, "%.1f%%");
+  row("mean response length (tokens)", [](const EvalResult& r) { return r.mean_response_tokens; }, "%.1f");
+  return html + "</table>";
 }
 
 }  // namespace whale

@@ -1,6 +1,7 @@
 // Held-out evaluation: greedy answers to a fixed problem set, decoded together, scored by the
 // rule rewards.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <map>
 #include <string>
 #include <vector>
@@ -20,5 +21,11 @@ struct EvalResult {
 
 EvalResult evaluate(const Model& model, const text::Tokenizer& tokenizer,
                     const std::vector<Problem>& problems, int max_new_tokens);
+
+// For run reports: accuracy, format rate, response length and per-task accuracy as JSON; and
+// an HTML table with one column per named result.
+nlohmann::json eval_json(const EvalResult& r);
+std::string eval_table_html(const std::vector<std::pair<std::string, const EvalResult*>>& columns);
+std::string html_escape(const std::string& s);
 
 }  // namespace whale

@@ -117,7 +117,9 @@ GrpoTrainSummary grpo_train(const GrpoTrainConfig& cfg) {
     for (int k = 0; k < cfg.inner_steps; ++k) {
       policy_store.zero_grads();
       stats = grpo_step(train_model, batch, cfg.grpo, true);
-      optimizer.step(policy_store, cfg.lr);
+      // Adam's first updates move every parameter by about lr whatever its gradient: ramp up.
+      const float ramp = std::min(1.0f, static_cast<float>(step + 1) / std::max(1, cfg.warmup));
+      optimizer.step(policy_store, cfg.lr * ramp);
     }
     summary.update_seconds += std::chrono::duration<double>(clock::now() - update_start).count();
     const double n = static_cast<double>(rollouts.size());

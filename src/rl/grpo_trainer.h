@@ -23,6 +23,7 @@ struct GrpoTrainConfig {
   float temperature = 1.0f, top_p = 1.0f;
   int top_k = 0;
   float lr = 2e-4f;
+  int warmup = 10;  // RL steps of linear learning-rate warm-up
   AdamWConfig adamw;
   GrpoOptions grpo;
   RewardWeights rewards;

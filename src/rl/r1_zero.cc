@@ -12,6 +12,7 @@
 #include "base/file.h"
 #include "rl/evaluate.h"
 #include "rl/grpo_trainer.h"
+#include "rl/sft.h"
 #include "rl/tasks.h"
 #include "text/tokenizer.h"
 #include "train/data.h"
@@ -32,6 +33,28 @@ std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed) {
   std::uniform_real_distribution<double> u(0, 1);
   std::ostringstream out;
   if (mix.story_share > 0) out << synthetic_corpus(static_cast<size_t>(bytes * mix.story_share), seed + 1);
+  // Drills: the one-digit facts the column steps are made of, a line each.
+  const size_t drill_end = static_cast<size_t>(out.tellp()) + static_cast<size_t>(bytes * mix.drill_share);
+  while (static_cast<size_t>(out.tellp()) < drill_end) {
+    for (int i = 0; i < 8; ++i) {
+      int x = static_cast<int>(rng() % 10), y = static_cast<int>(rng() % 10);
+      switch (rng() % 4) {
+        case 0:
+          out << x << "+" << y << "=" << x + y;
+          break;
+        case 1:
+          out << x << "+" << y << "+1=" << x + y + 1;
+          break;
+        case 2:
+          if (x < y) std::swap(x, y);
+          out << (x == y && rng() % 2 ? "1" : "") << x << "-" << y << "=" << x - y;
+          break;
+        default:
+          out << "1" << std::min(x, y) << "-" << std::max(x, y) << "=" << 10 + std::min(x, y) - std::max(x, y);
+      }
+      out << (i == 7 ? "\n\n" : "\n");
+    }
+  }
   const std::vector<std::string>& tasks = mix.tasks.empty() ? r1_zero_tasks() : mix.tasks;
   while (static_cast<size_t>(out.tellp()) < bytes) {
     Problem p = draw_problem(tasks[rng() % tasks.size()], Split::kTrain, rng);
@@ -40,29 +63,84 @@ std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed) {
   return out.str();
 }
 
+std::vector<SftExample> corpus_examples(const text::Tokenizer& tokenizer, const CorpusMix& mix, int count,
+                                        uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  const std::vector<std::string>& tasks = mix.tasks.empty() ? r1_zero_tasks() : mix.tasks;
+  std::vector<SftExample> examples;
+  for (int i = 0; i < count; ++i) {
+    Problem p = draw_problem(tasks[rng() % tasks.size()], Split::kTrain, rng);
+    SftExample e;
+    e.prompt = tokenizer.encode(prompt_text(p), true);
+    e.response = tokenizer.encode(solution_text(p, u(rng) < mix.reason_share), false);
+    e.response.push_back(tokenizer.eos_id());
+    examples.push_back(std::move(e));
+  }
+  return examples;
+}
+
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
-  }
-  return out;
-}
-
-json eval_json(const EvalResult& r) {
-  return {{"accuracy", r.accuracy}, {"format_rate", r.format_rate},
-          {"response_length", r.mean_response_tokens}, {"per_task", r.task_accuracy}};
-}
-
 }  // namespace
+
+std::string write_demo_corpus(const std::string& dir, double bytes, uint64_t seed) {
+  const std::string tok = dir + "/tokenizer";
+  fs::create_directories(tok);
+  write_file_atomic(tok + "/tokenizer.json", byte_level_tokenizer_json());
+  write_file_atomic(tok + "/tokenizer_config.json", byte_level_tokenizer_config_json());
+  auto tokenizer = text::Tokenizer::load(tok);
+  write_file_atomic(dir + "/corpus.txt", r1_zero_corpus(CorpusMix{}, static_cast<size_t>(bytes), seed));
+  PrepareOptions quiet;
+  quiet.progress = false;
+  prepare_data(*tokenizer, tok, {dir + "/corpus.txt"}, dir, quiet);
+  return dir;
+}
+
+TrainerConfig demo_pretrain_config(const std::string& data, const std::string& out, const std::string& preset,
+                                   double seconds, uint64_t seed) {
+  TrainerConfig pre;
+  pre.data_dir = data;
+  pre.out_dir = out;
+  pre.preset = preset;
+  pre.batch = 32;
+  pre.seq_len = 96;
+  pre.steps = 100000;
+  pre.time_budget_seconds = seconds;
+  pre.lr = 2e-3f;
+  pre.objective.mtp_weight = 0.1f;
+  pre.warmup = 30;
+  pre.eval_every = 100;
+  pre.save_every = 1000000;
+  pre.bias_gamma = 0.01f;
+  pre.seed = seed;
+  return pre;
+}
+
+GrpoTrainConfig demo_grpo_config(const std::string& model_dir, const std::string& out, double seconds,
+                                 uint64_t seed) {
+  GrpoTrainConfig rl;
+  rl.model_dir = model_dir;
+  rl.out_dir = out;
+  rl.tasks = r1_zero_tasks();
+  rl.steps = 100000;
+  rl.time_budget_seconds = seconds;
+  rl.prompts_per_step = 8;
+  rl.grpo.group_size = 8;
+  rl.inner_steps = 2;
+  rl.max_new_tokens = kDemoMaxTokens;
+  rl.lr = 1e-4f;
+  rl.warmup = 10;
+  rl.grpo.kl_beta = 0.02f;
+  rl.heldout_per_task = 20;
+  rl.eval_every = 10;
+  rl.seed = seed;
+  return rl;
+}
 
 void run_r1_zero(const R1ZeroConfig& cfg) {
   check(cfg.budget > 0, "demo: --budget must be positive");
@@ -76,42 +154,15 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[1/5] corpus: stories + task documents (byte-level tokens)\n");
   std::fflush(stdout);
   auto t = std::chrono::steady_clock::now();
-  const std::string data = out + "/data", sft_data = out + "/sft_data", tok = out + "/data/tokenizer";
-  fs::create_directories(tok);
-  write_file_atomic(tok + "/tokenizer.json", byte_level_tokenizer_json());
-  write_file_atomic(tok + "/tokenizer_config.json", byte_level_tokenizer_config_json());
-  auto tokenizer = text::Tokenizer::load(tok);
-  const size_t corpus_bytes = static_cast<size_t>(6'000'000 * std::min(4.0, cfg.budget));
-  CorpusMix mix;
-  write_file_atomic(data + "/corpus.txt", r1_zero_corpus(mix, corpus_bytes, cfg.seed));
-  fs::create_directories(sft_data);
-  mix.story_share = 0;
-  write_file_atomic(sft_data + "/corpus.txt", r1_zero_corpus(mix, corpus_bytes / 2, cfg.seed + 17));
-  PrepareOptions quiet;
-  quiet.progress = false;
-  prepare_data(*tokenizer, tok, {data + "/corpus.txt"}, data, quiet);
-  prepare_data(*tokenizer, tok, {sft_data + "/corpus.txt"}, sft_data, quiet);
+  const std::string data = write_demo_corpus(out + "/data", 6'000'000 * std::min(4.0, cfg.budget), cfg.seed);
+  auto tokenizer = text::Tokenizer::load(data + "/tokenizer");
   stages["data_seconds"] = seconds_since(t);
 
   // 2. Pre-training.
   std::printf("[2/5] pre-train a V3-architecture model (MLA + MoE + MTP)\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  TrainerConfig pre;
-  pre.data_dir = data;
-  pre.out_dir = out + "/pretrain";
-  pre.preset = "r1-zero-demo";
-  pre.batch = 32;
-  pre.seq_len = 96;
-  pre.steps = 100000;
-  pre.time_budget_seconds = 300 * cfg.budget;
-  pre.lr = 2e-3f;
-  pre.objective.mtp_weight = 0.1f;
-  pre.warmup = 30;
-  pre.eval_every = 100;
-  pre.save_every = 1000000;
-  pre.bias_gamma = 0.01f;
-  pre.seed = cfg.seed;
+  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", 300 * cfg.budget, cfg.seed);
   TrainSummary pre_summary = train(pre);
   stages["pretrain_seconds"] = seconds_since(t);
   summary["pretrain"] = {{"steps", pre_summary.steps},
@@ -124,10 +175,9 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[3/5] evaluate the pre-trained model on held-out problems\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  const int per_task = 60, max_tokens = 72;
-  std::vector<Problem> heldout = heldout_set(r1_zero_tasks(), per_task, cfg.seed + 99);
+  std::vector<Problem> heldout = heldout_set(r1_zero_tasks(), kDemoHeldoutPerTask, cfg.seed + 99);
   auto base = Model::load(base_dir);
-  EvalResult before = evaluate(*base, *tokenizer, heldout, max_tokens);
+  EvalResult before = evaluate(*base, *tokenizer, heldout, kDemoMaxTokens);
   stages["eval_seconds"] = seconds_since(t);
   std::printf("      held-out accuracy %.1f%%, mean response %.1f tokens\n", 100 * before.accuracy,
               before.mean_response_tokens);
@@ -136,46 +186,33 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[4/5] GRPO (R1-Zero: no SFT), rewards: correct answer + format\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  GrpoTrainConfig rl;
-  rl.model_dir = base_dir;
-  rl.out_dir = out + "/grpo";
-  rl.steps = 100000;
-  rl.time_budget_seconds = 150 * cfg.budget;
-  rl.prompts_per_step = 8;
-  rl.grpo.group_size = 8;
-  rl.inner_steps = 2;
-  rl.max_new_tokens = max_tokens;
-  // Adam's first steps move every parameter by about lr: at 3e-4 the first update of this
-  // small model jumped KL(π‖π_ref) to ~49 nats/token; 5e-5 keeps it near 0.01.
-  rl.lr = 5e-5f;
-  rl.grpo.kl_beta = 0.02f;
-  rl.heldout_per_task = 20;
-  rl.eval_every = 10;
-  rl.seed = cfg.seed;
+  GrpoTrainConfig rl = demo_grpo_config(base_dir, out + "/grpo", 150 * cfg.budget, cfg.seed);
   GrpoTrainSummary rl_summary = grpo_train(rl);
   const double rl_seconds = seconds_since(t);
   stages["grpo_seconds"] = rl_seconds;
   auto policy = Model::load(rl.out_dir + "/model");
-  EvalResult after = evaluate(*policy, *tokenizer, heldout, max_tokens);
+  EvalResult after = evaluate(*policy, *tokenizer, heldout, kDemoMaxTokens);
   std::printf("      held-out accuracy %.1f%%, mean response %.1f tokens\n", 100 * after.accuracy,
               after.mean_response_tokens);
 
-  // 5. The SFT-only baseline, same wall-clock as GRPO.
+  // 5. The SFT-only baseline, same wall-clock as GRPO: fine-tuning on the corpus's own
+  //    question/answer documents (the same mix the pre-training saw), loss on the answers.
   std::printf("[5/5] SFT-only baseline with the same compute (%.0f s)\n", rl_seconds);
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  TrainerConfig sft = pre;
-  sft.preset.clear();
+  SftTrainConfig sft;
   sft.model_dir = base_dir;
-  sft.data_dir = sft_data;
   sft.out_dir = out + "/sft";
+  sft.examples = corpus_examples(*tokenizer, CorpusMix{}, 20000, cfg.seed + 17);
+  sft.batch = 32;
+  sft.steps = 1000000;
   sft.time_budget_seconds = rl_seconds;
   sft.lr = 3e-4f;
-  sft.warmup = 5;
-  train(sft);
+  sft.seed = cfg.seed;
+  sft_train(sft);
   stages["sft_seconds"] = seconds_since(t);
   auto sft_model = Model::load(sft.out_dir + "/model");
-  EvalResult sft_eval = evaluate(*sft_model, *tokenizer, heldout, max_tokens);
+  EvalResult sft_eval = evaluate(*sft_model, *tokenizer, heldout, kDemoMaxTokens);
   std::printf("      held-out accuracy %.1f%%\n", 100 * sft_eval.accuracy);
 
   // Report.
@@ -215,19 +252,7 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
        << "-step pre-trained DeepSeek-V3-architecture model (MLA, MoE, MTP), then GRPO with rule "
           "rewards only. Held-out problems: "
        << heldout.size() << " (never in the corpus or the RL prompts).</p>"
-       << "<table><tr><th></th><th>pre-trained</th><th>after GRPO</th><th>SFT-only baseline</th></tr>";
-  char row[256];
-  std::snprintf(row, sizeof row, "<tr><td>held-out accuracy</td><td>%.1f%%</td><td>%.1f%%</td><td>%.1f%%</td></tr>",
-                100 * before.accuracy, 100 * after.accuracy, 100 * sft_eval.accuracy);
-  html << row;
-  for (auto& [task, acc] : before.task_accuracy) {
-    std::snprintf(row, sizeof row, "<tr><td>&nbsp; %s</td><td>%.1f%%</td><td>%.1f%%</td><td>%.1f%%</td></tr>",
-                  task.c_str(), 100 * acc, 100 * after.task_accuracy[task], 100 * sft_eval.task_accuracy[task]);
-    html << row;
-  }
-  std::snprintf(row, sizeof row, "<tr><td>mean response length</td><td>%.1f</td><td>%.1f</td><td>%.1f</td></tr>",
-                before.mean_response_tokens, after.mean_response_tokens, sft_eval.mean_response_tokens);
-  html << row << "</table>"
+       << eval_table_html({{"pre-trained", &before}, {"after GRPO", &after}, {"SFT-only baseline", &sft_eval}})
        << "<h2>Curves</h2><img src=rl_reward.png width=900><img src=rl_length.png width=900>"
        << "<img src=pretrain_loss.png width=900><h2>Held-out answers, before and after</h2>";
   for (size_t i = 0; i < heldout.size(); i += heldout.size() / 9) {

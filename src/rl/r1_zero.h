@@ -33,8 +33,30 @@ const std::vector<std::string>& r1_zero_tasks();
 struct CorpusMix {
   double reason_share = 0.3;
   double story_share = 0.03;            // small stories before the task documents
+  double drill_share = 0.0;             // one-digit facts (the column steps' parts)
   std::vector<std::string> tasks = {};  // empty: r1_zero_tasks()
 };
 std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed);
+
+// The same documents as (prompt, response) pairs for fine-tuning.
+struct SftExample;
+namespace text {
+class Tokenizer;
+}
+std::vector<SftExample> corpus_examples(const text::Tokenizer& tokenizer, const CorpusMix& mix, int count,
+                                        uint64_t seed);
+
+// Building blocks shared by the demos.
+constexpr int kDemoHeldoutPerTask = 60, kDemoMaxTokens = 72;
+// The byte-level tokenizer, the corpus and its token shards in dir; returns dir.
+std::string write_demo_corpus(const std::string& dir, double bytes, uint64_t seed);
+struct TrainerConfig;
+struct GrpoTrainConfig;
+// Pre-training of a demo model (a preset) for `seconds` of wall clock.
+TrainerConfig demo_pretrain_config(const std::string& data, const std::string& out, const std::string& preset,
+                                   double seconds, uint64_t seed);
+// GRPO on the demo's tasks for `seconds`.
+GrpoTrainConfig demo_grpo_config(const std::string& model_dir, const std::string& out, double seconds,
+                                 uint64_t seed);
 
 }  // namespace whale
