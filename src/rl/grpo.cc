@@ -84,6 +84,7 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
   const std::vector<float> advantages = group_advantages(batch.rewards, o.group_size);
   const double N = p.B;
   GrpoStats stats;
+  stats.logprobs.resize(p.B);
   std::vector<float> dlogits(backward ? static_cast<size_t>(p.B) * p.T * V : 0, 0.0f);
   std::vector<double> probs;
   long tokens = 0, clipped = 0;
@@ -92,7 +93,8 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
     const int start = batch.prompt_lengths[b], len = static_cast<int>(seq.size());
     const int n = len - start;
     if (n <= 0) continue;
-    check(static_cast<int>(batch.old_logprobs[b].size()) == n &&
+    const bool on_policy = batch.old_logprobs.empty();
+    check((on_policy || static_cast<int>(batch.old_logprobs[b].size()) == n) &&
               static_cast<int>(batch.ref_logprobs[b].size()) == n,
           "GRPO: old/ref log-probs must have one value per response token");
     const double A = advantages[b];
@@ -103,7 +105,12 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
       const float* row = prediction_row(model, p, b, start + t);
       logp[t] = token_log_prob(row, V, seq[start + t], allowed_set(batch, o, b, t),
                          backward ? &token_probs[t] : nullptr);
-      drift += batch.old_logprobs[b][t] - logp[t];
+    }
+    // π_old: given, or (on-policy, the first update after sampling) this very forward.
+    std::vector<float>& old = stats.logprobs[b];
+    for (int t = 0; t < n; ++t) {
+      old.push_back(on_policy ? static_cast<float>(logp[t]) : batch.old_logprobs[b][t]);
+      drift += old[t] - logp[t];
     }
     // Off-policy sequence masking (V3.2): a negative-advantage sequence the policy has drifted
     // away from teaches little and destabilizes; drop it.
@@ -112,7 +119,7 @@ GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions
       continue;
     }
     for (int t = 0; t < n; ++t) {
-      const double rho = std::exp(logp[t] - batch.old_logprobs[b][t]);
+      const double rho = std::exp(logp[t] - old[t]);
       const double clipped_rho = std::clamp(rho, 1.0 - o.clip_eps, 1.0 + o.clip_eps);
       const bool use_clipped = clipped_rho * A < rho * A;
       const double surrogate = use_clipped ? clipped_rho * A : rho * A;

@@ -30,7 +30,7 @@ struct GrpoBatch {
   std::vector<std::vector<int>> sequences;  // prompt + response
   std::vector<int> prompt_lengths;
   std::vector<float> rewards;
-  std::vector<std::vector<float>> old_logprobs, ref_logprobs;  // per response token
+  std::vector<std::vector<float>> old_logprobs, ref_logprobs;  // per response token (old: may be empty)
   std::vector<std::vector<std::vector<int>>> sampling_masks;   // per response token: allowed ids
   std::vector<std::vector<std::vector<int>>> routing;  // per sequence, per MoE layer [len·K]
 };
@@ -38,6 +38,7 @@ struct GrpoBatch {
 struct GrpoStats {
   double loss = 0, surrogate = 0, kl = 0, clip_fraction = 0;
   int masked_sequences = 0;
+  std::vector<std::vector<float>> logprobs;  // π_old per response token as used (see grpo_step)
 };
 
 std::vector<float> group_advantages(const std::vector<float>& rewards, int group_size);
@@ -47,7 +48,10 @@ std::vector<float> group_advantages(const std::vector<float>& rewards, int group
 std::vector<std::vector<float>> response_logprobs(TrainModel& model, const GrpoBatch& batch,
                                                   const GrpoOptions& options);
 
-// The objective at the current parameters; with backward, adds ∂loss/∂θ into the store.
+// The objective at the current parameters; with backward, adds ∂loss/∂θ into the store. With
+// batch.old_logprobs empty, the current parameters are the sampling policy (the first update
+// after sampling): π_old is this forward's log-probabilities, detached, so ρ = 1 — one forward
+// saved per batch of rollouts.
 GrpoStats grpo_step(TrainModel& model, const GrpoBatch& batch, const GrpoOptions& options,
                     bool backward = true);
 

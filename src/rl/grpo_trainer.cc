@@ -109,14 +109,14 @@ GrpoTrainSummary grpo_train(const GrpoTrainConfig& cfg) {
                                       prompt_text(problems[0]) + tokenizer->decode(r.response, true));
     }
     const auto update_start = clock::now();
-    // π_old: the policy that sampled (its log-probs through the training forward, so ρ = 1
-    // exactly at the first inner step); π_ref: the frozen start.
-    batch.old_logprobs = response_logprobs(train_model, batch, cfg.grpo);
+    // π_old: the policy that sampled, read off the first inner step's forward (so ρ = 1
+    // there exactly); π_ref: the frozen start.
     batch.ref_logprobs = response_logprobs(reference, batch, cfg.grpo);
     GrpoStats stats;
     for (int k = 0; k < cfg.inner_steps; ++k) {
       policy_store.zero_grads();
       stats = grpo_step(train_model, batch, cfg.grpo, true);
+      if (k == 0) batch.old_logprobs = std::move(stats.logprobs);
       // Adam's first updates move every parameter by about lr whatever its gradient: ramp up.
       const float ramp = std::min(1.0f, static_cast<float>(step + 1) / std::max(1, cfg.warmup));
       optimizer.step(policy_store, cfg.lr * ramp);
