@@ -41,7 +41,7 @@ std::vector<std::string> parse_task_list(const std::string& text) {
   const auto& known = builtin_tasks();
   for (auto& t : names)
     check(std::find(known.begin(), known.end(), t) != known.end(),
-          "unknown task '" + t + "' (built in: arithmetic, word, countdown, countdown3)");
+          "unknown task '" + t + "' (built in: arithmetic, word, countdown, countdown3, chain)");
   return names;
 }
 

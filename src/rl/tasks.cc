@@ -46,15 +46,14 @@ Problem word(std::mt19937_64& rng) {
   std::string item = kItems[rng() % 8];
   int a = uniform(rng, 10, 99), b = uniform(rng, 10, 99);
   if (rng() % 2) {
-    p.question = who + " has " + std::to_string(a) + " " + item + ". " + other + " gives " + who +
-                 " " + std::to_string(b) + " more. How many " + item + " does " + who + " have?";
+    p.question = who + " has " + std::to_string(a) + " " + item + " and gets " + std::to_string(b) +
+                 " more from " + other + ". How many now?";
     p.answer = std::to_string(a + b);
     p.numbers = {a, b, 1};
   } else {
     if (a < b) std::swap(a, b);
-    p.question = who + " has " + std::to_string(a) + " " + item + ". " + who + " gives " +
-                 std::to_string(b) + " to " + other + ". How many " + item + " does " + who +
-                 " have?";
+    p.question = who + " has " + std::to_string(a) + " " + item + " and gives " + std::to_string(b) +
+                 " to " + other + ". How many now?";
     p.answer = std::to_string(a - b);
     p.numbers = {a, b, 0};
   }
@@ -69,6 +68,33 @@ int apply(int x, char op, int y) {
       return x - y;
     default:
       return x * y;
+  }
+}
+
+// A chain of one-digit additions and subtractions, left to right, never below zero: each step
+// is a small fact, but all of them at once is a long computation for a small model.
+Problem chain(std::mt19937_64& rng) {
+  Problem p;
+  p.task = "chain";
+  p.checker = "number";
+  for (;;) {
+    p.numbers = {uniform(rng, 1, 9)};
+    p.ops.clear();
+    p.question = std::to_string(p.numbers[0]);
+    int value = p.numbers[0];
+    bool ok = true;
+    for (int i = 0; i < 2; ++i) {
+      const int x = uniform(rng, 1, 9);
+      const char op = rng() % 2 ? '+' : '-';
+      value = op == '+' ? value + x : value - x;
+      ok = ok && value >= 0;
+      p.numbers.push_back(x);
+      p.ops.push_back(op);
+      p.question += op + std::to_string(x);
+    }
+    if (!ok) continue;
+    p.answer = std::to_string(value);
+    return p;
   }
 }
 
@@ -119,7 +145,7 @@ Problem countdown3(std::mt19937_64& rng) {
 }  // namespace
 
 const std::vector<std::string>& builtin_tasks() {
-  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown", "countdown3"};
+  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown", "countdown3", "chain"};
   return tasks;
 }
 
@@ -139,8 +165,10 @@ Problem draw_problem(const std::string& task, Split split, std::mt19937_64& rng)
       p = countdown(rng);
     else if (task == "countdown3")
       p = countdown3(rng);
+    else if (task == "chain")
+      p = chain(rng);
     else
-      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown, countdown3)");
+      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown, countdown3, chain)");
     if (split_of(p) == split) return p;
   }
 }
@@ -232,6 +260,15 @@ std::string solution_text(const Problem& p, bool reason) {
     bool add = p.task == "arithmetic" ? p.question.find('+') != std::string::npos : p.numbers[2] == 1;
     think = std::to_string(p.numbers[0]) + (add ? "+" : "-") + std::to_string(p.numbers[1]) + " " +
             column_reasoning(p.numbers[0], p.numbers[1], add);
+  } else if (p.task == "chain") {
+    // One step per operation, each result carried into the next.
+    int value = p.numbers[0];
+    for (size_t i = 0; i < p.ops.size(); ++i) {
+      const int next = p.ops[i] == '+' ? value + p.numbers[i + 1] : value - p.numbers[i + 1];
+      think += (i ? " " : "") + std::to_string(value) + p.ops[i] + std::to_string(p.numbers[i + 1]) + "=" +
+               std::to_string(next);
+      value = next;
+    }
   } else if (p.task == "countdown") {
     // A search in a fixed order (+, *, -), each try checked against the target.
     int a = p.numbers[0], b = p.numbers[1];
