@@ -194,7 +194,7 @@ TEST(Demo, R1ZeroAndR1WriteTheirReports) {
   for (const char* key : {"accuracy_before", "accuracy_after", "sft_baseline_accuracy", "response_length_before",
                           "response_length_after", "heldout_size", "per_task", "stage_seconds"})
     EXPECT_TRUE(s.contains(key)) << key;
-  EXPECT_EQ(s["heldout_size"].get<int>(), 180);
+  EXPECT_EQ(s["heldout_size"].get<int>(), 200);
   for (const char* f : {"report.html", "rl_reward.png", "rl_length.png", "model/model.safetensors", "model/tokenizer.json"})
     EXPECT_TRUE(fs::exists(dir + "/r1-zero/" + f)) << f;
 

@@ -48,9 +48,9 @@ void add_data_command(CLI::App& app) {
   static std::string tasks;
   synth->add_option("--reason-share", mix.reason_share,
                     "tasks: share of documents that show their reasoning (0.3)");
-  synth->add_option("--drill-share", mix.drill_share, "tasks: share of the bytes that are one-digit facts (0)");
+  synth->add_option("--drill-share", mix.drill_share, "tasks: share of the bytes that are one-digit facts (0.2)");
   synth->add_option("--story-share", mix.story_share, "tasks: share of the bytes that are stories (0.03)");
-  synth->add_option("--tasks", tasks, "tasks: comma-separated (default arithmetic,word,countdown)");
+  synth->add_option("--tasks", tasks, "tasks: comma-separated (default: the demo's, chain)");
   synth->callback([] {
     if (!tasks.empty()) mix.tasks = parse_task_list(tasks);
     namespace fs = std::filesystem;

@@ -86,7 +86,7 @@ void run_r1(const R1Config& cfg) {
   stages["data_seconds"] = seconds_since(t);
 
   t = stage(2, "pre-train the teacher (V3 architecture: MLA + MoE + MTP)");
-  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", 270 * b, cfg.seed);
+  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", demo_steps(900, b), cfg.seed);
   train(pre);
   const std::string base_dir = pre.out_dir + "/model";
   EvalResult base = eval_dir(base_dir);
@@ -100,8 +100,7 @@ void run_r1(const R1Config& cfg) {
   worked.reason_share = 1.0;
   cold.examples = corpus_examples(*tokenizer, worked, 3000, cfg.seed + 5);
   cold.batch = 32;
-  cold.steps = 1000000;
-  cold.time_budget_seconds = 60 * b;
+  cold.steps = demo_steps(100, b);
   cold.lr = 3e-4f;
   cold.seed = cfg.seed;
   sft_train(cold);
@@ -109,7 +108,7 @@ void run_r1(const R1Config& cfg) {
   stages["cold_start_seconds"] = seconds_since(t);
 
   t = stage(4, "reasoning RL: GRPO from the cold start");
-  GrpoTrainConfig rl = demo_grpo_config(cold.out_dir + "/model", out + "/grpo", 120 * b, cfg.seed);
+  GrpoTrainConfig rl = demo_grpo_config(cold.out_dir + "/model", out + "/grpo", static_cast<int>(demo_steps(40, b)), cfg.seed);
   GrpoTrainSummary rl_summary = grpo_train(rl);
   EvalResult rl_eval = eval_dir(rl.out_dir + "/model");
   stages["grpo_seconds"] = seconds_since(t);
@@ -123,14 +122,14 @@ void run_r1(const R1Config& cfg) {
   SftTrainConfig second = cold;
   second.out_dir = out + "/teacher";
   second.examples = samples;
-  second.time_budget_seconds = 60 * b;
+  second.steps = demo_steps(100, b);
   sft_train(second);
   const std::string teacher_dir = second.out_dir + "/model";
   EvalResult teacher_eval = eval_dir(teacher_dir);
   stages["second_sft_seconds"] = seconds_since(t);
 
   t = stage(7, "pre-train the student (dense Qwen2 architecture)");
-  TrainerConfig student_pre = demo_pretrain_config(data, out + "/student_pretrain", "r1-student", 120 * b, cfg.seed + 1);
+  TrainerConfig student_pre = demo_pretrain_config(data, out + "/student_pretrain", "r1-student", demo_steps(600, b), cfg.seed + 1);
   student_pre.objective.mtp_weight = 0;
   train(student_pre);
   const std::string student_base = student_pre.out_dir + "/model";
@@ -149,8 +148,7 @@ void run_r1(const R1Config& cfg) {
   distill.distill.temperature = 1.0f;
   distill.distill.cckd_weight = 1.0f;
   distill.batch = 32;
-  distill.steps = 1000000;
-  distill.time_budget_seconds = 60 * b;
+  distill.steps = demo_steps(100, b);
   distill.lr = 5e-4f;
   distill.seed = cfg.seed;
   sft_train(distill);

@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 const std::vector<std::string>& r1_zero_tasks() {
-  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown"};
+  static const std::vector<std::string> tasks = {"chain"};
   return tasks;
 }
 
@@ -33,25 +33,14 @@ std::string r1_zero_corpus(const CorpusMix& mix, size_t bytes, uint64_t seed) {
   std::uniform_real_distribution<double> u(0, 1);
   std::ostringstream out;
   if (mix.story_share > 0) out << synthetic_corpus(static_cast<size_t>(bytes * mix.story_share), seed + 1);
-  // Drills: the one-digit facts the column steps are made of, a line each.
+  // Drills: one-digit sums and products, a line each — the facts the chain steps are made of.
   const size_t drill_end = static_cast<size_t>(out.tellp()) + static_cast<size_t>(bytes * mix.drill_share);
   while (static_cast<size_t>(out.tellp()) < drill_end) {
     for (int i = 0; i < 8; ++i) {
-      int x = static_cast<int>(rng() % 10), y = static_cast<int>(rng() % 10);
-      switch (rng() % 4) {
-        case 0:
-          out << x << "+" << y << "=" << x + y;
-          break;
-        case 1:
-          out << x << "+" << y << "+1=" << x + y + 1;
-          break;
-        case 2:
-          if (x < y) std::swap(x, y);
-          out << (x == y && rng() % 2 ? "1" : "") << x << "-" << y << "=" << x - y;
-          break;
-        default:
-          out << "1" << std::min(x, y) << "-" << std::max(x, y) << "=" << 10 + std::min(x, y) - std::max(x, y);
-      }
+      const int x = static_cast<int>(rng() % 10), y = 2 + static_cast<int>(rng() % 8);
+      const bool add = rng() % 2;
+      const int value = add ? x + y : x * y;
+      out << x << (add ? "+" : "*") << y << "=" << value;
       out << (i == 7 ? "\n\n" : "\n");
     }
   }
@@ -88,6 +77,10 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
+long demo_steps(long steps, double budget) {
+  return std::max(2L, std::lround(steps * budget));
+}
+
 std::string write_demo_corpus(const std::string& dir, double bytes, uint64_t seed) {
   const std::string tok = dir + "/tokenizer";
   fs::create_directories(tok);
@@ -102,15 +95,14 @@ std::string write_demo_corpus(const std::string& dir, double bytes, uint64_t see
 }
 
 TrainerConfig demo_pretrain_config(const std::string& data, const std::string& out, const std::string& preset,
-                                   double seconds, uint64_t seed) {
+                                   long steps, uint64_t seed) {
   TrainerConfig pre;
   pre.data_dir = data;
   pre.out_dir = out;
   pre.preset = preset;
   pre.batch = 32;
   pre.seq_len = 96;
-  pre.steps = 100000;
-  pre.time_budget_seconds = seconds;
+  pre.steps = steps;
   pre.lr = 2e-3f;
   pre.objective.mtp_weight = 0.1f;
   pre.warmup = 30;
@@ -121,14 +113,13 @@ TrainerConfig demo_pretrain_config(const std::string& data, const std::string& o
   return pre;
 }
 
-GrpoTrainConfig demo_grpo_config(const std::string& model_dir, const std::string& out, double seconds,
+GrpoTrainConfig demo_grpo_config(const std::string& model_dir, const std::string& out, int steps,
                                  uint64_t seed) {
   GrpoTrainConfig rl;
   rl.model_dir = model_dir;
   rl.out_dir = out;
   rl.tasks = r1_zero_tasks();
-  rl.steps = 100000;
-  rl.time_budget_seconds = seconds;
+  rl.steps = steps;
   rl.prompts_per_step = 8;
   rl.grpo.group_size = 8;
   rl.inner_steps = 2;
@@ -136,7 +127,7 @@ GrpoTrainConfig demo_grpo_config(const std::string& model_dir, const std::string
   rl.lr = 1e-4f;
   rl.warmup = 10;
   rl.grpo.kl_beta = 0.02f;
-  rl.heldout_per_task = 20;
+  rl.heldout_per_task = 100;
   rl.eval_every = 10;
   rl.seed = seed;
   return rl;
@@ -162,7 +153,7 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[2/5] pre-train a V3-architecture model (MLA + MoE + MTP)\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", 300 * cfg.budget, cfg.seed);
+  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", demo_steps(900, cfg.budget), cfg.seed);
   TrainSummary pre_summary = train(pre);
   stages["pretrain_seconds"] = seconds_since(t);
   summary["pretrain"] = {{"steps", pre_summary.steps},
@@ -186,7 +177,7 @@ void run_r1_zero(const R1ZeroConfig& cfg) {
   std::printf("[4/5] GRPO (R1-Zero: no SFT), rewards: correct answer + format\n");
   std::fflush(stdout);
   t = std::chrono::steady_clock::now();
-  GrpoTrainConfig rl = demo_grpo_config(base_dir, out + "/grpo", 150 * cfg.budget, cfg.seed);
+  GrpoTrainConfig rl = demo_grpo_config(base_dir, out + "/grpo", static_cast<int>(demo_steps(60, cfg.budget)), cfg.seed);
   GrpoTrainSummary rl_summary = grpo_train(rl);
   const double rl_seconds = seconds_since(t);
   stages["grpo_seconds"] = rl_seconds;
