@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <set>
 
+#include "base/error.h"
+#include "base/file.h"
 #include "model/random_init.h"
 #include "rl/evaluate.h"
 #include "rl/grpo_trainer.h"
@@ -134,6 +136,42 @@ TEST(GrpoTrainer, RunsAndWritesItsRunFolder) {
                         "model/model.safetensors", "model/tokenizer.json"})
     EXPECT_TRUE(std::filesystem::exists(tmp / ("run/" + std::string(f)))) << f;
   EXPECT_GT(s.rollout_tokens_per_second, 0);
+}
+
+}  // namespace
+}  // namespace whale
+
+namespace whale {
+namespace {
+
+// Users' task files are hostile input: each bad line is an error naming file and line.
+TEST(Tasks, TaskFileErrorsNameTheLine) {
+  const std::string path = ::testing::TempDir() + "/whale_tasks.jsonl";
+  auto error_of = [&](const std::string& text) {
+    write_file_atomic(path, text);
+    try {
+      load_task_file(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string good = "{\"prompt\": \"2+2\", \"answer\": 4, \"checker\": \"number\"}\n";
+  write_file_atomic(path, good + "\n{\"prompt\": \"Use 3 5 to make 15\", \"answer\": \"15\", \"checker\": \"countdown\", \"numbers\": [3, 5]}\n");
+  auto problems = load_task_file(path);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0].answer, "4");
+  EXPECT_EQ(problems[1].numbers, (std::vector<int>{3, 5}));
+  EXPECT_NE(error_of(good + "{not json\n").find(":2: not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of(good + "[1, 2]\n").find(":2: expected a JSON object"), std::string::npos);
+  EXPECT_NE(error_of(good + "{\"prompt\": 3, \"answer\": 4}\n").find(":2:"), std::string::npos);
+  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": 7}\n").find(":1: \"checker\" must be a string"),
+            std::string::npos);
+  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"regex\"}\n").find("checker must be"), std::string::npos);
+  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"countdown\", \"numbers\": [\"a\"]}\n")
+                .find("must be integers"),
+            std::string::npos);
+  EXPECT_NE(error_of("\n\n").find("no lines"), std::string::npos);
 }
 
 }  // namespace

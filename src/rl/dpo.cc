@@ -7,6 +7,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "base/jsonl.h"
 #include "io/safetensors.h"
 #include "rl/finetune.h"
 #include "rl/responses.h"
@@ -91,21 +92,9 @@ DpoStats dpo_step(TrainModel& policy, const std::vector<PreferencePair>& batch,
 }
 
 std::vector<PreferencePair> load_preference_file(const std::string& path, const text::Tokenizer& tokenizer) {
-  std::ifstream in(path);
-  check(in.good(), "cannot open " + path);
   check(tokenizer.eos_id() >= 0, path + ": the tokenizer has no EOS token");
   std::vector<PreferencePair> pairs;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw Error(where + ": not valid JSON");
-    }
-    check(j.is_object(), where + ": expected {\"prompt\", \"chosen\", \"rejected\"}");
+  read_jsonl(path, [&](const nlohmann::json& j, const std::string& where) {
     for (const char* key : {"prompt", "chosen", "rejected"})
       check(j.contains(key) && j[key].is_string(), where + ": \"" + key + "\" must be a string");
     PreferencePair p;
@@ -115,8 +104,7 @@ std::vector<PreferencePair> load_preference_file(const std::string& path, const 
     p.chosen.push_back(tokenizer.eos_id());
     p.rejected.push_back(tokenizer.eos_id());
     pairs.push_back(std::move(p));
-  }
-  check(!pairs.empty(), path + ": no pairs");
+  });
   return pairs;
 }
 

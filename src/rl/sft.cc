@@ -7,6 +7,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "base/jsonl.h"
 #include "io/safetensors.h"
 #include "rl/finetune.h"
 #include "rl/responses.h"
@@ -162,30 +163,17 @@ SftStats sft_step(TrainModel& student, const std::vector<SftExample>& batch,
 }
 
 std::vector<SftExample> load_sft_file(const std::string& path, const text::Tokenizer& tokenizer) {
-  std::ifstream in(path);
-  check(in.good(), "cannot open " + path);
+  check(tokenizer.eos_id() >= 0, path + ": the tokenizer has no EOS token");
   std::vector<SftExample> examples;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw Error(where + ": not valid JSON");
-    }
-    check(j.is_object() && j.contains("prompt") && j["prompt"].is_string() && j.contains("response") &&
-              j["response"].is_string(),
+  read_jsonl(path, [&](const nlohmann::json& j, const std::string& where) {
+    check(j.contains("prompt") && j["prompt"].is_string() && j.contains("response") && j["response"].is_string(),
           where + ": expected {\"prompt\": \"...\", \"response\": \"...\"}");
     SftExample e;
     e.prompt = tokenizer.encode(j["prompt"].get<std::string>(), true);
     e.response = tokenizer.encode(j["response"].get<std::string>(), false);
-    check(tokenizer.eos_id() >= 0, path + ": the tokenizer has no EOS token");
     e.response.push_back(tokenizer.eos_id());
     examples.push_back(std::move(e));
-  }
-  check(!examples.empty(), path + ": no examples");
+  });
   return examples;
 }
 

@@ -1,10 +1,12 @@
 #include "rl/tasks.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/jsonl.h"
 
 namespace whale {
 
@@ -189,22 +191,13 @@ std::vector<Problem> heldout_set(const std::vector<std::string>& tasks, int per_
 }
 
 std::vector<Problem> load_task_file(const std::string& path) {
-  std::ifstream in(path);
-  check(in.good(), "cannot open " + path);
   std::vector<Problem> problems;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw Error(where + ": not valid JSON");
-    }
-    check(j.is_object() && j.contains("prompt") && j["prompt"].is_string() &&
-              j.contains("answer") && (j["answer"].is_string() || j["answer"].is_number()),
+  read_jsonl(path, [&](const nlohmann::json& j, const std::string& where) {
+    check(j.contains("prompt") && j["prompt"].is_string() && j.contains("answer") &&
+              (j["answer"].is_string() || j["answer"].is_number()),
           where + ": expected {\"prompt\": \"...\", \"answer\": \"...\", \"checker\": \"exact\"}");
+    for (const char* key : {"checker", "task"})
+      check(!j.contains(key) || j[key].is_string(), where + ": \"" + key + "\" must be a string");
     Problem p;
     p.question = j["prompt"].get<std::string>();
     p.answer = j["answer"].is_string() ? j["answer"].get<std::string>() : j["answer"].dump();
@@ -213,13 +206,14 @@ std::vector<Problem> load_task_file(const std::string& path) {
     check(p.checker == "exact" || p.checker == "number" || p.checker == "countdown",
           where + ": checker must be exact, number or countdown");
     if (p.checker == "countdown") {
-      check(j.contains("numbers") && j["numbers"].is_array(),
-            where + ": countdown needs \"numbers\"");
-      for (auto& v : j["numbers"]) p.numbers.push_back(v.get<int>());
+      check(j.contains("numbers") && j["numbers"].is_array(), where + ": countdown needs \"numbers\"");
+      for (auto& v : j["numbers"]) {
+        check(v.is_number_integer() && std::abs(v.get<long>()) < 1000000, where + ": \"numbers\" must be integers");
+        p.numbers.push_back(v.get<int>());
+      }
     }
     problems.push_back(p);
-  }
-  check(!problems.empty(), path + ": no problems");
+  });
   return problems;
 }
 
