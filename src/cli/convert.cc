@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "cli/commands.h"
+#include "io/gguf_export.h"
 #include "io/quantize.h"
 
 namespace whale {
@@ -9,18 +10,40 @@ namespace whale {
 void add_convert_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "convert",
-      "Write a group-quantized copy of a model (q8: int8, q4: 4-bit; 32 inputs per f16 scale)");
-  static std::string model_dir, out, quant = "q8", head = "q8";
+      "Write a group-quantized copy of a model (q8: int8, q4: 4-bit; 32 inputs per f16 scale), "
+      "or with --to gguf a llama.cpp GGUF file (deepseek2)");
+  static std::string model_dir, out, quant, head = "q8", to = "whale";
   static double shard_gb = 4.0;
+  static bool no_mtp = false;
   cmd->add_option("--model", model_dir, "Model folder to read")->required();
-  cmd->add_option("--quant", quant, "Scheme of the attention, expert and FFN matrices")
-      ->check(CLI::IsMember({"q8", "q4"}))
-      ->required();
-  cmd->add_option("--out", out, "Output folder")->required();
-  cmd->add_option("--head", head, "lm_head: q8, or keep it as stored")
+  cmd->add_option("--to", to, "whale (a model folder, the default) or gguf (one file)")
+      ->check(CLI::IsMember({"whale", "gguf"}));
+  cmd->add_option("--quant", quant,
+                  "whale: q8 or q4 (attention, expert and FFN matrices); "
+                  "gguf: f32, bf16 (default) or q8_0")
+      ->check(CLI::IsMember({"q8", "q4", "f32", "bf16", "q8_0"}));
+  cmd->add_option("--out", out, "Output folder (whale) or file (gguf)")->required();
+  cmd->add_option("--head", head, "lm_head: q8, or keep it as stored (whale only)")
       ->check(CLI::IsMember({"q8", "keep"}));
-  cmd->add_option("--shard-gb", shard_gb, "Split weights into shards of at most this size");
+  cmd->add_option("--shard-gb", shard_gb,
+                  "Split weights into shards of at most this size (whale only)");
+  cmd->add_flag("--no-mtp", no_mtp, "gguf: leave the MTP module out");
   cmd->callback([] {
+    if (to == "gguf") {
+      if (quant.empty()) quant = "bf16";
+      check(quant == "f32" || quant == "bf16" || quant == "q8_0",
+            "convert --to gguf: --quant is f32, bf16 or q8_0");
+      GgufExportOptions options;
+      options.quant = quant == "f32"    ? GgufQuant::kF32
+                      : quant == "bf16" ? GgufQuant::kBF16
+                                        : GgufQuant::kQ8_0;
+      options.mtp = !no_mtp;
+      options.progress = true;
+      export_gguf(model_dir, out, options);
+      std::printf("wrote %s (deepseek2 GGUF, %s)\n", out.c_str(), quant.c_str());
+      return;
+    }
+    check(quant == "q8" || quant == "q4", "convert: --quant q8 or q4 (or --to gguf)");
     check(shard_gb > 0, "convert: --shard-gb must be positive");
     ConvertOptions options;
     options.method = quant == "q4" ? QuantMethod::kQ4 : QuantMethod::kQ8;

@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "cli/commands.h"
 #include "infer/generator.h"
+#include "infer/speculative.h"
 #include "text/tokenizer.h"
 
 namespace whale {
@@ -11,7 +12,7 @@ namespace whale {
 void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "generate", "Continue a prompt: --tokens prints the new ids, --prompt streams the new text");
-  static std::string model_dir, tokens_text, prompt;
+  static std::string model_dir, tokens_text, prompt, speculative = "none";
   static GenerateOptions options;
   static bool ignore_eos = false, stats = false;
   cmd->add_option("--model", model_dir, "Model folder")->required();
@@ -26,12 +27,22 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--top-p", options.sampling.top_p, "Nucleus sampling mass (1: all)");
   cmd->add_option("--seed", options.sampling.seed, "Sampling seed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep going past the end-of-sequence token");
+  cmd->add_option("--speculative", speculative,
+                  "none, or mtp: draft with the MTP module, verify in one batched pass "
+                  "(same greedy output, same sampling distribution)")
+      ->check(CLI::IsMember({"none", "mtp"}));
   cmd->add_flag("--stats", stats, "Print prefill and decode speed on stderr");
   cmd->callback([] {
     check(!tokens_text.empty() || !prompt.empty(), "generate: give --tokens IDS or --prompt TEXT");
     auto model = Model::load(model_dir);
     options.stop_at_eos = !ignore_eos;
     GenerateStats s;
+    const auto run = [&](const std::vector<int>& ids, const std::function<bool(int)>& on_token) {
+      if (speculative == "mtp")
+        generate_speculative(*model, ids, options, on_token, &s);
+      else
+        generate(*model, ids, options, on_token, &s);
+    };
     if (!prompt.empty()) {
       check(std::filesystem::exists(model_dir + "/tokenizer.json"),
             model_dir + ": no tokenizer.json, so --prompt cannot be encoded (use --tokens)");
@@ -39,21 +50,21 @@ void add_generate_command(CLI::App& app) {
       std::vector<int> ids = tokenizer->encode(prompt, true);
       text::StreamDecoder decoder(*tokenizer, true);
       std::fputs(prompt.c_str(), stdout);
-      generate(*model, ids, options, [&](int token) {
+      run(ids, [&](int token) {
         std::fputs(decoder.push(token).c_str(), stdout);
         std::fflush(stdout);
         return true;
-      }, &s);
+      });
       std::fputs(decoder.finish().c_str(), stdout);
     } else {
       std::vector<int> ids = parse_token_list(tokens_text);
       bool first = true;
-      generate(*model, ids, options, [&](int token) {
+      run(ids, [&](int token) {
         std::printf(first ? "%d" : " %d", token);
         std::fflush(stdout);
         first = false;
         return true;
-      }, &s);
+      });
     }
     std::printf("\n");
     std::fflush(stdout);
@@ -62,6 +73,12 @@ void add_generate_command(CLI::App& app) {
                    s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
                    s.generated_tokens, s.decode_seconds,
                    s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
+    if (stats && speculative == "mtp")
+      std::fprintf(stderr,
+                   "speculative: %d drafts, %d accepted (%.1f%%), %.2f tokens per verification pass\n",
+                   s.drafted, s.accepted, s.drafted ? 100.0 * s.accepted / s.drafted : 0.0,
+                   s.verify_passes ? static_cast<double>(s.generated_tokens - 1) / s.verify_passes
+                                   : 0.0);
   });
 }
 

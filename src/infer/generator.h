@@ -18,6 +18,8 @@ struct GenerateOptions {
 struct GenerateStats {
   int prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
+  // Speculative decoding: drafts proposed and accepted, and main-model verification passes.
+  int drafted = 0, accepted = 0, verify_passes = 0;
 };
 
 // Calls on_token for each new token as soon as it is chosen (return false to stop).

@@ -22,6 +22,15 @@ class Sampler {
   // greedy decoding, just the chosen token.
   int sample(const float* logits, int vocab, std::vector<int>* support);
 
+  // The distribution sample() draws from, over the whole vocabulary (zero outside the top-k /
+  // top-p set; one-hot at the argmax for greedy decoding).
+  std::vector<double> distribution(const float* logits, int vocab) const;
+  // A draw from an explicit distribution (non-negative, any positive total), and a uniform
+  // number in [0, 1): the random steps of speculative decoding, on this sampler's stream.
+  int draw(const std::vector<double>& probs);
+  double uniform();
+  bool greedy() const { return params_.temperature == 0.0f; }
+
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;

@@ -1,6 +1,20 @@
 #include "model/kv_cache.h"
 
+#include "base/error.h"
+
 namespace whale {
+
+void KVCache::truncate(int n) {
+  check(n >= 0 && n <= length, "cache truncate: position out of range");
+  if (n == length) return;
+  // Every entry is a fixed number of elements per position, so the width is size / length.
+  for (LayerCache& l : layers) {
+    l.kv.resize(l.kv.size() / length * n);
+    l.index_keys.resize(l.index_keys.size() / length * n);
+    l.index_key_scales.resize(l.index_key_scales.size() / length * n);
+  }
+  length = n;
+}
 
 int cache_width(const ModelConfig& c) {
   if (c.is_deepseek()) return c.kv_lora_rank + c.qk_rope_head_dim;

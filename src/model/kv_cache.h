@@ -29,6 +29,8 @@ struct KVCache {
     for (auto& l : layers) l = LayerCache();
     length = 0;
   }
+  // Forgets every position from n on (speculative decoding drops a rejected draft's entries).
+  void truncate(int n);
 };
 
 // Width of one token's entry in LayerCache::kv.

@@ -116,6 +116,7 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
   block_forward(m.block, c.num_hidden_layers, x.data(),
                 {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
   mtp_cache.length += T;
+  if (!logits) return;  // only filling the cache (the prompt's rows before the first draft)
   for (int t = 0; t < T; ++t)
     rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);
   linear_forward(m.shared_head_head, x.data(), T, logits);

@@ -41,6 +41,7 @@ class Model {
   // MTP (D = 1): row i predicts token i+2 from the main model's normed hidden state h_i and the
   // embedding of token i+1: x = eh_proj([enorm(Emb(next_tokens[i])) ; hnorm(h_i)]), then one
   // transformer block (its own cache, RoPE position i), shared_head.norm and shared_head.head.
+  // logits: [T, vocab], or null to only extend the MTP cache.
   void mtp_forward(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
                    float* logits, const ForwardOptions& options = {}) const;
 

@@ -89,44 +89,34 @@ float Linear::row_dot(int r, const float* x) const {
 
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
-  if (T == 1) {
+  if (T < kGemmMinTokens) {
+    // A few tokens: each output is the same row_dot as single-token decode's, so a row's result
+    // does not depend on what else is in the batch. Speculative decoding relies on this: the
+    // verification pass must reproduce plain decoding's logits bit for bit. The row stays in
+    // cache between the tokens, so the weights are still read once.
     // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
     // then delays the step by one chunk, not by half the matrix.
-#pragma omp parallel for schedule(dynamic, 32) if (static_cast <size_t>(rows) * cols > 32768)
-    for (int r = 0; r < rows; ++r) y[r] = w.row_dot(r, x);
+#pragma omp parallel for schedule(dynamic, 32) if (static_cast <size_t>(rows) * cols * T > 32768)
+    for (int r = 0; r < rows; ++r)
+      for (int t = 0; t < T; ++t)
+        y[static_cast<size_t>(t) * rows + r] = w.row_dot(r, x + static_cast<size_t>(t) * cols);
     return;
   }
   if (w.dtype == DType::F32) {  // a true GEMM
     matmul_xwt(x, reinterpret_cast<const float*>(w.data), T, cols, rows, y);
     return;
   }
-  if (T >= kGemmMinTokens) {
-    // Many tokens: dequantize a tile of rows (about 256 KiB of f32) and multiply it with every
-    // token at once by sgemm: y[:, r0 : r0 + n] = x · tileᵀ. One tile per thread at a time.
-    const int tile_rows = std::clamp((65536 / std::max(cols, 1)) / 8 * 8, 8, 256);
-#pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
-    {
-      std::vector<float> tile(static_cast<size_t>(tile_rows) * cols);
-#pragma omp for schedule(dynamic)
-      for (int r0 = 0; r0 < rows; r0 += tile_rows) {
-        const int n = std::min(tile_rows, rows - r0);
-        for (int i = 0; i < n; ++i)
-          w.row_to_f32(r0 + i, tile.data() + static_cast<size_t>(i) * cols);
-        gemm(false, true, T, n, cols, 1.0f, x, cols, tile.data(), cols, 0.0f, y + r0, rows);
-      }
-    }
-    return;
-  }
-  // A few tokens: dequantize each row once, then dot it with every token.
+  // Many tokens: dequantize a tile of rows (about 256 KiB of f32) and multiply it with every
+  // token at once by sgemm: y[:, r0 : r0 + n] = x · tileᵀ. One tile per thread at a time.
+  const int tile_rows = std::clamp((65536 / std::max(cols, 1)) / 8 * 8, 8, 256);
 #pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
   {
-    std::vector<float> row(cols);
-#pragma omp for schedule(static)
-    for (int r = 0; r < rows; ++r) {
-      w.row_to_f32(r, row.data());
-      for (int t = 0; t < T; ++t)
-        y[static_cast<size_t>(t) * rows + r] =
-            dot_f32(row.data(), x + static_cast<size_t>(t) * cols, cols);
+    std::vector<float> tile(static_cast<size_t>(tile_rows) * cols);
+#pragma omp for schedule(dynamic)
+    for (int r0 = 0; r0 < rows; r0 += tile_rows) {
+      const int n = std::min(tile_rows, rows - r0);
+      for (int i = 0; i < n; ++i) w.row_to_f32(r0 + i, tile.data() + static_cast<size_t>(i) * cols);
+      gemm(false, true, T, n, cols, 1.0f, x, cols, tile.data(), cols, 0.0f, y + r0, rows);
     }
   }
 }

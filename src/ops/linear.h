@@ -35,7 +35,9 @@ struct Linear {
 };
 
 // y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: row dots
-// for a few tokens; from 8 tokens on, tiles of dequantized rows multiplied by sgemm.
+// for a few tokens (the same row_dot as T = 1, so each row's result is independent of the batch:
+// speculative decoding's verification reproduces decode bit for bit); from 8 tokens on, tiles
+// of dequantized rows multiplied by sgemm (f32: one sgemm).
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);

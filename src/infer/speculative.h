@@ -1,0 +1,33 @@
+// Speculative decoding with DeepSeek-V3's MTP module as the draft model (MISSION §1, MTP).
+// Each step the MTP head drafts the token after next from the main model's last hidden state;
+// one batched forward of the main model over [current token, draft] verifies it. The draft is
+// accepted by the standard rule (Leviathan et al. 2023; Chen et al. 2023): with probability
+// min(1, p(d)/q(d)), otherwise the token is drawn from normalize(max(0, p − q)); when accepted,
+// the second row's logits give a bonus token. Every emitted token is distributed exactly as in
+// plain sampling, and greedy output is identical token for token (the verification rows are
+// computed with the same arithmetic as single-token decode: absorbed attention, row dots).
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "infer/generator.h"
+
+namespace whale {
+
+// The acceptance rule on explicit distributions p (target) and q (draft) over one vocabulary.
+// Probability of keeping draft d: min(1, p[d] / q[d]) (1 where q[d] = 0, which a draw from q
+// never produces).
+double acceptance_probability(const std::vector<double>& p, const std::vector<double>& q, int d);
+// The distribution a rejected draft is replaced from: normalize(max(0, p − q)). When p = q
+// (rejection then has probability 0) it returns p.
+std::vector<double> residual_distribution(const std::vector<double>& p,
+                                          const std::vector<double>& q);
+
+// Like generate(), drafting one token per step with the MTP module (the model must have one).
+// stats, when given, also counts drafts and accepted drafts.
+std::vector<int> generate_speculative(const Model& model, const std::vector<int>& prompt,
+                                      const GenerateOptions& options,
+                                      const std::function<bool(int)>& on_token = nullptr,
+                                      GenerateStats* stats = nullptr);
+
+}  // namespace whale
