@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
 
   llama_backend_init();
   llama_model_params mp = llama_model_default_params();
+  // Load the nextn (MTP) block too: llama.cpp then checks every exported tensor's name and shape.
+  mp.load_mtp = std::getenv("NO_MTP") == nullptr;
   llama_model* model = llama_model_load_from_file(argv[1], mp);
   if (!model) return 1;
   llama_context_params cp = llama_context_default_params();

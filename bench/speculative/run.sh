@@ -50,6 +50,7 @@ for prompt in "${prompts[@]}"; do
     cmp -s "$work/plain.out" "$work/mtp.out" || { echo "OUTPUTS DIFFER for '$prompt'"; exit 1; }
   done
   read -r drafts accepted < <(sed -n 's/speculative: \([0-9]*\) drafts, \([0-9]*\) accepted.*/\1 \2/p' "$work/mtp.err")
+  read -r verify_ms draft_ms < <(sed -n 's/.* \([0-9.]*\) ms per verification pass, \([0-9.]*\) ms per draft.*/\1 \2/p' "$work/mtp.err")
   total_drafts=$((total_drafts + drafts))
   total_accepted=$((total_accepted + accepted))
   median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
@@ -57,7 +58,9 @@ for prompt in "${prompts[@]}"; do
   s=$(median "${spec_rates[@]}")
   speedup=$(awk -v p="$p" -v s="$s" 'BEGIN { printf "%.2f", s / p }')
   speedups+=("$speedup")
-  printf '%-22s acceptance %5.1f%%  plain %8.1f tok/s  mtp %8.1f tok/s  speedup %sx\n' \
-    "'$prompt'" "$(awk -v a="$accepted" -v d="$drafts" 'BEGIN { print 100 * a / d }')" "$p" "$s" "$speedup"
+  # What a speculative step costs against one plain decode step: verification (two rows) + draft.
+  printf '%-22s acceptance %5.1f%%  plain %8.1f tok/s  mtp %8.1f tok/s  speedup %sx  (step: verify %s ms + draft %s ms vs plain %.3f ms/token)\n' \
+    "'$prompt'" "$(awk -v a="$accepted" -v d="$drafts" 'BEGIN { print 100 * a / d }')" "$p" "$s" "$speedup" \
+    "$verify_ms" "$draft_ms" "$(awk -v p="$p" 'BEGIN { print 1000 / p }')"
 done
 echo "overall: acceptance $(awk -v a=$total_accepted -v d=$total_drafts 'BEGIN { printf "%.1f%%", 100 * a / d }'), median speedup $(printf '%s\n' "${speedups[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')x, identical greedy output"

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -73,12 +74,14 @@ void add_generate_command(CLI::App& app) {
                    s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
                    s.generated_tokens, s.decode_seconds,
                    s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
-    if (stats && speculative == "mtp")
+    if (stats && speculative == "mtp" && s.verify_passes > 0)
       std::fprintf(stderr,
-                   "speculative: %d drafts, %d accepted (%.1f%%), %.2f tokens per verification pass\n",
-                   s.drafted, s.accepted, s.drafted ? 100.0 * s.accepted / s.drafted : 0.0,
-                   s.verify_passes ? static_cast<double>(s.generated_tokens - 1) / s.verify_passes
-                                   : 0.0);
+                   "speculative: %d drafts, %d accepted (%.1f%%), %.2f tokens per verification "
+                   "pass; %.2f ms per verification pass, %.2f ms per draft (MTP)\n",
+                   s.drafted, s.accepted, 100.0 * s.accepted / s.drafted,
+                   static_cast<double>(s.generated_tokens - 1) / s.verify_passes,
+                   1e3 * s.verify_seconds / s.verify_passes,
+                   1e3 * s.draft_seconds / std::max(1, s.verify_passes));
   });
 }
 

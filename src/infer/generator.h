@@ -18,8 +18,10 @@ struct GenerateOptions {
 struct GenerateStats {
   int prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
-  // Speculative decoding: drafts proposed and accepted, and main-model verification passes.
+  // Speculative decoding: drafts proposed and accepted, main-model verification passes, and
+  // the time spent in those passes and in the MTP module (the rest of decode is sampling).
   int drafted = 0, accepted = 0, verify_passes = 0;
+  double verify_seconds = 0, draft_seconds = 0;
 };
 
 // Calls on_token for each new token as soon as it is chosen (return false to stop).

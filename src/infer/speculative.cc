@@ -89,7 +89,9 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
       d = sampler.draw(q);
     }
     const int pair[2] = {x, d};
+    auto v0 = clock::now();
     model.forward(pair, 2, cache, verify_logits.data(), verify_hidden.data(), verify);
+    s.verify_seconds += std::chrono::duration<double>(clock::now() - v0).count();
     ++s.verify_passes;
     ++s.drafted;
     const float* row0 = verify_logits.data();
@@ -110,14 +112,18 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
       emit(y);
       if (done) break;
       const int next[2] = {d, y};
+      auto m0 = clock::now();
       model.mtp_forward(next, verify_hidden.data(), 2, mtp_cache, draft_logits.data());
+      s.draft_seconds += std::chrono::duration<double>(clock::now() - m0).count();
       draft_row = draft_logits.data() + V;
     } else {
       cache.truncate(cache.length - 1);  // forget the rejected draft's position
       y = greedy ? argmax(row0, V) : sampler.draw(residual_distribution(p, q));
       emit(y);
       if (done) break;
+      auto m0 = clock::now();
       model.mtp_forward(&y, verify_hidden.data(), 1, mtp_cache, draft_logits.data());
+      s.draft_seconds += std::chrono::duration<double>(clock::now() - m0).count();
       draft_row = draft_logits.data();
     }
     x = y;
