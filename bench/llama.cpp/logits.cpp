@@ -73,6 +73,11 @@ int main(int argc, char** argv) {
   cp.n_ctx = static_cast<uint32_t>(tokens.size() + 16);
   cp.n_batch = cp.n_ubatch = static_cast<uint32_t>(tokens.size());
   cp.n_threads = cp.n_threads_batch = threads;
+  // f32 cache (llama.cpp's default is f16), so the comparison sees the weights' format only.
+  cp.type_k = GGML_TYPE_F32;
+  cp.type_v = GGML_TYPE_F32;
+  // Flash attention on the CPU rounds queries to f16; off, attention stays in f32.
+  cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   llama_context* ctx = llama_init_from_model(model, cp);
   if (!ctx) return 1;
   const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
@@ -106,6 +111,11 @@ int main(int argc, char** argv) {
       if (want[v] > want[best_want]) best_want = v;
     }
     agree += best_got == best_want;
+    if (std::getenv("VERBOSE")) {
+      double d = 0;
+      for (size_t v = 0; v < V; ++v) d = std::fmax(d, std::fabs(got[v] - want[v]));
+      std::printf("  position %zu: max |diff| %.4g\n", t, d);
+    }
   }
   std::printf("positions %zu, vocab %zu: max |logit diff| %.6g (max |logit| %.4g, relative %.3g), "
               "top-1 agreement %d/%zu\n",
