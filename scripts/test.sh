@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/npm_deps.sh
 cd build && ctest --output-on-failure -j "$(nproc)"

@@ -24,6 +24,7 @@ void add_chat_command(CLI::App& app);
 void add_sft_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
 void add_dpo_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 // "1,2,3" or "1 2 3" → ids; anything else is an Error naming the bad entry.
 std::vector<int> parse_token_list(const std::string& text);

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   whale::add_sft_command(app);
   whale::add_sample_command(app);
   whale::add_dpo_command(app);
+  whale::add_serve_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);
   });

@@ -25,6 +25,9 @@ struct ForwardOptions {
   // Called after each MoE layer with the experts chosen for the batch's rows (keep-routing
   // records them at sampling time to replay them in training).
   std::function<void(int layer, const struct Routing& routing)> on_routing;
+  // Logits only for each sequence's last row ([sequences, vocab]): what sampling needs, without
+  // the head's cost for every prompt token.
+  bool last_logits_only = false;
 };
 
 // Which cached positions each of T queries may attend to: allowed[t][s] for s < pos0 + t + 1.

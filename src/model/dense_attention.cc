@@ -36,11 +36,10 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
     for (int i = 0; i < kv_heads; ++i)
       rope.apply_halves(k.data() + static_cast<size_t>(r) * kv_dim + i * hd, map.position[r]);
     // Cache entry per token: [k ; v].
-    LayerCache& cache = *segments[map.segment[r]].cache;
-    cache.kv.insert(cache.kv.end(), k.begin() + static_cast<size_t>(r) * kv_dim,
-                    k.begin() + static_cast<size_t>(r + 1) * kv_dim);
-    cache.kv.insert(cache.kv.end(), v.begin() + static_cast<size_t>(r) * kv_dim,
-                    v.begin() + static_cast<size_t>(r + 1) * kv_dim);
+    std::vector<float> entry(width);
+    std::copy_n(k.data() + static_cast<size_t>(r) * kv_dim, kv_dim, entry.data());
+    std::copy_n(v.data() + static_cast<size_t>(r) * kv_dim, kv_dim, entry.data() + kv_dim);
+    segments[map.segment[r]].cache->store(entry.data(), 1, map.position[r], width);
   }
   int max_len = 0;
   for (const Segment& seg : segments) max_len = std::max(max_len, seg.pos0 + seg.rows);
@@ -52,17 +51,17 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
 #pragma omp for collapse(2) schedule(static)
     for (int r = 0; r < N; ++r)
       for (int i = 0; i < heads; ++i) {
-        const float* entries = segments[map.segment[r]].cache->kv.data();
+        const LayerCache& cache = *segments[map.segment[r]].cache;
         const int kvh = i / group;
         const float* qi = q.data() + static_cast<size_t>(r) * q_dim + i * hd;
         const int visible = map.position[r] + 1;
         for (int s = 0; s < visible; ++s)
-          scores[s] = dot_f32(qi, entries + static_cast<size_t>(s) * width + kvh * hd, hd) * scale;
+          scores[s] = dot_f32(qi, cache.entry(s, width) + kvh * hd, hd) * scale;
         softmax(scores.data(), visible);
         float* o = attn.data() + static_cast<size_t>(r) * q_dim + i * hd;
         std::fill(o, o + hd, 0.0f);
         for (int s = 0; s < visible; ++s)
-          axpy(scores[s], entries + static_cast<size_t>(s) * width + kv_dim + kvh * hd, o, hd);
+          axpy(scores[s], cache.entry(s, width) + kv_dim + kvh * hd, o, hd);
       }
   }
   linear_forward(w.o_proj, attn.data(), N, out);

@@ -1,5 +1,7 @@
 #include "model/kv_cache.h"
 
+#include <algorithm>
+
 #include "base/error.h"
 
 namespace whale {
@@ -14,6 +16,21 @@ void KVCache::truncate(int n) {
     l.index_key_scales.resize(l.index_key_scales.size() / length * n);
   }
   length = n;
+}
+
+void LayerCache::store(const float* entries, int n, int pos0, int width) {
+  if (pages.empty()) {
+    kv.insert(kv.end(), entries, entries + static_cast<size_t>(n) * width);
+    return;
+  }
+  const int page_tokens = 1 << page_shift;
+  check(static_cast<size_t>(pos0 + n) <= pages.size() * page_tokens,
+        "KV cache: positions past the attached pages");
+  for (int t = 0; t < n; ++t) {
+    const int s = pos0 + t;
+    std::copy_n(entries + static_cast<size_t>(t) * width, width,
+                pages[s >> page_shift] + static_cast<size_t>(s & (page_tokens - 1)) * width);
+  }
 }
 
 int cache_width(const ModelConfig& c) {

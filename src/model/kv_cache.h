@@ -14,6 +14,23 @@ struct LayerCache {
   std::vector<float> kv;                // per token: MLA [c_KV ; k_rope], dense [k ; v]
   std::vector<uint8_t> index_keys;      // V3.2: e4m3 codes, index_head_dim per token
   std::vector<float> index_key_scales;  // V3.2: one per 128-block of index_head_dim
+
+  // Paged form (the server's cache): the entries live in fixed-size pages of
+  // 2^page_shift tokens owned by a shared pool, so sequences can share a prompt's pages and
+  // memory is taken a page at a time. Empty `pages`: the entries are `kv`, contiguous.
+  // The indexer's keys stay contiguous either way.
+  std::vector<float*> pages;
+  int page_shift = 0;
+
+  // Token s's entry (width floats).
+  const float* entry(int s, int width) const {
+    if (pages.empty()) return kv.data() + static_cast<size_t>(s) * width;
+    const int mask = (1 << page_shift) - 1;
+    return pages[s >> page_shift] + static_cast<size_t>(s & mask) * width;
+  }
+  // Stores n entries for positions pos0 … pos0 + n − 1, the next ones of the sequence:
+  // contiguous, appended to kv; paged, written into pages already attached.
+  void store(const float* entries, int n, int pos0, int width);
 };
 
 struct KVCache {

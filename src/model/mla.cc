@@ -65,8 +65,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   for (size_t i = 0, row0 = 0; i < segments.size(); row0 += segments[i].rows, ++i) {
     const Segment& seg = segments[i];
     first_row[i] = static_cast<int>(row0);
-    seg.cache->kv.insert(seg.cache->kv.end(), kv_a.begin() + row0 * width,
-                         kv_a.begin() + (row0 + seg.rows) * width);
+    seg.cache->store(kv_a.data() + row0 * width, seg.rows, seg.pos0, width);
     if (c.has_indexer()) {
       allowed[i] =
           indexer_select(c, w.indexer, rope, h + row0 * c.hidden_size,
@@ -80,7 +79,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       const int L = seg.pos0 + seg.rows;
       std::vector<float> latent_only(static_cast<size_t>(L) * kvr);
       for (int s = 0; s < L; ++s)
-        std::copy_n(seg.cache->kv.data() + static_cast<size_t>(s) * width, kvr,
+        std::copy_n(seg.cache->entry(s, width), kvr,
                     latent_only.data() + static_cast<size_t>(s) * kvr);
       expanded[i].resize(static_cast<size_t>(L) * heads * kv_b_rows_per_head);
       linear_forward(w.kv_b_proj, latent_only.data(), L, expanded[i].data());
@@ -97,7 +96,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     for (int r = 0; r < N; ++r)
       for (int hd = 0; hd < heads; ++hd) {
         const int si = map.segment[r], t = r - first_row[si];
-        const float* latents = segments[si].cache->kv.data();  // [L, width]
+        const LayerCache& cache = *segments[si].cache;
         const AttentionMask& mask = allowed[si];
         const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
         const int visible = map.position[r] + 1;
@@ -111,7 +110,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
               continue;
             }
             const float* ks = kv + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head;
-            const float* kr = latents + static_cast<size_t>(s) * width + kvr;
+            const float* kr = cache.entry(s, width) + kvr;
             scores[s] = (dot_f32(qh, ks, nope) + dot_f32(qh + nope, kr, rope_dim)) * scale;
           }
           softmax(scores.data(), visible);
@@ -132,7 +131,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
               scores[s] = kNegInf;
               continue;
             }
-            const float* ls = latents + static_cast<size_t>(s) * width;
+            const float* ls = cache.entry(s, width);
             scores[s] =
                 (dot_f32(q_latent.data(), ls, kvr) + dot_f32(qh + nope, ls + kvr, rope_dim)) *
                 scale;
@@ -140,8 +139,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           softmax(scores.data(), visible);
           std::fill(o_latent.begin(), o_latent.end(), 0.0f);
           for (int s = 0; s < visible; ++s)
-            if (scores[s] != 0.0f)
-              axpy(scores[s], latents + static_cast<size_t>(s) * width, o_latent.data(), kvr);
+            if (scores[s] != 0.0f) axpy(scores[s], cache.entry(s, width), o_latent.data(), kvr);
           for (int d = 0; d < vdim; ++d)
             o[d] = w.kv_b_proj.row_dot(hd * kv_b_rows_per_head + nope + d, o_latent.data());
         }

@@ -94,7 +94,19 @@ void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches
     rms_norm(x.data() + static_cast<size_t>(t) * H, weights_.norm.data(), H, c.rms_norm_eps,
              x.data() + static_cast<size_t>(t) * H);
   if (normed_hidden) std::copy(x.begin(), x.end(), normed_hidden);
-  if (logits) linear_forward(weights_.lm_head, x.data(), T, logits);
+  if (!logits) return;
+  if (!options.last_logits_only) {
+    linear_forward(weights_.lm_head, x.data(), T, logits);
+    return;
+  }
+  const int S = static_cast<int>(counts.size());
+  std::vector<float> last(static_cast<size_t>(S) * H);
+  for (int i = 0, end = 0; i < S; ++i) {
+    end += counts[i];
+    std::copy_n(x.data() + static_cast<size_t>(end - 1) * H, H,
+                last.data() + static_cast<size_t>(i) * H);
+  }
+  linear_forward(weights_.lm_head, last.data(), S, logits);
 }
 
 void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int T,

@@ -33,7 +33,8 @@ class Model {
 
   // Several sequences in one pass (their rows share every weight read): sequence i
   // contributes counts[i] consecutive tokens, at positions caches[i]->length …; each cache
-  // advances. Outputs are [Σ counts, ·] in the same row order.
+  // advances. Outputs are [Σ counts, ·] in the same row order (logits [sequences, vocab] with
+  // options.last_logits_only).
   void forward_batch(const int* tokens, const std::vector<KVCache*>& caches,
                      const std::vector<int>& counts, float* logits, float* normed_hidden = nullptr,
                      const ForwardOptions& options = {}) const;
