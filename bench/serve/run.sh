@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Load test of whale serve on a small model (the "small" preset: V3 architecture, 4 layers,
-# hidden 256, byte-level vocabulary; random weights), over loopback:
-#   1. one streaming client for SECONDS, then 16 concurrent ones: aggregate tokens/s, the
-#      ratio, p50/p99 time to first token, and zero failed or incomplete requests;
+# Load test of whale serve over loopback on a small random-weight model with the byte-level
+# vocabulary:
+#   1. one streaming client for DURATION seconds, then 16 concurrent ones: aggregate tokens/s,
+#      the ratio, p50/p99 time to first token, and zero failed or incomplete requests;
 #   2. prefix cache: 4 clients with one shared long system prompt vs a different long system
 #      prompt per request: time to first token with and without cache hits.
-# Writes bench/serve/results/latest.json (one line per phase) and prints it.
+# MODEL=moe (default): the "small" preset (V3: MLA + DeepSeekMoE, 16 experts, top-4, hidden
+#   256, 4 layers). MODEL=dense: MLA with dense FFNs (first_k_dense_replace = all layers),
+#   hidden 512, 8 layers, bf16 — a model whose decode step is bound by reading its weights,
+#   which batching shares (with MoE, a batch of 16 touches most experts, so it reads more).
+# Writes bench/serve/results/<MODEL>.json (one line per phase) and prints a summary.
 #
-#   bash bench/serve/run.sh            # SECONDS=20 MAX_TOKENS=64 THREADS=2 by default
+#   bash bench/serve/run.sh      # DURATION=20 (seconds per phase) MAX_TOKENS=64 THREADS=2 by default
 #
 # Environment: WHALE (default build/whale), MODELS (default /tmp/whale-bench-models).
 set -euo pipefail
@@ -15,30 +19,45 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 WHALE="${WHALE:-$root/build/whale}"
 MODELS="${MODELS:-/tmp/whale-bench-models}"
-SECONDS_PER_PHASE="${SECONDS:-20}"
+DURATION="${DURATION:-20}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 THREADS="${THREADS:-2}"
 PORT="${PORT:-18931}"
-model="$MODELS/serve-small"
-[[ -f "$model/tokenizer.json" ]] ||
-  "$WHALE" init --preset small --byte-tokenizer --dtype f32 --seed 1 --out "$model" >/dev/null
+MODEL="${MODEL:-moe}"
+model="$MODELS/serve-$MODEL"
+mkdir -p "$MODELS"
+if [[ ! -f "$model/tokenizer.json" ]]; then
+  if [[ "$MODEL" == dense ]]; then
+    "$WHALE" init --preset small --out "$MODELS/preset-small" >/dev/null
+    node -e '
+      const fs = require("fs");
+      const c = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+      Object.assign(c, { hidden_size: 512, intermediate_size: 1536, num_hidden_layers: 8,
+                         first_k_dense_replace: 8, num_nextn_predict_layers: 0 });
+      fs.writeFileSync(process.argv[2], JSON.stringify(c, null, 2));
+    ' "$MODELS/preset-small/config.json" "$MODELS/dense.json"
+    "$WHALE" init --config "$MODELS/dense.json" --byte-tokenizer --dtype bf16 --seed 1 --out "$model" >/dev/null
+  else
+    "$WHALE" init --preset small --byte-tokenizer --dtype f32 --seed 1 --out "$model" >/dev/null
+  fi
+fi
 mkdir -p "$here/results"
-out="$here/results/latest.json"
+out="$here/results/$MODEL.json"
 : > "$out"
 
-"$WHALE" --threads "$THREADS" serve --model "$model" --port "$PORT" --max-batch 16 2> "$here/results/server.log" &
+"$WHALE" --threads "$THREADS" serve --model "$model" --port "$PORT" --max-batch 16 2> "$MODELS/server-$MODEL.log" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  grep -q "on http://" "$here/results/server.log" && break
+  grep -q "on http://" "$MODELS/server-$MODEL.log" && break
   sleep 0.1
 done
 url="http://127.0.0.1:$PORT"
-phase() { node "$here/load.mjs" "$url" serve-small "$@" | tee -a "$out"; }
-phase 1 "$SECONDS_PER_PHASE" "$MAX_TOKENS"
-phase 16 "$SECONDS_PER_PHASE" "$MAX_TOKENS"
-phase 4 "$SECONDS_PER_PHASE" 8 unique
-phase 4 "$SECONDS_PER_PHASE" 8 shared
+phase() { node "$here/load.mjs" "$url" "serve-$MODEL" "$@" | tee -a "$out"; }
+phase 1 "$DURATION" "$MAX_TOKENS"
+phase 16 "$DURATION" "$MAX_TOKENS"
+phase 4 "$DURATION" 8 unique
+phase 4 "$DURATION" 8 shared
 node -e '
 const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
 const [one, many, unique, shared] = lines;
