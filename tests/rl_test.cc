@@ -22,14 +22,16 @@ TEST(Tasks, SplitsNeverOverlapAndSolutionsAreCorrect) {
   std::set<std::string> train, heldout;
   for (const std::string& task : builtin_tasks())
     for (int i = 0; i < 400; ++i) {
-      Problem a = draw_problem(task, Split::kTrain, rng), b = draw_problem(task, Split::kHeldOut, rng);
+      Problem a = draw_problem(task, Split::kTrain, rng),
+              b = draw_problem(task, Split::kHeldOut, rng);
       train.insert(a.task + a.question);
       heldout.insert(b.task + b.question);
       // The reference solution earns full accuracy and format reward.
       for (const Problem& p : {a, b}) {
         for (bool reason : {true, false}) {
           Reward r = score_response(p, solution_text(p, reason), RewardWeights{});
-          EXPECT_TRUE(r.correct && r.well_formed) << p.question << " → " << solution_text(p, reason);
+          EXPECT_TRUE(r.correct && r.well_formed)
+              << p.question << " → " << solution_text(p, reason);
         }
       }
     }
@@ -38,6 +40,26 @@ TEST(Tasks, SplitsNeverOverlapAndSolutionsAreCorrect) {
   auto h1 = heldout_set(builtin_tasks(), 10, 5), h2 = heldout_set(builtin_tasks(), 10, 5);
   ASSERT_EQ(h1.size(), 10 * builtin_tasks().size());
   for (size_t i = 0; i < h1.size(); ++i) EXPECT_EQ(h1[i].question, h2[i].question);
+}
+
+// The chain's worked steps have the question's layout: the trace with each computed digit
+// replaced by "?" is the question's chain, so every copied token sits one fixed distance back.
+TEST(Tasks, ChainStepsAreTheQuestionFilledIn) {
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 200; ++i) {
+    Problem p = draw_problem("chain", i % 2 ? Split::kTrain : Split::kHeldOut, rng);
+    const std::string think =
+        solution_text(p, true).substr(0, solution_text(p, true).find("</think>"));
+    std::string masked = think;
+    for (size_t k = 1; k < masked.size(); ++k)
+      if (masked[k - 1] == '=') masked[k] = '?';
+    EXPECT_EQ("last digit: " + masked, p.question);
+    // Recompute the answer independently: ((a*b)+c)*d, last digit.
+    ASSERT_EQ(p.numbers.size(), 4u);
+    const int a = p.numbers[0], b = p.numbers[1], c = p.numbers[2], d = p.numbers[3];
+    EXPECT_EQ(p.answer, std::to_string(((a * b + c) * d) % 10)) << p.question;
+    EXPECT_EQ(think.back() - '0', ((a * b + c) * d) % 10) << think;
+  }
 }
 
 TEST(Rewards, FormatAndAccuracyAreCheckedExactly) {
@@ -49,9 +71,11 @@ TEST(Rewards, FormatAndAccuracyAreCheckedExactly) {
   RewardWeights w{1.0f, 0.1f, 0.0f};
   EXPECT_FLOAT_EQ(score_response(p, "3+5=8 2+4=6</think><answer>68</answer>", w).total, 1.1f);
   EXPECT_FLOAT_EQ(score_response(p, "</think><answer>67</answer>", w).total, 0.1f);
-  EXPECT_FLOAT_EQ(score_response(p, "68", w).total, 0.0f);                                  // no format
-  EXPECT_FLOAT_EQ(score_response(p, "</think><answer>68</answer> more", w).total, 0.0f);    // trailing text
-  EXPECT_FLOAT_EQ(score_response(p, "<think></think><answer>68</answer>", w).total, 0.0f);  // nested think
+  EXPECT_FLOAT_EQ(score_response(p, "68", w).total, 0.0f);  // no format
+  EXPECT_FLOAT_EQ(score_response(p, "</think><answer>68</answer> more", w).total,
+                  0.0f);  // trailing text
+  EXPECT_FLOAT_EQ(score_response(p, "<think></think><answer>68</answer>", w).total,
+                  0.0f);  // nested think
   EXPECT_TRUE(check_countdown("(3+5)*7", {3, 5, 7}, 56));
   EXPECT_TRUE(check_countdown("12/4+1", {12, 4, 1}, 4));
   EXPECT_FALSE(check_countdown("3*5+7", {3, 5, 7}, 23));      // wrong value
@@ -157,7 +181,9 @@ TEST(Tasks, TaskFileErrorsNameTheLine) {
     return std::string("no error");
   };
   const std::string good = "{\"prompt\": \"2+2\", \"answer\": 4, \"checker\": \"number\"}\n";
-  write_file_atomic(path, good + "\n{\"prompt\": \"Use 3 5 to make 15\", \"answer\": \"15\", \"checker\": \"countdown\", \"numbers\": [3, 5]}\n");
+  write_file_atomic(path, good +
+                              "\n{\"prompt\": \"Use 3 5 to make 15\", \"answer\": \"15\", "
+                              "\"checker\": \"countdown\", \"numbers\": [3, 5]}\n");
   auto problems = load_task_file(path);
   ASSERT_EQ(problems.size(), 2u);
   EXPECT_EQ(problems[0].answer, "4");
@@ -165,12 +191,17 @@ TEST(Tasks, TaskFileErrorsNameTheLine) {
   EXPECT_NE(error_of(good + "{not json\n").find(":2: not valid JSON"), std::string::npos);
   EXPECT_NE(error_of(good + "[1, 2]\n").find(":2: expected a JSON object"), std::string::npos);
   EXPECT_NE(error_of(good + "{\"prompt\": 3, \"answer\": 4}\n").find(":2:"), std::string::npos);
-  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": 7}\n").find(":1: \"checker\" must be a string"),
+  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": 7}\n")
+                .find(":1: \"checker\" must be a string"),
             std::string::npos);
-  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"regex\"}\n").find("checker must be"), std::string::npos);
-  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"countdown\", \"numbers\": [\"a\"]}\n")
-                .find("must be integers"),
+  EXPECT_NE(error_of("{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"regex\"}\n")
+                .find("checker must be"),
             std::string::npos);
+  EXPECT_NE(
+      error_of(
+          "{\"prompt\": \"x\", \"answer\": 4, \"checker\": \"countdown\", \"numbers\": [\"a\"]}\n")
+          .find("must be integers"),
+      std::string::npos);
   EXPECT_NE(error_of("\n\n").find("no lines"), std::string::npos);
 }
 

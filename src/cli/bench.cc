@@ -83,6 +83,7 @@ void add_bench_command(CLI::App& app) {
   static std::string model_dir;
   static int threads = 0, decode_tokens = 64, decode_prompt = 128, repeats = 3;
   static std::vector<int> prompt_lengths = {128, 512};
+  static std::vector<int> batch_sizes;
   static double bandwidth_mib = 1024;
   static bool as_json = false;
   cmd->add_option("--model", model_dir, "Model folder")->required();
@@ -98,6 +99,11 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--repeats", repeats, "Best of this many bandwidth runs (default 3)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", batch_sizes,
+                  "Also decode N sequences together (as a server's continuous batch does), e.g. "
+                  "--batch 4,16: aggregate tok/s and the ratio to one sequence")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   cmd->add_flag("--json", as_json, "Print one JSON object");
   cmd->callback([] {
     if (threads > 0) omp_set_num_threads(threads);
@@ -183,6 +189,34 @@ void add_bench_command(CLI::App& app) {
         fixed += ffn_bytes(l.mlp);
     }
     const double bytes_per_token = fixed + static_cast<double>(routed_bytes) / decode_tokens;
+
+    // Batched decode: N sequences, each after its own copy of the decode prompt, one token each
+    // per step through forward_batch — the ceiling a server's continuous batching can reach.
+    nlohmann::json batch_json = nlohmann::json::object();
+    for (int n : batch_sizes) {
+      std::vector<KVCache> caches;
+      for (int i = 0; i < n; ++i) caches.push_back(model->new_cache());
+      std::vector<KVCache*> pointers;
+      for (KVCache& c : caches) pointers.push_back(&c);
+      const std::vector<int> p = prompt(decode_prompt);
+      std::vector<int> tokens, counts(n, decode_prompt), ones(n, 1);
+      for (int i = 0; i < n; ++i) tokens.insert(tokens.end(), p.begin(), p.end());
+      std::vector<float> batch_logits(static_cast<size_t>(n) * V);
+      ForwardOptions last;
+      last.last_logits_only = true;
+      model->forward_batch(tokens.data(), pointers, counts, batch_logits.data(), nullptr, last);
+      const int steps = std::max(4, decode_tokens / 2);
+      start = std::chrono::steady_clock::now();
+      for (int step = 0; step < steps; ++step) {
+        for (int i = 0; i < n; ++i) {
+          const float* row = batch_logits.data() + static_cast<size_t>(i) * V;
+          tokens[i] = static_cast<int>(std::max_element(row, row + V) - row);
+        }
+        model->forward_batch(tokens.data(), pointers, ones, batch_logits.data(), nullptr, last);
+      }
+      const double rate = static_cast<double>(n) * steps / seconds_since(start);
+      batch_json[std::to_string(n)] = {{"tok_s", rate}, {"ratio", rate / decode_rate}};
+    }
     const double rss = peak_rss_mib();  // before the bandwidth buffer adds to it
 
     const double bandwidth =
@@ -203,6 +237,7 @@ void add_bench_command(CLI::App& app) {
                         {"bytes_per_token", bytes_per_token},
                         {"bandwidth_gbps", bandwidth},
                         {"bandwidth_fraction", fraction}};
+    if (!batch_sizes.empty()) j["batched_decode"] = batch_json;
     if (as_json) {
       std::printf("%s\n", j.dump().c_str());
       return;
@@ -220,6 +255,10 @@ void add_bench_command(CLI::App& app) {
     std::printf("decode/bandwidth   %.1f%% of the ceiling (%.2f tok/s)\n", 100 * fraction,
                 bandwidth * 1e9 / bytes_per_token);
     std::printf("peak RSS           %.0f MiB\n", rss);
+    for (int n : batch_sizes)
+      std::printf("decode, batch %-4d %.2f tok/s (%.2fx one sequence)\n", n,
+                  batch_json[std::to_string(n)]["tok_s"].get<double>(),
+                  batch_json[std::to_string(n)]["ratio"].get<double>());
   });
 }
 

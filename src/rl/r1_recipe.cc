@@ -29,8 +29,9 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 // Correct samples of `model_dir` on fresh training problems, as SFT examples. When none is
 // correct (a tiny budget), the worked solutions stand in, and the summary says so.
-std::vector<SftExample> rejection_samples(const std::string& model_dir, const text::Tokenizer& tokenizer,
-                                          int prompts, uint64_t seed, json* stats) {
+std::vector<SftExample> rejection_samples(const std::string& model_dir,
+                                          const text::Tokenizer& tokenizer, int prompts,
+                                          uint64_t seed, json* stats) {
   auto model = Model::load(model_dir);
   SampleConfig sc;
   sc.tasks = r1_zero_tasks();
@@ -54,8 +55,12 @@ std::vector<SftExample> rejection_samples(const std::string& model_dir, const te
     worked.reason_share = 1.0;
     examples = corpus_examples(tokenizer, worked, prompts, seed);
   }
-  *stats = {{"fallback_to_worked_solutions", none}, {"prompts", prompts}, {"samples_per_prompt", sc.samples}, {"kept", none ? 0 : examples.size()},
-            {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second}};
+  *stats = {{"fallback_to_worked_solutions", none},
+            {"prompts", prompts},
+            {"samples_per_prompt", sc.samples},
+            {"kept", none ? 0 : examples.size()},
+            {"seconds", r.seconds},
+            {"tokens_per_second", r.tokens_per_second}};
   return examples;
 }
 
@@ -76,8 +81,8 @@ void run_r1(const R1Config& cfg) {
   };
 
   auto t = stage(1, "corpus: task documents (byte-level tokens)");
-  const std::string data = write_demo_corpus(out + "/data", 6'000'000 * std::min(4.0, b), cfg.seed);
-  auto tokenizer = text::Tokenizer::load(data + "/tokenizer");
+  const DemoData data = write_demo_corpus(out + "/data", 12'000'000 * std::min(4.0, b), cfg.seed);
+  auto tokenizer = text::Tokenizer::load(data.tokenizer);
   std::vector<Problem> heldout = heldout_set(r1_zero_tasks(), kDemoHeldoutPerTask, cfg.seed + 99);
   auto eval_dir = [&](const std::string& dir) {
     auto model = Model::load(dir);
@@ -86,9 +91,9 @@ void run_r1(const R1Config& cfg) {
   stages["data_seconds"] = seconds_since(t);
 
   t = stage(2, "pre-train the teacher (V3 architecture: MLA + MoE + MTP)");
-  TrainerConfig pre = demo_pretrain_config(data, out + "/pretrain", "r1-zero-demo", demo_steps(900, b), cfg.seed);
-  train(pre);
-  const std::string base_dir = pre.out_dir + "/model";
+  const std::string base_dir =
+      demo_pretrain(data, out + "/pretrain", "r1-zero-demo", demo_steps(2400, b), cfg.seed, 0.1f)
+          .model_dir;
   EvalResult base = eval_dir(base_dir);
   stages["pretrain_seconds"] = seconds_since(t);
 
@@ -108,14 +113,16 @@ void run_r1(const R1Config& cfg) {
   stages["cold_start_seconds"] = seconds_since(t);
 
   t = stage(4, "reasoning RL: GRPO from the cold start");
-  GrpoTrainConfig rl = demo_grpo_config(cold.out_dir + "/model", out + "/grpo", static_cast<int>(demo_steps(40, b)), cfg.seed);
+  GrpoTrainConfig rl = demo_grpo_config(cold.out_dir + "/model", out + "/grpo",
+                                        static_cast<int>(demo_steps(40, b)), cfg.seed);
   GrpoTrainSummary rl_summary = grpo_train(rl);
   EvalResult rl_eval = eval_dir(rl.out_dir + "/model");
   stages["grpo_seconds"] = seconds_since(t);
 
   t = stage(5, "rejection sampling: keep the RL model's correct answers");
   json rs_stats;
-  std::vector<SftExample> samples = rejection_samples(rl.out_dir + "/model", *tokenizer, sample_prompts, cfg.seed + 7, &rs_stats);
+  std::vector<SftExample> samples =
+      rejection_samples(rl.out_dir + "/model", *tokenizer, sample_prompts, cfg.seed + 7, &rs_stats);
   stages["rejection_sampling_seconds"] = seconds_since(t);
 
   t = stage(6, "SFT of the pre-trained model on the rejection samples: the teacher");
@@ -129,16 +136,16 @@ void run_r1(const R1Config& cfg) {
   stages["second_sft_seconds"] = seconds_since(t);
 
   t = stage(7, "pre-train the student (dense Qwen2 architecture)");
-  TrainerConfig student_pre = demo_pretrain_config(data, out + "/student_pretrain", "r1-student", demo_steps(600, b), cfg.seed + 1);
-  student_pre.objective.mtp_weight = 0;
-  train(student_pre);
-  const std::string student_base = student_pre.out_dir + "/model";
+  const std::string student_base = demo_pretrain(data, out + "/student_pretrain", "r1-student",
+                                                 demo_steps(1200, b), cfg.seed + 1, 0.0f)
+                                       .model_dir;
   EvalResult student_base_eval = eval_dir(student_base);
   stages["student_pretrain_seconds"] = seconds_since(t);
 
   t = stage(8, "distill the teacher into the student, and the student alone");
   json td_stats;
-  std::vector<SftExample> teacher_samples = rejection_samples(teacher_dir, *tokenizer, sample_prompts, cfg.seed + 11, &td_stats);
+  std::vector<SftExample> teacher_samples =
+      rejection_samples(teacher_dir, *tokenizer, sample_prompts, cfg.seed + 11, &td_stats);
   SftTrainConfig distill;
   distill.model_dir = student_base;
   distill.out_dir = out + "/student_distilled";
@@ -182,20 +189,28 @@ void run_r1(const R1Config& cfg) {
                          {"step_seconds", rl_summary.step_seconds}};
   summary["stage_seconds"] = stages;
   write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
-  fs::copy_file(rl.out_dir + "/rl_reward.png", out + "/rl_reward.png", fs::copy_options::overwrite_existing);
-  fs::copy_file(rl.out_dir + "/rl_length.png", out + "/rl_length.png", fs::copy_options::overwrite_existing);
+  fs::copy_file(rl.out_dir + "/rl_reward.png", out + "/rl_reward.png",
+                fs::copy_options::overwrite_existing);
+  fs::copy_file(rl.out_dir + "/rl_length.png", out + "/rl_length.png",
+                fs::copy_options::overwrite_existing);
 
   std::ostringstream html;
   html << "<!doctype html><meta charset=utf-8><title>whale: the R1 recipe in miniature</title>"
-       << "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 10px;"
-       << "border-bottom:1px solid #ddd}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}</style>"
+       << "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px "
+          "10px;"
+       << "border-bottom:1px solid "
+          "#ddd}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}</style>"
        << "<h1>The R1 recipe in miniature</h1><p>Held-out problems: " << heldout.size()
-       << ". Teacher: DeepSeek-V3 architecture (MLA, MoE, MTP); student: dense Qwen2 architecture.</p>"
+       << ". Teacher: DeepSeek-V3 architecture (MLA, MoE, MTP); student: dense Qwen2 "
+          "architecture.</p>"
        << "<h2>Teacher stages</h2>"
-       << eval_table_html({{"pre-trained", &base}, {"cold-start SFT", &cold_eval}, {"GRPO", &rl_eval},
+       << eval_table_html({{"pre-trained", &base},
+                           {"cold-start SFT", &cold_eval},
+                           {"GRPO", &rl_eval},
                            {"SFT on rejection samples", &teacher_eval}})
        << "<h2>Student</h2>"
-       << eval_table_html({{"pre-trained", &student_base_eval}, {"distilled (SFT + KD + CCKD)", &distilled},
+       << eval_table_html({{"pre-trained", &student_base_eval},
+                           {"distilled (SFT + KD + CCKD)", &distilled},
                            {"without the teacher", &alone_eval}})
        << "<h2>GRPO curves</h2><img src=rl_reward.png width=900><img src=rl_length.png width=900>"
        << "<h2>Held-out answers</h2>";
@@ -205,11 +220,13 @@ void run_r1(const R1Config& cfg) {
          << html_escape(distilled.responses[i]) << "\n<b>student without teacher</b> "
          << html_escape(alone_eval.responses[i]) << "</pre>";
   write_file_atomic(out + "/report.html", html.str());
-  std::printf("\nheld-out accuracy: pre-trained %.1f%% → cold start %.1f%% → GRPO %.1f%% → teacher %.1f%%\n"
-              "student: distilled %.1f%% vs without the teacher %.1f%% (pre-trained %.1f%%)\n"
-              "report: %s/report.html (summary.json, teacher_model/, student_model/)\n",
-              100 * base.accuracy, 100 * cold_eval.accuracy, 100 * rl_eval.accuracy, 100 * teacher_eval.accuracy,
-              100 * distilled.accuracy, 100 * alone_eval.accuracy, 100 * student_base_eval.accuracy, out.c_str());
+  std::printf(
+      "\nheld-out accuracy: pre-trained %.1f%% → cold start %.1f%% → GRPO %.1f%% → teacher %.1f%%\n"
+      "student: distilled %.1f%% vs without the teacher %.1f%% (pre-trained %.1f%%)\n"
+      "report: %s/report.html (summary.json, teacher_model/, student_model/)\n",
+      100 * base.accuracy, 100 * cold_eval.accuracy, 100 * rl_eval.accuracy,
+      100 * teacher_eval.accuracy, 100 * distilled.accuracy, 100 * alone_eval.accuracy,
+      100 * student_base_eval.accuracy, out.c_str());
 }
 
 }  // namespace whale

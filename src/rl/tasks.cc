@@ -54,8 +54,8 @@ Problem word(std::mt19937_64& rng) {
     p.numbers = {a, b, 1};
   } else {
     if (a < b) std::swap(a, b);
-    p.question = who + " has " + std::to_string(a) + " " + item + " and gives " + std::to_string(b) +
-                 " to " + other + ". How many now?";
+    p.question = who + " has " + std::to_string(a) + " " + item + " and gives " +
+                 std::to_string(b) + " to " + other + ". How many now?";
     p.answer = std::to_string(a - b);
     p.numbers = {a, b, 0};
   }
@@ -73,26 +73,28 @@ int apply(int x, char op, int y) {
   }
 }
 
-// The last digit of a chain of one-digit products and sums, evaluated left to right, e.g.
-// "last digit of ((7*8)+6)*3". Step by step, each step is a one-digit fact on the previous
-// result's last digit; in one go it is a serial composition of three lookups, which a shallow
-// model does not learn from a few minutes of data — the gap reasoning closes.
+// The last digit of ((a·b)+c)·d, one digit at a time from 0: "last digit: 0 +7 =? *8 =? +6 =? *3
+// =?" (0+7 → 7, 7·8 → 6, 6+6 → 2, 2·3 → 6; answer 6). In one go it is a serial composition of
+// lookups, which a shallow model does not learn from a few minutes of data; step by step each is
+// one fact — the gap reasoning closes. The worked steps have the question's own layout
+// (" *8 =6" under " *8 =?"), so every operand a step needs sits one fixed distance behind it: a
+// copy a small model learns early, unlike finding "the k-th operand" by counting. The operators
+// alternate (+ × + ×): with random ones, the demo's model learned to copy the digits (99%) but not
+// the operators (50%); starting from 0 makes the first number an operand like the others.
 Problem chain(std::mt19937_64& rng) {
   Problem p;
   p.task = "chain";
   p.checker = "number";
-  p.numbers = {uniform(rng, 2, 9)};
-  std::string expr = std::to_string(p.numbers[0]);
-  int digit = p.numbers[0];
-  for (int i = 0; i < 3; ++i) {
+  p.question = "last digit: 0";
+  int digit = 0;
+  for (int i = 0; i < 4; ++i) {
     const int x = uniform(rng, 2, 9);
-    const char op = rng() % 2 ? '+' : '*';
-    digit = (op == '+' ? digit + x : digit * x) % 10;
+    const char op = i % 2 ? '*' : '+';
+    digit = apply(digit, op, x) % 10;
     p.numbers.push_back(x);
     p.ops.push_back(op);
-    expr = (i < 2 ? "(" : "") + expr + op + std::to_string(x) + (i < 2 ? ")" : "");
+    p.question += std::string(" ") + op + std::to_string(x) + " =?";
   }
-  p.question = "last digit of " + expr;
   p.answer = std::to_string(digit);
   return p;
 }
@@ -112,7 +114,8 @@ Problem countdown(std::mt19937_64& rng) {
     if (target < 1) continue;
     p.numbers = {a, b};
     // Larger first: the order of the search below, and no hint of the operation.
-    p.question = "Use " + std::to_string(a) + " " + std::to_string(b) + " to make " + std::to_string(target);
+    p.question =
+        "Use " + std::to_string(a) + " " + std::to_string(b) + " to make " + std::to_string(target);
     p.answer = std::to_string(target);
     return p;
   }
@@ -144,7 +147,8 @@ Problem countdown3(std::mt19937_64& rng) {
 }  // namespace
 
 const std::vector<std::string>& builtin_tasks() {
-  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown", "countdown3", "chain"};
+  static const std::vector<std::string> tasks = {"arithmetic", "word", "countdown", "countdown3",
+                                                 "chain"};
   return tasks;
 }
 
@@ -167,7 +171,8 @@ Problem draw_problem(const std::string& task, Split split, std::mt19937_64& rng)
     else if (task == "chain")
       p = chain(rng);
     else
-      throw Error("unknown task '" + task + "' (built in: arithmetic, word, countdown, countdown3, chain)");
+      throw Error("unknown task '" + task +
+                  "' (built in: arithmetic, word, countdown, countdown3, chain)");
     if (split_of(p) == split) return p;
   }
 }
@@ -206,9 +211,11 @@ std::vector<Problem> load_task_file(const std::string& path) {
     check(p.checker == "exact" || p.checker == "number" || p.checker == "countdown",
           where + ": checker must be exact, number or countdown");
     if (p.checker == "countdown") {
-      check(j.contains("numbers") && j["numbers"].is_array(), where + ": countdown needs \"numbers\"");
+      check(j.contains("numbers") && j["numbers"].is_array(),
+            where + ": countdown needs \"numbers\"");
       for (auto& v : j["numbers"]) {
-        check(v.is_number_integer() && std::abs(v.get<long>()) < 1000000, where + ": \"numbers\" must be integers");
+        check(v.is_number_integer() && std::abs(v.get<long>()) < 1000000,
+              where + ": \"numbers\" must be integers");
         p.numbers.push_back(v.get<int>());
       }
     }
@@ -248,17 +255,18 @@ std::string solution_text(const Problem& p, bool reason) {
   std::string think, answer = p.answer;
   if (p.task == "arithmetic" || p.task == "word") {
     // Restate the sum first: the columns then read their digits at fixed distances behind.
-    bool add = p.task == "arithmetic" ? p.question.find('+') != std::string::npos : p.numbers[2] == 1;
+    bool add =
+        p.task == "arithmetic" ? p.question.find('+') != std::string::npos : p.numbers[2] == 1;
     think = std::to_string(p.numbers[0]) + (add ? "+" : "-") + std::to_string(p.numbers[1]) + " " +
             column_reasoning(p.numbers[0], p.numbers[1], add);
   } else if (p.task == "chain") {
-    // One fact per operation, each on the last digit of the previous result.
-    int digit = p.numbers[0];
+    // The question with each "?" filled in: one fact per step, on the previous step's digit.
+    int digit = 0;
+    think = "0";
     for (size_t i = 0; i < p.ops.size(); ++i) {
-      const int x = p.numbers[i + 1];
-      const int value = p.ops[i] == '+' ? digit + x : digit * x;
-      think += (i ? " " : "") + std::to_string(digit) + p.ops[i] + std::to_string(x) + "=" + std::to_string(value);
-      digit = value % 10;
+      digit = apply(digit, p.ops[i], p.numbers[i]) % 10;
+      think +=
+          std::string(" ") + p.ops[i] + std::to_string(p.numbers[i]) + " =" + std::to_string(digit);
     }
   } else if (p.task == "countdown") {
     // A search in a fixed order (+, *, -), each try checked against the target.
