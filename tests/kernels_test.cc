@@ -1,12 +1,16 @@
 // Every SIMD kernel against its scalar reference, on random data of awkward lengths.
-#include "ops/gemm.h"
 #include "ops/kernels.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <random>
 
+#include "hwy/targets.h"
+#include "io/quantize.h"
+#include "ops/gemm.h"
 #include "ops/linear.h"
 #include "tensor/dtype.h"
 
@@ -96,6 +100,191 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
   }
 }
 
+uint32_t bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+// Runs body once per instruction set compiled in and supported here (AVX-512, AVX2, SSE4, ...),
+// so the kernels of every target are held to the same rules, then restores the dispatcher.
+void for_every_target(const std::function<void()>& body) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    body();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+// The multi-row kernels (one weight row against T activation rows; speculative decoding's
+// verification, small batches) must give every row exactly the bits of the single-row kernel,
+// whatever its batch-mates, and agree with the scalar references.
+TEST(Kernels, MultiRowDotsAreBitIdenticalToSingleRow) {
+  for_every_target([] {
+    std::mt19937 rng(4);
+    for (size_t n : {1,  3,  7,   8,   15,  16,  17,  31,   32,   33,  63,
+                     64, 65, 100, 129, 255, 256, 257, 1000, 2049, 4099}) {
+      auto w = random_vector(n, rng);
+      for (float& v : w) v += 0.3f;  // not centred, as the quantization tests do
+      std::vector<uint16_t> w_bf16(n), w_f16(n);
+      std::vector<uint8_t> w_e4m3(n);
+      for (size_t i = 0; i < n; ++i) {
+        w_bf16[i] = f32_to_bf16(w[i]);
+        w_f16[i] = f32_to_f16(w[i]);
+        w_e4m3[i] = f32_to_e4m3(w[i] * 50);
+      }
+      const size_t groups = (n + kQuantGroup - 1) / kQuantGroup;
+      std::vector<int8_t> q8(n);
+      std::vector<uint16_t> q8_scales(groups), q4_scale_min(2 * groups);
+      std::vector<uint8_t> q4(groups * 16);
+      quantize_row_q8(w.data(), n, q8.data(), q8_scales.data());
+      quantize_row_q4(w.data(), n, q4.data(), q4_scale_min.data());
+      struct Kernel {
+        const char* name;
+        std::function<void(const float*, size_t, size_t, float*)> rows;  // x, ldx, T, out
+        std::function<float(const float*)> one, reference;
+        float tol;  // against the reference, per √n
+      };
+      const Kernel kernels[] = {
+          {"f32",
+           [&](auto x, auto ldx, auto T, auto out) { dot_f32_rows(w.data(), x, ldx, T, n, out); },
+           [&](auto x) { return dot_f32(w.data(), x, n); },
+           [&](auto x) { return dot_f32_reference(w.data(), x, n); }, 4e-5f},
+          {"bf16",
+           [&](auto x, auto ldx, auto T, auto out) {
+             dot_bf16_rows(w_bf16.data(), x, ldx, T, n, out);
+           },
+           [&](auto x) { return dot_bf16(w_bf16.data(), x, n); },
+           [&](auto x) { return dot_bf16_reference(w_bf16.data(), x, n); }, 4e-5f},
+          {"f16",
+           [&](auto x, auto ldx, auto T, auto out) {
+             dot_f16_rows(w_f16.data(), x, ldx, T, n, out);
+           },
+           [&](auto x) { return dot_f16(w_f16.data(), x, n); },
+           [&](auto x) { return dot_f16_reference(w_f16.data(), x, n); }, 4e-5f},
+          {"e4m3",
+           [&](auto x, auto ldx, auto T, auto out) {
+             dot_e4m3_rows(w_e4m3.data(), x, ldx, T, n, out);
+           },
+           [&](auto x) { return dot_e4m3(w_e4m3.data(), x, n); },
+           [&](auto x) { return dot_e4m3_reference(w_e4m3.data(), x, n); }, 2e-3f},
+          {"q8",
+           [&](auto x, auto ldx, auto T, auto out) {
+             dot_q8_rows(q8.data(), q8_scales.data(), x, ldx, T, n, out);
+           },
+           [&](auto x) { return dot_q8(q8.data(), q8_scales.data(), x, n); },
+           [&](auto x) { return dot_q8_reference(q8.data(), q8_scales.data(), x, n); }, 4e-5f},
+          {"q4",
+           [&](auto x, auto ldx, auto T, auto out) {
+             dot_q4_rows(q4.data(), q4_scale_min.data(), x, ldx, T, n, out);
+           },
+           [&](auto x) { return dot_q4(q4.data(), q4_scale_min.data(), x, n); },
+           [&](auto x) { return dot_q4_reference(q4.data(), q4_scale_min.data(), x, n); }, 8e-5f},
+      };
+      // T = 1 … 7 is one pass over the weight row; 8 and 9 take a second pass.
+      for (size_t T = 1; T <= 9; ++T)
+        for (size_t ldx : {n, n + 5}) {  // rows of x packed, or apart
+          const auto x = random_vector(T * ldx, rng);
+          for (const Kernel& k : kernels) {
+            std::vector<float> out(T, std::nanf(""));
+            k.rows(x.data(), ldx, T, out.data());
+            for (size_t t = 0; t < T; ++t) {
+              const float* xt = x.data() + t * ldx;
+              const float one = k.one(xt);
+              ASSERT_EQ(bits(out[t]), bits(one)) << k.name << " n " << n << " T " << T << " row "
+                                                 << t << ": " << out[t] << " vs single-row " << one;
+              ASSERT_NEAR(out[t], k.reference(xt), k.tol * std::sqrt(static_cast<float>(n)))
+                  << k.name << " n " << n << " T " << T << " row " << t;
+            }
+          }
+        }
+    }
+  });
+}
+
+// linear_forward below 8 tokens (row dots; the fp8 weights with their block scales, q8 and q4
+// with their groups): each token's outputs are bit-identical to a one-token forward.
+TEST(Kernels, LinearSmallBatchesAreBitIdenticalToOneTokenAtATime) {
+  std::mt19937 rng(5);
+  const int rows = 70, cols = 300;  // fp8: 2 × 3 blocks of 64 × 128, the last ones partial
+  const auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
+  const size_t groups = (cols + kQuantGroup - 1) / kQuantGroup;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3, DType::I8, DType::U8}) {
+    std::vector<uint8_t> bytes;
+    std::vector<uint16_t> qscale;
+    Linear lin;
+    lin.dtype = dtype;
+    lin.rows = rows;
+    lin.cols = cols;
+    for (int r = 0; r < rows; ++r) {
+      const float* wr = w.data() + static_cast<size_t>(r) * cols;
+      if (dtype == DType::I8) {
+        bytes.resize(static_cast<size_t>(rows) * cols);
+        qscale.resize(rows * groups);
+        quantize_row_q8(wr, cols, reinterpret_cast<int8_t*>(bytes.data()) + r * cols,
+                        qscale.data() + r * groups);
+      } else if (dtype == DType::U8) {
+        bytes.resize(rows * groups * 16);
+        qscale.resize(rows * groups * 2);
+        quantize_row_q4(wr, cols, bytes.data() + r * groups * 16, qscale.data() + r * groups * 2);
+      } else {
+        for (int c = 0; c < cols; ++c) {
+          const size_t es = dtype_size(dtype);
+          if (bytes.empty()) bytes.resize(static_cast<size_t>(rows) * cols * es);
+          uint8_t* dst = bytes.data() + (static_cast<size_t>(r) * cols + c) * es;
+          if (dtype == DType::F32) {
+            std::memcpy(dst, &wr[c], 4);
+          } else if (dtype == DType::F8_E4M3) {
+            *dst = f32_to_e4m3(wr[c] * 100);
+          } else {
+            const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(wr[c]) : f32_to_f16(wr[c]);
+            std::memcpy(dst, &h, 2);
+          }
+        }
+      }
+    }
+    if (dtype == DType::F8_E4M3) {
+      lin.block_rows = 64;
+      lin.block_cols = 128;
+      for (int i = 0; i < 2 * 3; ++i) lin.block_scale.push_back(0.01f * (i + 1));
+    }
+    lin.data = bytes.data();
+    lin.qscale = qscale.empty() ? nullptr : qscale.data();
+    std::vector<std::vector<float>> xs, refs;  // per T
+    for (int T = 2; T < 8; ++T) {
+      xs.push_back(random_vector(static_cast<size_t>(T) * cols, rng));
+      refs.emplace_back(static_cast<size_t>(T) * rows);
+      linear_forward_reference(lin, xs.back().data(), T, refs.back().data());
+    }
+    for_every_target([&] {
+      for (int T = 2; T < 8; ++T) {
+        const std::vector<float>& x = xs[T - 2];
+        const std::vector<float>& y_ref = refs[T - 2];
+        std::vector<float> y(static_cast<size_t>(T) * rows), y_one(rows), out(T);
+        linear_forward(lin, x.data(), T, y.data());
+        for (int t = 0; t < T; ++t) {
+          linear_forward(lin, x.data() + static_cast<size_t>(t) * cols, 1, y_one.data());
+          for (int r = 0; r < rows; ++r) {
+            const size_t i = static_cast<size_t>(t) * rows + r;
+            ASSERT_EQ(bits(y[i]), bits(y_one[r]))
+                << dtype_name(dtype) << " T " << T << " token " << t << " row " << r;
+            ASSERT_EQ(bits(y_one[r]),
+                      bits(lin.row_dot(r, x.data() + static_cast<size_t>(t) * cols)));
+            ASSERT_NEAR(y[i], y_ref[i], 2e-4f * (1 + std::fabs(y_ref[i])))
+                << dtype_name(dtype) << " T " << T << " token " << t << " row " << r;
+          }
+        }
+        for (int r : {0, 37, rows - 1}) {
+          lin.rows_dot(r, x.data(), T, out.data());
+          for (int t = 0; t < T; ++t)
+            ASSERT_EQ(bits(out[t]), bits(y[static_cast<size_t>(t) * rows + r]));
+        }
+      }
+    });
+  }
+}
+
 }  // namespace
 }  // namespace whale
 
@@ -116,9 +305,10 @@ TEST(Kernels, GemmMatchesReferenceInEveryTransposition) {
             C_ref = C;
             int lda = ta ? M : K, ldb = tb ? K : N;
             gemm(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f, C.data(), N);
-            gemm_reference(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f,
-                           C_ref.data(), N);
-            for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], C_ref[i], 1e-4f * (1 + std::fabs(C_ref[i])));
+            gemm_reference(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f, C_ref.data(),
+                           N);
+            for (int i = 0; i < M * N; ++i)
+              ASSERT_NEAR(C[i], C_ref[i], 1e-4f * (1 + std::fabs(C_ref[i])));
           }
 }
 

@@ -3,6 +3,8 @@
 #define HWY_TARGET_INCLUDE "ops/kernels.cc"
 #include "ops/kernels.h"
 
+#include <utility>
+
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "tensor/dtype.h"
@@ -12,21 +14,57 @@ namespace whale {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-float DotF32(const float* a, const float* b, size_t n) {
+// Several activation rows against one weight row. Every dot kernel is written for R rows at
+// once (row t at x + t·ldx): each weight chunk is loaded and dequantized once, then accumulated
+// into R independent sets of accumulators that follow one row's order exactly (same lanes, same
+// partial sums, same final reduction, same scalar tail). The single-row kernels are the R = 1
+// instances, so a row's result is bit-identical whether it is computed alone or with others.
+// ForRows<R>(f) calls f(t) for t = 0 … R − 1 with t a compile-time constant, so that the per-row
+// arrays of accumulators are kept in registers.
+#ifndef WHALE_ROW
+#define WHALE_ROW [&](auto t) HWY_ATTR __attribute__((always_inline))
+#endif
+
+template <class F, size_t... kT>
+HWY_INLINE void ForRowsImpl(const F& f, std::index_sequence<kT...>) {
+  (f(std::integral_constant<size_t, kT>()), ...);
+}
+template <size_t R, class F>
+HWY_INLINE void ForRows(const F& f) {
+  ForRowsImpl(f, std::make_index_sequence<R>());
+}
+
+template <size_t R>
+HWY_INLINE void DotF32Rows(const float* a, const float* x, size_t ldx, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d), s2 = hn::Zero(d), s3 = hn::Zero(d);
+  hn::Vec<decltype(d)> s0[R], s1[R], s2[R], s3[R];
+  ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
-    s0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s0);
-    s1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), s1);
-    s2 = hn::MulAdd(hn::LoadU(d, a + i + 2 * N), hn::LoadU(d, b + i + 2 * N), s2);
-    s3 = hn::MulAdd(hn::LoadU(d, a + i + 3 * N), hn::LoadU(d, b + i + 3 * N), s3);
+    const auto w0 = hn::LoadU(d, a + i), w1 = hn::LoadU(d, a + i + N);
+    const auto w2 = hn::LoadU(d, a + i + 2 * N), w3 = hn::LoadU(d, a + i + 3 * N);
+    ForRows<R>(WHALE_ROW {
+      const float* xt = x + t * ldx + i;
+      s0[t] = hn::MulAdd(w0, hn::LoadU(d, xt), s0[t]);
+      s1[t] = hn::MulAdd(w1, hn::LoadU(d, xt + N), s1[t]);
+      s2[t] = hn::MulAdd(w2, hn::LoadU(d, xt + 2 * N), s2[t]);
+      s3[t] = hn::MulAdd(w3, hn::LoadU(d, xt + 3 * N), s3[t]);
+    });
   }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s0);
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+  for (; i + N <= n; i += N) {
+    const auto w0 = hn::LoadU(d, a + i);
+    ForRows<R>(WHALE_ROW { s0[t] = hn::MulAdd(w0, hn::LoadU(d, x + t * ldx + i), s0[t]); });
+  }
+  float sum[R];
+  ForRows<R>(WHALE_ROW {
+    sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0[t], s1[t]), hn::Add(s2[t], s3[t]))));
+  });
+  for (; i < n; ++i) {
+    const float wi = a[i];
+    ForRows<R>(WHALE_ROW { sum[t] += wi * x[t * ldx + i]; });
+  }
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 // bf16 is the top half of an f32: widen to u32 and shift left by 16.
@@ -36,22 +74,38 @@ HWY_INLINE hn::Vec<DF> LoadBf16(DF df, DU16 du16, const uint16_t* p) {
   return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, p))));
 }
 
-float DotBf16(const uint16_t* w, const float* x, size_t n) {
+template <size_t R>
+HWY_INLINE void DotBf16Rows(const uint16_t* w, const float* x, size_t ldx, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const hn::Rebind<uint16_t, decltype(d)> du16;
   const size_t N = hn::Lanes(d);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d), s2 = hn::Zero(d), s3 = hn::Zero(d);
+  hn::Vec<decltype(d)> s0[R], s1[R], s2[R], s3[R];
+  ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
-    s0 = hn::MulAdd(LoadBf16(d, du16, w + i), hn::LoadU(d, x + i), s0);
-    s1 = hn::MulAdd(LoadBf16(d, du16, w + i + N), hn::LoadU(d, x + i + N), s1);
-    s2 = hn::MulAdd(LoadBf16(d, du16, w + i + 2 * N), hn::LoadU(d, x + i + 2 * N), s2);
-    s3 = hn::MulAdd(LoadBf16(d, du16, w + i + 3 * N), hn::LoadU(d, x + i + 3 * N), s3);
+    const auto w0 = LoadBf16(d, du16, w + i), w1 = LoadBf16(d, du16, w + i + N);
+    const auto w2 = LoadBf16(d, du16, w + i + 2 * N), w3 = LoadBf16(d, du16, w + i + 3 * N);
+    ForRows<R>(WHALE_ROW {
+      const float* xt = x + t * ldx + i;
+      s0[t] = hn::MulAdd(w0, hn::LoadU(d, xt), s0[t]);
+      s1[t] = hn::MulAdd(w1, hn::LoadU(d, xt + N), s1[t]);
+      s2[t] = hn::MulAdd(w2, hn::LoadU(d, xt + 2 * N), s2[t]);
+      s3[t] = hn::MulAdd(w3, hn::LoadU(d, xt + 3 * N), s3[t]);
+    });
   }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(LoadBf16(d, du16, w + i), hn::LoadU(d, x + i), s0);
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
-  for (; i < n; ++i) sum += bf16_to_f32(w[i]) * x[i];
-  return sum;
+  for (; i + N <= n; i += N) {
+    const auto w0 = LoadBf16(d, du16, w + i);
+    ForRows<R>(WHALE_ROW { s0[t] = hn::MulAdd(w0, hn::LoadU(d, x + t * ldx + i), s0[t]); });
+  }
+  float sum[R];
+  ForRows<R>(WHALE_ROW {
+    sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0[t], s1[t]), hn::Add(s2[t], s3[t]))));
+  });
+  for (; i < n; ++i) {
+    const float wi = bf16_to_f32(w[i]);
+    ForRows<R>(WHALE_ROW { sum[t] += wi * x[t * ldx + i]; });
+  }
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 template <class DF>
@@ -60,19 +114,32 @@ HWY_INLINE hn::Vec<DF> LoadF16(DF df, const uint16_t* p) {
   return hn::PromoteTo(df, hn::LoadU(df16, reinterpret_cast<const hwy::float16_t*>(p)));
 }
 
-float DotF16(const uint16_t* w, const float* x, size_t n) {
+template <size_t R>
+HWY_INLINE void DotF16Rows(const uint16_t* w, const float* x, size_t ldx, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+  hn::Vec<decltype(d)> s0[R], s1[R];
+  ForRows<R>(WHALE_ROW { s0[t] = s1[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    s0 = hn::MulAdd(LoadF16(d, w + i), hn::LoadU(d, x + i), s0);
-    s1 = hn::MulAdd(LoadF16(d, w + i + N), hn::LoadU(d, x + i + N), s1);
+    const auto w0 = LoadF16(d, w + i), w1 = LoadF16(d, w + i + N);
+    ForRows<R>(WHALE_ROW {
+      const float* xt = x + t * ldx + i;
+      s0[t] = hn::MulAdd(w0, hn::LoadU(d, xt), s0[t]);
+      s1[t] = hn::MulAdd(w1, hn::LoadU(d, xt + N), s1[t]);
+    });
   }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(LoadF16(d, w + i), hn::LoadU(d, x + i), s0);
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
-  for (; i < n; ++i) sum += whale::f16_to_f32(w[i]) * x[i];
-  return sum;
+  for (; i + N <= n; i += N) {
+    const auto w0 = LoadF16(d, w + i);
+    ForRows<R>(WHALE_ROW { s0[t] = hn::MulAdd(w0, hn::LoadU(d, x + t * ldx + i), s0[t]); });
+  }
+  float sum[R];
+  ForRows<R>(WHALE_ROW { sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0[t], s1[t]))); });
+  for (; i < n; ++i) {
+    const float wi = whale::f16_to_f32(w[i]);
+    ForRows<R>(WHALE_ROW { sum[t] += wi * x[t * ldx + i]; });
+  }
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 void F16ToF32(const uint16_t* in, float* out, size_t n) {
@@ -92,17 +159,20 @@ void Bf16ToF32(const uint16_t* in, float* out, size_t n) {
   for (; i < n; ++i) out[i] = bf16_to_f32(in[i]);
 }
 
-float DotE4M3(const uint8_t* w, const float* x, size_t n) {
+template <size_t R>
+HWY_INLINE void DotE4M3Rows(const uint8_t* w, const float* x, size_t ldx, size_t n, float* out) {
   // Decode through the 256-entry table in chunks, then a vector dot.
   constexpr size_t kChunk = 256;
   HWY_ALIGN float buf[kChunk];
-  float sum = 0;
+  float sum[R], part[R];
+  ForRows<R>(WHALE_ROW { sum[t] = 0; });
   for (size_t i = 0; i < n; i += kChunk) {
     size_t len = n - i < kChunk ? n - i : kChunk;
     for (size_t j = 0; j < len; ++j) buf[j] = kE4M3ToF32[w[i + j]];
-    sum += DotF32(buf, x + i, len);
+    DotF32Rows<R>(buf, x + i, ldx, len, part);
+    ForRows<R>(WHALE_ROW { sum[t] += part[t]; });
   }
-  return sum;
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 // Quantized rows. At most 16 f32 lanes, so a lane count always divides a group (32) and a q4
@@ -125,25 +195,30 @@ HWY_INLINE float Q4Value(const uint8_t* group, size_t j, float scale, float min)
   return static_cast<float>(j < 16 ? b & 15 : b >> 4) * scale + min;
 }
 
-// One q8 group's Σ code·x as a vector (scale not applied).
-HWY_INLINE hn::Vec<QTag> GroupDotQ8(const int8_t* w, const float* x) {
+// One q8 group's Σ code·x per row as vectors (scale not applied).
+template <size_t R>
+HWY_INLINE void GroupDotQ8(const int8_t* w, const float* x, size_t ldx, hn::Vec<QTag> (&acc)[R]) {
   const QTag d;
   const hn::Rebind<int8_t, QTag> di8;
   const hn::Rebind<int32_t, QTag> di32;
   const size_t N = hn::Lanes(d);
-  auto acc = hn::Zero(d);
-  for (size_t j = 0; j < kGroup; j += N)
-    acc = hn::MulAdd(hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + j))),
-                     hn::LoadU(d, x + j), acc);
-  return acc;
+  ForRows<R>(WHALE_ROW { acc[t] = hn::Zero(d); });
+  for (size_t j = 0; j < kGroup; j += N) {
+    const auto wf = hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + j)));
+    ForRows<R>(WHALE_ROW { acc[t] = hn::MulAdd(wf, hn::LoadU(d, x + t * ldx + j), acc[t]); });
+  }
 }
 
-float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+template <size_t R>
+HWY_INLINE void DotQ8Rows(const int8_t* codes, const uint16_t* scales, const float* x, size_t ldx,
+                          size_t n, float* out) {
   const QTag d;
+  using V = hn::Vec<QTag>;
   const size_t full = n / kGroup;
   HWY_ALIGN float s[kScaleChunk];
   // Two totals (even and odd groups) halve the FMA latency chain that carries across groups.
-  auto t0 = hn::Zero(d), t1 = hn::Zero(d);
+  V t0[R], t1[R], acc[R];
+  ForRows<R>(WHALE_ROW { t0[t] = t1[t] = hn::Zero(d); });
   for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
     const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
     ScalesToF32(scales + g0, s, count);
@@ -151,21 +226,32 @@ float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t 
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
-      t0 = hn::MulAdd(GroupDotQ8(w + g * kGroup, xg + g * kGroup), hn::Set(d, s[g]), t0);
-      t1 = hn::MulAdd(GroupDotQ8(w + (g + 1) * kGroup, xg + (g + 1) * kGroup), hn::Set(d, s[g + 1]),
-                      t1);
+      GroupDotQ8<R>(w + g * kGroup, xg + g * kGroup, ldx, acc);
+      const V s_even = hn::Set(d, s[g]);
+      ForRows<R>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], s_even, t0[t]); });
+      GroupDotQ8<R>(w + (g + 1) * kGroup, xg + (g + 1) * kGroup, ldx, acc);
+      const V s_odd = hn::Set(d, s[g + 1]);
+      ForRows<R>(WHALE_ROW { t1[t] = hn::MulAdd(acc[t], s_odd, t1[t]); });
     }
-    if (g < count)
-      t0 = hn::MulAdd(GroupDotQ8(w + g * kGroup, xg + g * kGroup), hn::Set(d, s[g]), t0);
+    if (g < count) {
+      GroupDotQ8<R>(w + g * kGroup, xg + g * kGroup, ldx, acc);
+      const V s_even = hn::Set(d, s[g]);
+      ForRows<R>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], s_even, t0[t]); });
+    }
   }
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(t0, t1)));
+  float sum[R];
+  ForRows<R>(WHALE_ROW { sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(t0[t], t1[t]))); });
   if (full * kGroup < n) {
     const float scale = whale::f16_to_f32(scales[full]);
-    float tail = 0;
-    for (size_t i = full * kGroup; i < n; ++i) tail += static_cast<float>(codes[i]) * x[i];
-    sum += tail * scale;
+    float tail[R];
+    ForRows<R>(WHALE_ROW { tail[t] = 0; });
+    for (size_t i = full * kGroup; i < n; ++i) {
+      const float c = static_cast<float>(codes[i]);
+      ForRows<R>(WHALE_ROW { tail[t] += c * x[t * ldx + i]; });
+    }
+    ForRows<R>(WHALE_ROW { sum[t] += tail[t] * scale; });
   }
-  return sum;
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 void Q8ToF32(const int8_t* codes, const uint16_t* scales, float* out, size_t n) {
@@ -193,35 +279,41 @@ void Q8ToF32(const int8_t* codes, const uint16_t* scales, float* out, size_t n) 
   }
 }
 
-// One q4 group: Σ nibble·x and Σ x as vectors (scale and min not applied).
-HWY_INLINE void GroupDotQ4(const uint8_t* b, const float* x, hn::Vec<QTag>& acc,
-                           hn::Vec<QTag>& xsum) {
+// One q4 group: Σ nibble·x and Σ x per row as vectors (scale and min not applied).
+template <size_t R>
+HWY_INLINE void GroupDotQ4(const uint8_t* b, const float* x, size_t ldx, hn::Vec<QTag> (&acc)[R],
+                           hn::Vec<QTag> (&xsum)[R]) {
   const QTag d;
   const hn::Rebind<uint8_t, QTag> du8;
   const hn::Rebind<uint32_t, QTag> du32;
   const hn::Rebind<int32_t, QTag> di32;
   const size_t N = hn::Lanes(d);
   const auto mask = hn::Set(du32, 15u);
-  acc = hn::Zero(d);
-  xsum = hn::Zero(d);
+  ForRows<R>(WHALE_ROW { acc[t] = xsum[t] = hn::Zero(d); });
   for (size_t j = 0; j < kGroup / 2; j += N) {
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(du8, b + j));
     const auto lo = hn::ConvertTo(d, hn::BitCast(di32, hn::And(bytes, mask)));
     const auto hi = hn::ConvertTo(d, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
-    const auto x_lo = hn::LoadU(d, x + j), x_hi = hn::LoadU(d, x + kGroup / 2 + j);
-    acc = hn::MulAdd(lo, x_lo, acc);
-    acc = hn::MulAdd(hi, x_hi, acc);
-    xsum = hn::Add(xsum, hn::Add(x_lo, x_hi));
+    ForRows<R>(WHALE_ROW {
+      const float* xt = x + t * ldx;
+      const auto x_lo = hn::LoadU(d, xt + j), x_hi = hn::LoadU(d, xt + kGroup / 2 + j);
+      acc[t] = hn::MulAdd(lo, x_lo, acc[t]);
+      acc[t] = hn::MulAdd(hi, x_hi, acc[t]);
+      xsum[t] = hn::Add(xsum[t], hn::Add(x_lo, x_hi));
+    });
   }
 }
 
-float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+template <size_t R>
+HWY_INLINE void DotQ4Rows(const uint8_t* packed, const uint16_t* scale_min, const float* x,
+                          size_t ldx, size_t n, float* out) {
   const QTag d;
+  using V = hn::Vec<QTag>;
   const size_t full = n / kGroup;
   HWY_ALIGN float s[2 * kScaleChunk];
   // Separate totals for the scale and min terms, even and odd groups: short latency chains.
-  auto ts0 = hn::Zero(d), ts1 = hn::Zero(d), tm0 = hn::Zero(d), tm1 = hn::Zero(d);
-  auto acc = hn::Zero(d), xsum = hn::Zero(d);
+  V ts0[R], ts1[R], tm0[R], tm1[R], acc[R], xsum[R];
+  ForRows<R>(WHALE_ROW { ts0[t] = ts1[t] = tm0[t] = tm1[t] = hn::Zero(d); });
   for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
     const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
     ScalesToF32(scale_min + 2 * g0, s, 2 * count);
@@ -229,28 +321,43 @@ float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, si
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
-      GroupDotQ4(b + g * (kGroup / 2), xg + g * kGroup, acc, xsum);
-      ts0 = hn::MulAdd(acc, hn::Set(d, s[2 * g]), ts0);
-      tm0 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), tm0);
-      GroupDotQ4(b + (g + 1) * (kGroup / 2), xg + (g + 1) * kGroup, acc, xsum);
-      ts1 = hn::MulAdd(acc, hn::Set(d, s[2 * g + 2]), ts1);
-      tm1 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 3]), tm1);
+      GroupDotQ4<R>(b + g * (kGroup / 2), xg + g * kGroup, ldx, acc, xsum);
+      const V sc0 = hn::Set(d, s[2 * g]), mn0 = hn::Set(d, s[2 * g + 1]);
+      ForRows<R>(WHALE_ROW {
+        ts0[t] = hn::MulAdd(acc[t], sc0, ts0[t]);
+        tm0[t] = hn::MulAdd(xsum[t], mn0, tm0[t]);
+      });
+      GroupDotQ4<R>(b + (g + 1) * (kGroup / 2), xg + (g + 1) * kGroup, ldx, acc, xsum);
+      const V sc1 = hn::Set(d, s[2 * g + 2]), mn1 = hn::Set(d, s[2 * g + 3]);
+      ForRows<R>(WHALE_ROW {
+        ts1[t] = hn::MulAdd(acc[t], sc1, ts1[t]);
+        tm1[t] = hn::MulAdd(xsum[t], mn1, tm1[t]);
+      });
     }
     if (g < count) {
-      GroupDotQ4(b + g * (kGroup / 2), xg + g * kGroup, acc, xsum);
-      ts0 = hn::MulAdd(acc, hn::Set(d, s[2 * g]), ts0);
-      tm0 = hn::MulAdd(xsum, hn::Set(d, s[2 * g + 1]), tm0);
+      GroupDotQ4<R>(b + g * (kGroup / 2), xg + g * kGroup, ldx, acc, xsum);
+      const V sc0 = hn::Set(d, s[2 * g]), mn0 = hn::Set(d, s[2 * g + 1]);
+      ForRows<R>(WHALE_ROW {
+        ts0[t] = hn::MulAdd(acc[t], sc0, ts0[t]);
+        tm0[t] = hn::MulAdd(xsum[t], mn0, tm0[t]);
+      });
     }
   }
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(ts0, ts1), hn::Add(tm0, tm1))));
+  float sum[R];
+  ForRows<R>(WHALE_ROW {
+    sum[t] =
+        hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(ts0[t], ts1[t]), hn::Add(tm0[t], tm1[t]))));
+  });
   if (full * kGroup < n) {
     const float scale = whale::f16_to_f32(scale_min[2 * full]);
     const float min = whale::f16_to_f32(scale_min[2 * full + 1]);
     const uint8_t* b = packed + full * (kGroup / 2);
-    for (size_t i = full * kGroup; i < n; ++i)
-      sum += Q4Value(b, i - full * kGroup, scale, min) * x[i];
+    for (size_t i = full * kGroup; i < n; ++i) {
+      const float v = Q4Value(b, i - full * kGroup, scale, min);
+      ForRows<R>(WHALE_ROW { sum[t] += v * x[t * ldx + i]; });
+    }
   }
-  return sum;
+  ForRows<R>(WHALE_ROW { out[t] = sum[t]; });
 }
 
 void Q4ToF32(const uint8_t* packed, const uint16_t* scale_min, float* out, size_t n) {
@@ -286,6 +393,99 @@ void Q4ToF32(const uint8_t* packed, const uint16_t* scale_min, float* out, size_
   }
 }
 
+// The exported kernels. One row: the R = 1 instance. T rows: passes of up to kRowsPerPass rows
+// (each pass reads the weight row once).
+constexpr size_t kRowsPerPass = 7;
+
+// f(integral_constant<R>) for a run-time 1 ≤ r ≤ kRowsPerPass.
+template <class F>
+HWY_INLINE void WithRowCount(size_t r, const F& f) {
+  switch (r) {
+    case 1:
+      return f(std::integral_constant<size_t, 1>());
+    case 2:
+      return f(std::integral_constant<size_t, 2>());
+    case 3:
+      return f(std::integral_constant<size_t, 3>());
+    case 4:
+      return f(std::integral_constant<size_t, 4>());
+    case 5:
+      return f(std::integral_constant<size_t, 5>());
+    case 6:
+      return f(std::integral_constant<size_t, 6>());
+    default:
+      return f(std::integral_constant<size_t, kRowsPerPass>());
+  }
+}
+static_assert(kRowsPerPass == 7, "WithRowCount's cases");
+
+// pass(first row, integral_constant<rows in this pass>) over T rows.
+template <class F>
+HWY_INLINE void InPasses(size_t T, const F& pass) {
+  for (size_t t0 = 0; t0 < T; t0 += kRowsPerPass)
+    WithRowCount(T - t0 < kRowsPerPass ? T - t0 : kRowsPerPass,
+                 [&](auto R) HWY_ATTR { pass(t0, R); });
+}
+
+float DotF32(const float* a, const float* b, size_t n) {
+  float out;
+  DotF32Rows<1>(a, b, 0, n, &out);
+  return out;
+}
+void DotF32Multi(const float* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R)
+                  HWY_ATTR { DotF32Rows<decltype(R)::value>(w, x + t0 * ldx, ldx, n, out + t0); });
+}
+float DotBf16(const uint16_t* w, const float* x, size_t n) {
+  float out;
+  DotBf16Rows<1>(w, x, 0, n, &out);
+  return out;
+}
+void DotBf16Multi(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R)
+                  HWY_ATTR { DotBf16Rows<decltype(R)::value>(w, x + t0 * ldx, ldx, n, out + t0); });
+}
+float DotF16(const uint16_t* w, const float* x, size_t n) {
+  float out;
+  DotF16Rows<1>(w, x, 0, n, &out);
+  return out;
+}
+void DotF16Multi(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R)
+                  HWY_ATTR { DotF16Rows<decltype(R)::value>(w, x + t0 * ldx, ldx, n, out + t0); });
+}
+float DotE4M3(const uint8_t* w, const float* x, size_t n) {
+  float out;
+  DotE4M3Rows<1>(w, x, 0, n, &out);
+  return out;
+}
+void DotE4M3Multi(const uint8_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R)
+                  HWY_ATTR { DotE4M3Rows<decltype(R)::value>(w, x + t0 * ldx, ldx, n, out + t0); });
+}
+float DotQ8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
+  float out;
+  DotQ8Rows<1>(codes, scales, x, 0, n, &out);
+  return out;
+}
+void DotQ8Multi(const int8_t* codes, const uint16_t* scales, const float* x, size_t ldx, size_t T,
+                size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R) HWY_ATTR {
+    DotQ8Rows<decltype(R)::value>(codes, scales, x + t0 * ldx, ldx, n, out + t0);
+  });
+}
+float DotQ4(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n) {
+  float out;
+  DotQ4Rows<1>(packed, scale_min, x, 0, n, &out);
+  return out;
+}
+void DotQ4Multi(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t ldx,
+                size_t T, size_t n, float* out) {
+  InPasses(T, [&](size_t t0, auto R) HWY_ATTR {
+    DotQ4Rows<decltype(R)::value>(packed, scale_min, x + t0 * ldx, ldx, n, out + t0);
+  });
+}
+
 void Axpy(float a, const float* x, float* y, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -314,6 +514,33 @@ HWY_EXPORT(DotQ8);
 HWY_EXPORT(DotQ4);
 HWY_EXPORT(Q8ToF32);
 HWY_EXPORT(Q4ToF32);
+HWY_EXPORT(DotF32Multi);
+HWY_EXPORT(DotBf16Multi);
+HWY_EXPORT(DotF16Multi);
+HWY_EXPORT(DotE4M3Multi);
+HWY_EXPORT(DotQ8Multi);
+HWY_EXPORT(DotQ4Multi);
+
+void dot_f32_rows(const float* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotF32Multi)(w, x, ldx, T, n, out);
+}
+void dot_bf16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotBf16Multi)(w, x, ldx, T, n, out);
+}
+void dot_f16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotF16Multi)(w, x, ldx, T, n, out);
+}
+void dot_e4m3_rows(const uint8_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotE4M3Multi)(w, x, ldx, T, n, out);
+}
+void dot_q8_rows(const int8_t* codes, const uint16_t* scales, const float* x, size_t ldx, size_t T,
+                 size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotQ8Multi)(codes, scales, x, ldx, T, n, out);
+}
+void dot_q4_rows(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t ldx,
+                 size_t T, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotQ4Multi)(packed, scale_min, x, ldx, T, n, out);
+}
 
 float dot_q8(const int8_t* codes, const uint16_t* scales, const float* x, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotQ8)(codes, scales, x, n);

@@ -30,6 +30,22 @@ void q4_to_f32(const uint8_t* packed, const uint16_t* scale_min, float* out, siz
 float q8_element(const int8_t* codes, const uint16_t* scales, size_t i);
 float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
 
+// Several activation rows against one weight row: out[t] = dot(w, x + t·ldx) for t < T (any
+// T ≥ 1; x's rows ldx floats apart). Each weight chunk is loaded and dequantized once for up to 7
+// rows at a time, and every row is summed in exactly the single-row kernel's order (same lanes,
+// partial sums, reduction and tail), so out[t] is bit-identical to the single-row kernel on row t
+// whatever its batch-mates: speculative decoding's verification reproduces plain decoding, and a
+// request's result never depends on the batch it was served in. References: the single-row
+// references, row by row.
+void dot_f32_rows(const float* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
+void dot_bf16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
+void dot_f16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
+void dot_e4m3_rows(const uint8_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
+void dot_q8_rows(const int8_t* codes, const uint16_t* scales, const float* x, size_t ldx, size_t T,
+                 size_t n, float* out);
+void dot_q4_rows(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t ldx,
+                 size_t T, size_t n, float* out);
+
 float dot_f32_reference(const float* a, const float* b, size_t n);
 float dot_bf16_reference(const uint16_t* w, const float* x, size_t n);
 float dot_e4m3_reference(const uint8_t* w, const float* x, size_t n);

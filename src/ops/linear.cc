@@ -87,19 +87,67 @@ float Linear::row_dot(int r, const float* x) const {
   }
 }
 
+void Linear::rows_dot(int r, const float* x, int T, float* out) const {
+  const size_t offset = static_cast<size_t>(r) * cols, n = cols, ldx = cols;
+  switch (dtype) {
+    case DType::I8:
+      dot_q8_rows(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), x, ldx, T,
+                  n, out);
+      return;
+    case DType::U8:
+      dot_q4_rows(data + r * row_bytes(), qscale + 2 * r * groups(), x, ldx, T, n, out);
+      return;
+    case DType::F32:
+      dot_f32_rows(reinterpret_cast<const float*>(data) + offset, x, ldx, T, n, out);
+      return;
+    case DType::BF16:
+      dot_bf16_rows(reinterpret_cast<const uint16_t*>(data) + offset, x, ldx, T, n, out);
+      return;
+    case DType::F16:
+      dot_f16_rows(reinterpret_cast<const uint16_t*>(data) + offset, x, ldx, T, n, out);
+      return;
+    case DType::F8_E4M3: {
+      // As row_dot: Σ over blocks of scale · (block's dot), for up to 8 rows of x at a time.
+      const uint8_t* w = data + offset;
+      const float* scales =
+          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      constexpr int kChunk = 8;
+      for (int t0 = 0; t0 < T; t0 += kChunk) {
+        const int m = std::min(kChunk, T - t0);
+        float sum[kChunk] = {}, part[kChunk];
+        for (int c = 0, b = 0; c < cols; c += block_cols, ++b) {
+          int len = cols - c < block_cols ? cols - c : block_cols;
+          dot_e4m3_rows(w + c, x + static_cast<size_t>(t0) * ldx + c, ldx, m, len, part);
+          for (int t = 0; t < m; ++t) sum[t] += scales[b] * part[t];
+        }
+        std::copy_n(sum, m, out + t0);
+      }
+      return;
+    }
+    default:
+      std::fill_n(out, T, 0.0f);
+  }
+}
+
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
   if (T < kGemmMinTokens) {
-    // A few tokens: each output is the same row_dot as single-token decode's, so a row's result
+    // A few tokens: each weight row is read and dequantized once and dotted with every token
+    // (rows_dot), each output bit-identical to single-token decode's row_dot, so a row's result
     // does not depend on what else is in the batch. Speculative decoding relies on this: the
-    // verification pass must reproduce plain decoding's logits bit for bit. The row stays in
-    // cache between the tokens, so the weights are still read once.
+    // verification pass must reproduce plain decoding's logits bit for bit.
     // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
     // then delays the step by one chunk, not by half the matrix.
 #pragma omp parallel for schedule(dynamic, 32) if (static_cast <size_t>(rows) * cols * T > 32768)
-    for (int r = 0; r < rows; ++r)
-      for (int t = 0; t < T; ++t)
-        y[static_cast<size_t>(t) * rows + r] = w.row_dot(r, x + static_cast<size_t>(t) * cols);
+    for (int r = 0; r < rows; ++r) {
+      if (T == 1) {
+        y[r] = w.row_dot(r, x);
+        continue;
+      }
+      float out[kGemmMinTokens];
+      w.rows_dot(r, x, T, out);
+      for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = out[t];
+    }
     return;
   }
   if (w.dtype == DType::F32) {  // a true GEMM

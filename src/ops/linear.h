@@ -32,12 +32,16 @@ struct Linear {
   void row_to_f32(int r, float* out) const;
   // Dot product of row r with x (cols elements).
   float row_dot(int r, const float* x) const;
+  // Dot products of row r with T rows of x ([T, cols]): out[t], bit-identical to row_dot(r, x +
+  // t·cols), with the row read and dequantized once for up to 7 rows of x (kernels.h's *_rows).
+  void rows_dot(int r, const float* x, int T, float* out) const;
 };
 
-// y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: row dots
-// for a few tokens (the same row_dot as T = 1, so each row's result is independent of the batch:
-// speculative decoding's verification reproduces decode bit for bit); from 8 tokens on, tiles
-// of dequantized rows multiplied by sgemm (f32: one sgemm).
+// y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: for a few
+// tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's
+// row_dot, so each token's result is independent of the batch: speculative decoding's
+// verification reproduces decode bit for bit); from 8 tokens on, tiles of dequantized rows
+// multiplied by sgemm (f32: one sgemm).
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);
