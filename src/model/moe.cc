@@ -11,6 +11,100 @@
 
 namespace whale {
 
+namespace {
+
+// silu(gate + gate_bias) · (up + up_bias) on elements [i0, i1) of one token's rows (ffn_forward's
+// activation; elementwise, so any split of the range gives the same values).
+void activate(const FeedForward& f, float* g, const float* u, int i0, int i1) {
+  if (!f.gate_bias.empty())
+    for (int i = i0; i < i1; ++i) g[i] += f.gate_bias[i];
+  if (!f.up_bias.empty()) {
+    std::vector<float> ub(u + i0, u + i1);
+    for (int i = i0; i < i1; ++i) ub[i - i0] += f.up_bias[i];
+    silu_mul(g + i0, ub.data(), i1 - i0);
+  } else {
+    silu_mul(g + i0, u + i0, i1 - i0);
+  }
+}
+
+// Several FFNs, each on a few tokens (fewer than kGemmMinTokens): a decode step's shared and
+// routed experts. Every output is bit-identical to ffn_forward's (the same row dots that
+// linear_forward uses for so few tokens, the same activation and bias), but all the experts run
+// in one parallel region with one barrier between gate/up and down, instead of a fork/join per
+// matrix (three per expert): fewer synchronizations per layer, each a chance for a descheduled
+// thread to stall the step.
+struct FfnJob {
+  const FeedForward* f;
+  const float* x;  // [n, hidden]
+  int n;
+  float* out;               // [n, hidden]
+  std::vector<float> gate;  // [n, inter]: gate, then the activation
+  std::vector<float> up;
+};
+
+void ffn_forward_few(std::vector<FfnJob>& jobs) {
+  constexpr int kRowsPerChunk = 32;  // as linear_forward's schedule(dynamic, 32)
+  struct Chunk {
+    int job, r0, r1;
+  };
+  std::vector<Chunk> gate_up, down;
+  bool parallel = false;  // threads where linear_forward would use them for any of the matrices
+  for (int j = 0; j < static_cast<int>(jobs.size()); ++j) {
+    FfnJob& job = jobs[j];
+    const FeedForward& f = *job.f;
+    const int inter = f.gate_proj.rows, H = f.down_proj.rows;
+    job.gate.resize(static_cast<size_t>(job.n) * inter);
+    job.up.resize(job.gate.size());
+    for (int r0 = 0; r0 < inter; r0 += kRowsPerChunk)
+      gate_up.push_back({j, r0, std::min(r0 + kRowsPerChunk, inter)});
+    for (int r0 = 0; r0 < H; r0 += kRowsPerChunk)
+      down.push_back({j, r0, std::min(r0 + kRowsPerChunk, H)});
+    for (const Linear* w : {&f.gate_proj, &f.down_proj})
+      parallel |= static_cast<size_t>(w->rows) * w->cols * job.n > kLinearParallelWork;
+  }
+  // rows [r0, r1) of y = W · x for n < kGemmMinTokens tokens, as linear_forward computes them.
+  const auto rows = [](const Linear& w, const float* x, int n, int r0, int r1, float* y) {
+    float out[kGemmMinTokens];
+    for (int r = r0; r < r1; ++r) {
+      if (n == 1) {
+        y[r] = w.row_dot(r, x);
+        continue;
+      }
+      w.rows_dot(r, x, n, out);
+      for (int t = 0; t < n; ++t) y[static_cast<size_t>(t) * w.rows + r] = out[t];
+    }
+  };
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(dynamic)
+    for (size_t i = 0; i < gate_up.size(); ++i) {
+      const Chunk& ch = gate_up[i];
+      FfnJob& job = jobs[ch.job];
+      const FeedForward& f = *job.f;
+      const int inter = f.gate_proj.rows;
+      rows(f.gate_proj, job.x, job.n, ch.r0, ch.r1, job.gate.data());
+      rows(f.up_proj, job.x, job.n, ch.r0, ch.r1, job.up.data());
+      for (int t = 0; t < job.n; ++t)
+        activate(f, job.gate.data() + static_cast<size_t>(t) * inter,
+                 job.up.data() + static_cast<size_t>(t) * inter, ch.r0, ch.r1);
+    }
+#pragma omp for schedule(dynamic)
+    for (size_t i = 0; i < down.size(); ++i) {
+      const Chunk& ch = down[i];
+      FfnJob& job = jobs[ch.job];
+      const FeedForward& f = *job.f;
+      const int H = f.down_proj.rows;
+      rows(f.down_proj, job.gate.data(), job.n, ch.r0, ch.r1, job.out);
+      if (!f.down_bias.empty())
+        for (int t = 0; t < job.n; ++t)
+          for (int r = ch.r0; r < ch.r1; ++r)
+            job.out[static_cast<size_t>(t) * H + r] += f.down_bias[r];
+    }
+  }
+}
+
+}  // namespace
+
 void ffn_forward(const FeedForward& f, const float* x, int T, float* out) {
   const int inter = f.gate_proj.rows, H = f.down_proj.rows;
   std::vector<float> gate(static_cast<size_t>(T) * inter), up(static_cast<size_t>(T) * inter);
@@ -118,30 +212,53 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
                  Routing* routing_out) {
   const int H = c.hidden_size, K = c.num_experts_per_tok, E = c.n_routed_experts;
   Routing r = route(c, moe.router, u, T);
-  if (moe.has_shared)
-    ffn_forward(moe.shared, u, T, out);
-  else
-    std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
-
   // Group the tokens by expert so each expert's weights are read once per forward.
   std::vector<std::vector<int>> slots(E);  // slot = t·K + k
   for (int i = 0; i < T * K; ++i) slots[r.experts[i]].push_back(i);
+  const auto gather = [&](int e, std::vector<float>& x) {
+    x.resize(slots[e].size() * H);
+    for (size_t i = 0; i < slots[e].size(); ++i)
+      std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, x.data() + i * H);
+  };
+  // out += Σ over expert e's tokens of gate · y.
+  const auto combine = [&](int e, const std::vector<float>& y) {
+    for (size_t i = 0; i < slots[e].size(); ++i) {
+      const float g = r.gates[slots[e][i]];
+      float* o = out + static_cast<size_t>(slots[e][i] / K) * H;
+      const float* yi = y.data() + i * H;
+      for (int d = 0; d < H; ++d) o[d] += g * yi[d];
+    }
+  };
+  if (!moe.has_shared) std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
+
+  if (T < kGemmMinTokens) {
+    // A decode step (or a few tokens): every expert in one parallel region.
+    std::vector<std::vector<float>> x(E), y(E);
+    std::vector<FfnJob> jobs;
+    if (moe.has_shared) jobs.push_back({&moe.shared, u, T, out, {}, {}});
+    for (int e = 0; e < E; ++e) {
+      if (slots[e].empty()) continue;
+      gather(e, x[e]);
+      y[e].resize(x[e].size());
+      jobs.push_back(
+          {&moe.experts[e], x[e].data(), static_cast<int>(slots[e].size()), y[e].data(), {}, {}});
+    }
+    ffn_forward_few(jobs);
+    for (int e = 0; e < E; ++e)
+      if (!slots[e].empty()) combine(e, y[e]);
+    if (routing_out) *routing_out = std::move(r);
+    return;
+  }
+
+  if (moe.has_shared) ffn_forward(moe.shared, u, T, out);
   std::vector<float> x, y;
   for (int e = 0; e < E; ++e) {
     const int n = static_cast<int>(slots[e].size());
     if (n == 0) continue;
-    x.resize(static_cast<size_t>(n) * H);
-    y.resize(static_cast<size_t>(n) * H);
-    for (int i = 0; i < n; ++i)
-      std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H,
-                  x.data() + static_cast<size_t>(i) * H);
+    gather(e, x);
+    y.resize(x.size());
     ffn_forward(moe.experts[e], x.data(), n, y.data());
-    for (int i = 0; i < n; ++i) {
-      const float g = r.gates[slots[e][i]];
-      float* o = out + static_cast<size_t>(slots[e][i] / K) * H;
-      const float* yi = y.data() + static_cast<size_t>(i) * H;
-      for (int d = 0; d < H; ++d) o[d] += g * yi[d];
-    }
+    combine(e, y);
   }
   if (routing_out) *routing_out = std::move(r);
 }

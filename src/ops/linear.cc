@@ -10,10 +10,6 @@
 
 namespace whale {
 
-namespace {
-constexpr int kGemmMinTokens = 8;  // from here on a dequantized tile + sgemm beats row dots
-}  // namespace
-
 size_t Linear::row_bytes() const {
   if (dtype == DType::U8) return groups() * 16;
   return static_cast<size_t>(cols) * dtype_size(dtype);
@@ -131,6 +127,7 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
 
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
+  const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
   if (T < kGemmMinTokens) {
     // A few tokens: each weight row is read and dequantized once and dotted with every token
     // (rows_dot), each output bit-identical to single-token decode's row_dot, so a row's result
@@ -138,7 +135,7 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     // verification pass must reproduce plain decoding's logits bit for bit.
     // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
     // then delays the step by one chunk, not by half the matrix.
-#pragma omp parallel for schedule(dynamic, 32) if (static_cast <size_t>(rows) * cols * T > 32768)
+#pragma omp parallel for schedule(dynamic, 32) if (threads)
     for (int r = 0; r < rows; ++r) {
       if (T == 1) {
         y[r] = w.row_dot(r, x);
@@ -157,7 +154,7 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
   // Many tokens: dequantize a tile of rows (about 256 KiB of f32) and multiply it with every
   // token at once by sgemm: y[:, r0 : r0 + n] = x · tileᵀ. One tile per thread at a time.
   const int tile_rows = std::clamp((65536 / std::max(cols, 1)) / 8 * 8, 8, 256);
-#pragma omp parallel if (static_cast <size_t>(rows) * cols * T > 32768)
+#pragma omp parallel if (threads)
   {
     std::vector<float> tile(static_cast<size_t>(tile_rows) * cols);
 #pragma omp for schedule(dynamic)

@@ -37,6 +37,11 @@ struct Linear {
   void rows_dot(int r, const float* x, int T, float* out) const;
 };
 
+// From this many tokens on, linear_forward multiplies dequantized tiles by sgemm; below, row dots.
+constexpr int kGemmMinTokens = 8;
+// linear_forward uses threads when rows · cols · T exceeds this (less is not worth a fork/join).
+constexpr size_t kLinearParallelWork = 32768;
+
 // y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: for a few
 // tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's
 // row_dot, so each token's result is independent of the batch: speculative decoding's
