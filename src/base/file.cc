@@ -1,6 +1,8 @@
 #include "base/file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,6 +63,33 @@ void AtomicFileWriter::commit() {
     ::unlink(temp_path_.c_str());
     throw Error("cannot rename " + temp_path_ + " to " + path_ + ": " + std::strerror(err));
   }
+}
+
+MappedFile::MappedFile(const std::string& path, const std::string& format, size_t min_size,
+                       const std::string& min_what) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, "cannot open " + path + ": " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error("cannot stat " + path + ": " + std::strerror(err));
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ < min_size) {
+    ::close(fd);
+    throw Error(path + ": not a " + format + " file (" + std::to_string(size_) +
+                " bytes, shorter than " + min_what + ")");
+  }
+  void* mapping = size_ == 0 ? nullptr : ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  if (mapping == MAP_FAILED) throw Error("cannot map " + path + ": " + std::strerror(err));
+  mapping_ = mapping;
+}
+
+MappedFile::~MappedFile() {
+  if (mapping_) ::munmap(mapping_, size_);
 }
 
 }  // namespace whale

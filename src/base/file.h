@@ -1,6 +1,8 @@
 // Whole-file helpers. write_file_atomic writes to "<path>.tmp.<pid>" and renames, so a reader
 // (or a crash) never sees a half-written file.
 #pragma once
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -23,6 +25,26 @@ class AtomicFileWriter {
  private:
   std::string path_, temp_path_;
   int fd_ = -1;
+};
+
+// A whole file mapped read-only (the page cache holds it; nothing is read until touched),
+// unmapped on destruction. Errors name the file: "cannot open PATH: reason", likewise stat and
+// map, and a file shorter than min_size is "PATH: not a FORMAT file (N bytes, shorter than
+// WHAT)", e.g. MappedFile(path, "GGUF", 24, "the 24-byte header").
+class MappedFile {
+ public:
+  MappedFile(const std::string& path, const std::string& format, size_t min_size,
+             const std::string& min_what);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return static_cast<const uint8_t*>(mapping_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* mapping_ = nullptr;
+  size_t size_ = 0;
 };
 
 }  // namespace whale

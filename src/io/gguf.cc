@@ -1,11 +1,5 @@
 #include "io/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -214,123 +208,98 @@ bool valid_value_type(uint32_t t) {
 
 }  // namespace
 
-GgufFile::GgufFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  check(fd >= 0, "cannot open " + path + ": " + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error("cannot stat " + path);
-  }
-  mapped_size_ = static_cast<size_t>(st.st_size);
-  if (mapped_size_ < 24) {
-    ::close(fd);
-    throw Error(path + ": not a GGUF file (" + std::to_string(mapped_size_) +
-                " bytes, shorter than the 24-byte header)");
-  }
-  mapping_ = ::mmap(nullptr, mapped_size_, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  check(mapping_ != MAP_FAILED, "cannot map " + path + ": " + std::strerror(errno));
-  try {
-    Cursor in{static_cast<const uint8_t*>(mapping_), mapped_size_, 0, path};
-    check(std::memcmp(in.base, "GGUF", 4) == 0, path + ": not a GGUF file (bad magic)");
-    in.pos = 4;
-    version_ = in.read<uint32_t>("version");
-    check(version_ == 2 || version_ == 3,
-          path + ": GGUF version " + std::to_string(version_) + " is not supported (2 or 3)");
-    const uint64_t n_tensors = in.read<uint64_t>("tensor count");
-    const uint64_t n_kv = in.read<uint64_t>("metadata count");
-    // Each entry takes at least a few bytes, so a count beyond the file's size is absurd.
-    check(n_kv <= in.remaining() / 13,
-          path + ": metadata count " + std::to_string(n_kv) + " is absurd for the file size");
-    check(n_tensors <= in.remaining() / 28,
-          path + ": tensor count " + std::to_string(n_tensors) + " is absurd for the file size");
-    for (uint64_t i = 0; i < n_kv; ++i) {
-      const std::string where = "metadata entry " + std::to_string(i);
-      std::string key = in.string(where + " key");
-      const std::string what = "metadata '" + key + "'";
-      uint32_t type = in.read<uint32_t>(what + " type");
-      check(valid_value_type(type),
-            path + ": " + what + " has unknown type " + std::to_string(type));
-      GgufValue v;
-      v.type = static_cast<GgufType>(type);
-      if (v.type == GgufType::kString) {
-        v.strings.push_back(in.string(what));
-      } else if (v.type == GgufType::kArray) {
-        uint32_t element = in.read<uint32_t>(what + " element type");
-        check(valid_value_type(element) && element != static_cast<uint32_t>(GgufType::kArray),
-              path + ": " + what + " has unsupported element type " + std::to_string(element));
-        v.element = static_cast<GgufType>(element);
-        uint64_t count = in.read<uint64_t>(what + " count");
-        const size_t least = v.element == GgufType::kString ? 8 : scalar_size(v.element);
-        check(count <= in.remaining() / least, path + ": " + what + " count " +
-                                                   std::to_string(count) +
-                                                   " runs past the end of the file");
-        if (v.element == GgufType::kString) {
-          v.strings.reserve(count);
-          for (uint64_t k = 0; k < count; ++k) v.strings.push_back(in.string(what + " element"));
-        } else {
-          v.numbers.reserve(count);
-          for (uint64_t k = 0; k < count; ++k) v.numbers.push_back(in.number(v.element, what));
-        }
+GgufFile::GgufFile(const std::string& path)
+    : path_(path), file_(path, "GGUF", 24, "the 24-byte header") {
+  Cursor in{file_.data(), file_.size(), 0, path};
+  check(std::memcmp(in.base, "GGUF", 4) == 0, path + ": not a GGUF file (bad magic)");
+  in.pos = 4;
+  version_ = in.read<uint32_t>("version");
+  check(version_ == 2 || version_ == 3,
+        path + ": GGUF version " + std::to_string(version_) + " is not supported (2 or 3)");
+  const uint64_t n_tensors = in.read<uint64_t>("tensor count");
+  const uint64_t n_kv = in.read<uint64_t>("metadata count");
+  // Each entry takes at least a few bytes, so a count beyond the file's size is absurd.
+  check(n_kv <= in.remaining() / 13,
+        path + ": metadata count " + std::to_string(n_kv) + " is absurd for the file size");
+  check(n_tensors <= in.remaining() / 28,
+        path + ": tensor count " + std::to_string(n_tensors) + " is absurd for the file size");
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    const std::string where = "metadata entry " + std::to_string(i);
+    std::string key = in.string(where + " key");
+    const std::string what = "metadata '" + key + "'";
+    uint32_t type = in.read<uint32_t>(what + " type");
+    check(valid_value_type(type), path + ": " + what + " has unknown type " + std::to_string(type));
+    GgufValue v;
+    v.type = static_cast<GgufType>(type);
+    if (v.type == GgufType::kString) {
+      v.strings.push_back(in.string(what));
+    } else if (v.type == GgufType::kArray) {
+      uint32_t element = in.read<uint32_t>(what + " element type");
+      check(valid_value_type(element) && element != static_cast<uint32_t>(GgufType::kArray),
+            path + ": " + what + " has unsupported element type " + std::to_string(element));
+      v.element = static_cast<GgufType>(element);
+      uint64_t count = in.read<uint64_t>(what + " count");
+      const size_t least = v.element == GgufType::kString ? 8 : scalar_size(v.element);
+      check(count <= in.remaining() / least, path + ": " + what + " count " +
+                                                 std::to_string(count) +
+                                                 " runs past the end of the file");
+      if (v.element == GgufType::kString) {
+        v.strings.reserve(count);
+        for (uint64_t k = 0; k < count; ++k) v.strings.push_back(in.string(what + " element"));
       } else {
-        v.numbers.push_back(in.number(v.type, what));
+        v.numbers.reserve(count);
+        for (uint64_t k = 0; k < count; ++k) v.numbers.push_back(in.number(v.element, what));
       }
-      check(metadata_.emplace(key, std::move(v)).second,
-            path + ": metadata key '" + key + "' appears twice");
+    } else {
+      v.numbers.push_back(in.number(v.type, what));
     }
-    uint64_t alignment = kGgufAlignment;
-    if (auto it = metadata_.find("general.alignment"); it != metadata_.end()) {
-      check(it->second.type == GgufType::kU32, path + ": general.alignment is not a u32");
-      alignment = static_cast<uint64_t>(it->second.numbers[0]);
-      check(alignment > 0 && (alignment & (alignment - 1)) == 0,
-            path + ": general.alignment " + std::to_string(alignment) + " is not a power of two");
-    }
-    std::set<std::string> names;
-    for (uint64_t i = 0; i < n_tensors; ++i) {
-      GgufTensorInfo t;
-      t.name = in.string("tensor " + std::to_string(i) + " name");
-      const std::string what = "tensor '" + t.name + "'";
-      check(names.insert(t.name).second, path + ": " + what + " appears twice");
-      uint32_t n_dims = in.read<uint32_t>(what + " dimension count");
-      check(n_dims >= 1 && n_dims <= 4,
-            path + ": " + what + " has " + std::to_string(n_dims) + " dimensions (1 to 4)");
-      int64_t numel = 1;
-      for (uint32_t d = 0; d < n_dims; ++d) {
-        int64_t n = in.read<int64_t>(what + " shape");
-        check(n >= 0 && (n == 0 || numel <= (int64_t{1} << 60) / n),
-              path + ": " + what + " has an absurd shape");
-        numel *= n;
-        t.ne.push_back(n);
-      }
-      uint32_t type = in.read<uint32_t>(what + " type");
-      check(known_ggml_type(type), path + ": " + what + " has ggml type " + std::to_string(type) +
-                                       ", which whale does not read (f32, f16, bf16, q8_0)");
-      t.type = static_cast<GgmlType>(type);
-      check(t.type != GgmlType::kQ8_0 || t.ne[0] % 32 == 0,
-            path + ": " + what + " is q8_0 with a row length not a multiple of 32");
-      t.offset = in.read<uint64_t>(what + " offset");
-      check(t.offset % alignment == 0, path + ": " + what + " offset " + std::to_string(t.offset) +
-                                           " is not aligned to " + std::to_string(alignment));
-      tensors_.push_back(std::move(t));
-    }
-    size_t data_start = (in.pos + alignment - 1) / alignment * alignment;
-    check(data_start <= mapped_size_, path + ": truncated before the tensor data");
-    data_ = in.base + data_start;
-    const uint64_t data_size = mapped_size_ - data_start;
-    for (const GgufTensorInfo& t : tensors_)
-      check(t.offset <= data_size && t.nbytes() <= data_size - t.offset,
-            path + ": tensor '" + t.name + "' (" + std::to_string(t.nbytes()) + " bytes at " +
-                std::to_string(t.offset) + ") runs past the end of the data (" +
-                std::to_string(data_size) + " bytes)");
-  } catch (...) {
-    ::munmap(mapping_, mapped_size_);
-    throw;
+    check(metadata_.emplace(key, std::move(v)).second,
+          path + ": metadata key '" + key + "' appears twice");
   }
-}
-
-GgufFile::~GgufFile() {
-  if (mapping_) ::munmap(mapping_, mapped_size_);
+  uint64_t alignment = kGgufAlignment;
+  if (auto it = metadata_.find("general.alignment"); it != metadata_.end()) {
+    check(it->second.type == GgufType::kU32, path + ": general.alignment is not a u32");
+    alignment = static_cast<uint64_t>(it->second.numbers[0]);
+    check(alignment > 0 && (alignment & (alignment - 1)) == 0,
+          path + ": general.alignment " + std::to_string(alignment) + " is not a power of two");
+  }
+  std::set<std::string> names;
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    GgufTensorInfo t;
+    t.name = in.string("tensor " + std::to_string(i) + " name");
+    const std::string what = "tensor '" + t.name + "'";
+    check(names.insert(t.name).second, path + ": " + what + " appears twice");
+    uint32_t n_dims = in.read<uint32_t>(what + " dimension count");
+    check(n_dims >= 1 && n_dims <= 4,
+          path + ": " + what + " has " + std::to_string(n_dims) + " dimensions (1 to 4)");
+    int64_t numel = 1;
+    for (uint32_t d = 0; d < n_dims; ++d) {
+      int64_t n = in.read<int64_t>(what + " shape");
+      check(n >= 0 && (n == 0 || numel <= (int64_t{1} << 60) / n),
+            path + ": " + what + " has an absurd shape");
+      numel *= n;
+      t.ne.push_back(n);
+    }
+    uint32_t type = in.read<uint32_t>(what + " type");
+    check(known_ggml_type(type), path + ": " + what + " has ggml type " + std::to_string(type) +
+                                     ", which whale does not read (f32, f16, bf16, q8_0)");
+    t.type = static_cast<GgmlType>(type);
+    check(t.type != GgmlType::kQ8_0 || t.ne[0] % 32 == 0,
+          path + ": " + what + " is q8_0 with a row length not a multiple of 32");
+    t.offset = in.read<uint64_t>(what + " offset");
+    check(t.offset % alignment == 0, path + ": " + what + " offset " + std::to_string(t.offset) +
+                                         " is not aligned to " + std::to_string(alignment));
+    tensors_.push_back(std::move(t));
+  }
+  size_t data_start = (in.pos + alignment - 1) / alignment * alignment;
+  check(data_start <= file_.size(), path + ": truncated before the tensor data");
+  data_ = in.base + data_start;
+  const uint64_t data_size = file_.size() - data_start;
+  for (const GgufTensorInfo& t : tensors_)
+    check(t.offset <= data_size && t.nbytes() <= data_size - t.offset,
+          path + ": tensor '" + t.name + "' (" + std::to_string(t.nbytes()) + " bytes at " +
+              std::to_string(t.offset) + ") runs past the end of the data (" +
+              std::to_string(data_size) + " bytes)");
 }
 
 const GgufValue& GgufFile::get(const std::string& key) const {

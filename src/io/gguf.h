@@ -75,7 +75,6 @@ struct GgufTensorInfo {
 class GgufFile {
  public:
   explicit GgufFile(const std::string& path);
-  ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
@@ -90,8 +89,7 @@ class GgufFile {
 
  private:
   std::string path_;
-  void* mapping_ = nullptr;
-  size_t mapped_size_ = 0;
+  MappedFile file_;
   uint32_t version_ = 0;
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;

@@ -1,12 +1,6 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -38,112 +32,87 @@ std::string TensorView::shape_string() const {
 
 static constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // as the reference library
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  check(fd >= 0, "cannot open " + path + ": " + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error("cannot stat " + path);
-  }
-  mapped_size_ = static_cast<size_t>(st.st_size);
-  if (mapped_size_ < 8) {
-    ::close(fd);
-    throw Error(path + ": not a safetensors file (" + std::to_string(mapped_size_) +
-                " bytes, shorter than the 8-byte header length)");
-  }
-  mapping_ = ::mmap(nullptr, mapped_size_, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  check(mapping_ != MAP_FAILED, "cannot map " + path + ": " + std::strerror(errno));
-  // From here on, the destructor must run on failure: parse in a helper that throws.
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : path_(path), file_(path, "safetensors", 8, "the 8-byte header length") {
+  const size_t mapped_size = file_.size();
+  const uint8_t* base = file_.data();
+  uint64_t header_len;
+  std::memcpy(&header_len, base, 8);
+  check(header_len <= kMaxHeaderBytes,
+        path + ": header length " + std::to_string(header_len) + " is absurd");
+  check(header_len <= mapped_size - 8, path + ": header length " + std::to_string(header_len) +
+                                           " runs past the end of the file (" +
+                                           std::to_string(mapped_size) + " bytes)");
+  json header;
   try {
-    const uint8_t* base = static_cast<const uint8_t*>(mapping_);
-    uint64_t header_len;
-    std::memcpy(&header_len, base, 8);
-    check(header_len <= kMaxHeaderBytes,
-          path + ": header length " + std::to_string(header_len) + " is absurd");
-    check(header_len <= mapped_size_ - 8, path + ": header length " + std::to_string(header_len) +
-                                              " runs past the end of the file (" +
-                                              std::to_string(mapped_size_) + " bytes)");
-    json header;
-    try {
-      header = json::parse(base + 8, base + 8 + header_len);
-    } catch (const json::exception& e) {
-      throw Error(path + ": header is not valid JSON (" + e.what() + ")");
-    }
-    check(header.is_object(), path + ": header is not a JSON object");
-    const uint8_t* data = base + 8 + header_len;
-    size_t data_size = mapped_size_ - 8 - header_len;
-    std::vector<std::pair<size_t, size_t>> ranges;
-    for (auto& [name, entry] : header.items()) {
-      std::string where = path + ": tensor '" + name + "'";
-      if (name == "__metadata__") {
-        check(entry.is_object(), path + ": __metadata__ is not an object");
-        for (auto& [k, v] : entry.items()) {
-          check(v.is_string(), path + ": __metadata__ value for '" + k + "' is not a string");
-          metadata_[k] = v.get<std::string>();
-        }
-        continue;
-      }
-      check(entry.is_object(), where + " is not an object");
-      check(entry.contains("dtype") && entry["dtype"].is_string(), where + " has no dtype");
-      check(entry.contains("shape") && entry["shape"].is_array(), where + " has no shape");
-      check(entry.contains("data_offsets") && entry["data_offsets"].is_array() &&
-                entry["data_offsets"].size() == 2,
-            where + " has no [begin, end] data_offsets");
-      TensorView view;
-      view.name = name;
-      view.file = path;
-      std::string dtype = entry["dtype"].get<std::string>();
-      check(parse_dtype(dtype, &view.dtype), where + " has unsupported dtype " + dtype);
-      unsigned __int128 count = 1;
-      for (auto& d : entry["shape"]) {
-        check(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0),
-              where + " has a shape entry that is not a non-negative integer");
-        view.shape.push_back(d.get<int64_t>());
-        count *= static_cast<uint64_t>(view.shape.back());
-        check(count < (static_cast<unsigned __int128>(1) << 62), where + " shape is absurd");
-      }
-      for (auto& o : entry["data_offsets"])
-        check(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0),
-              where + " has a data offset that is not a non-negative integer");
-      uint64_t begin = entry["data_offsets"][0].get<uint64_t>();
-      uint64_t end = entry["data_offsets"][1].get<uint64_t>();
-      check(begin <= end, where + " has data_offsets with begin > end");
-      check(end <= data_size, where + " data_offsets [" + std::to_string(begin) + ", " +
-                                  std::to_string(end) + ") run past the data (" +
-                                  std::to_string(data_size) + " bytes)");
-      uint64_t expected = static_cast<uint64_t>(count) * dtype_size(view.dtype);
-      check(end - begin == expected, where + " shape " + view.shape_string() + " x " + dtype +
-                                         " needs " + std::to_string(expected) +
-                                         " bytes but data_offsets give " +
-                                         std::to_string(end - begin));
-      view.data = data + begin;
-      view.nbytes = end - begin;
-      ranges.push_back({begin, end});
-      tensors_.emplace(name, std::move(view));
-    }
-    std::sort(ranges.begin(), ranges.end());
-    for (size_t i = 1; i < ranges.size(); ++i) {
-      if (ranges[i].first < ranges[i - 1].second) {
-        std::string a, b;
-        for (auto& [n, v] : tensors_) {
-          size_t off = static_cast<size_t>(v.data - data);
-          if (off == ranges[i - 1].first && v.nbytes == ranges[i - 1].second - off) a = n;
-          if (off == ranges[i].first && v.nbytes == ranges[i].second - off) b = n;
-        }
-        throw Error(path + ": tensors '" + a + "' and '" + b + "' overlap in the data buffer");
-      }
-    }
-  } catch (...) {
-    ::munmap(mapping_, mapped_size_);
-    mapping_ = nullptr;
-    throw;
+    header = json::parse(base + 8, base + 8 + header_len);
+  } catch (const json::exception& e) {
+    throw Error(path + ": header is not valid JSON (" + e.what() + ")");
   }
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (mapping_) ::munmap(mapping_, mapped_size_);
+  check(header.is_object(), path + ": header is not a JSON object");
+  const uint8_t* data = base + 8 + header_len;
+  size_t data_size = mapped_size - 8 - header_len;
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (auto& [name, entry] : header.items()) {
+    std::string where = path + ": tensor '" + name + "'";
+    if (name == "__metadata__") {
+      check(entry.is_object(), path + ": __metadata__ is not an object");
+      for (auto& [k, v] : entry.items()) {
+        check(v.is_string(), path + ": __metadata__ value for '" + k + "' is not a string");
+        metadata_[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    check(entry.is_object(), where + " is not an object");
+    check(entry.contains("dtype") && entry["dtype"].is_string(), where + " has no dtype");
+    check(entry.contains("shape") && entry["shape"].is_array(), where + " has no shape");
+    check(entry.contains("data_offsets") && entry["data_offsets"].is_array() &&
+              entry["data_offsets"].size() == 2,
+          where + " has no [begin, end] data_offsets");
+    TensorView view;
+    view.name = name;
+    view.file = path;
+    std::string dtype = entry["dtype"].get<std::string>();
+    check(parse_dtype(dtype, &view.dtype), where + " has unsupported dtype " + dtype);
+    unsigned __int128 count = 1;
+    for (auto& d : entry["shape"]) {
+      check(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0),
+            where + " has a shape entry that is not a non-negative integer");
+      view.shape.push_back(d.get<int64_t>());
+      count *= static_cast<uint64_t>(view.shape.back());
+      check(count < (static_cast<unsigned __int128>(1) << 62), where + " shape is absurd");
+    }
+    for (auto& o : entry["data_offsets"])
+      check(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0),
+            where + " has a data offset that is not a non-negative integer");
+    uint64_t begin = entry["data_offsets"][0].get<uint64_t>();
+    uint64_t end = entry["data_offsets"][1].get<uint64_t>();
+    check(begin <= end, where + " has data_offsets with begin > end");
+    check(end <= data_size, where + " data_offsets [" + std::to_string(begin) + ", " +
+                                std::to_string(end) + ") run past the data (" +
+                                std::to_string(data_size) + " bytes)");
+    uint64_t expected = static_cast<uint64_t>(count) * dtype_size(view.dtype);
+    check(end - begin == expected, where + " shape " + view.shape_string() + " x " + dtype +
+                                       " needs " + std::to_string(expected) +
+                                       " bytes but data_offsets give " +
+                                       std::to_string(end - begin));
+    view.data = data + begin;
+    view.nbytes = end - begin;
+    ranges.push_back({begin, end});
+    tensors_.emplace(name, std::move(view));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].first < ranges[i - 1].second) {
+      std::string a, b;
+      for (auto& [n, v] : tensors_) {
+        size_t off = static_cast<size_t>(v.data - data);
+        if (off == ranges[i - 1].first && v.nbytes == ranges[i - 1].second - off) a = n;
+        if (off == ranges[i].first && v.nbytes == ranges[i].second - off) b = n;
+      }
+      throw Error(path + ": tensors '" + a + "' and '" + b + "' overlap in the data buffer");
+    }
+  }
 }
 
 Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {

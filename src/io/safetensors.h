@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "base/file.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -28,7 +29,6 @@ struct TensorView {
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -38,8 +38,7 @@ class SafetensorsFile {
 
  private:
   std::string path_;
-  void* mapping_ = nullptr;
-  size_t mapped_size_ = 0;
+  MappedFile file_;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -49,7 +48,7 @@ class TensorSource {
  public:
   virtual ~TensorSource() = default;
   virtual const TensorView* find(const std::string& name) const = 0;
-  virtual std::string where() const = 0;  // for error messages
+  virtual std::string where() const = 0;                 // for error messages
   const TensorView& get(const std::string& name) const;  // Error if missing
   // Error if missing or if the shape is not `shape`.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
