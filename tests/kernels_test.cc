@@ -10,6 +10,7 @@
 
 #include "hwy/targets.h"
 #include "io/quantize.h"
+#include "ops/bf16_gemm.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
 #include "tensor/dtype.h"
@@ -98,6 +99,78 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
       }
     }
   }
+}
+
+// Σ |w[r, c] · x[t, c]| over c: the scale of the rounding error of one output.
+float abs_sum(const uint16_t* w, const float* x, int cols) {
+  double sum = 0;
+  for (int c = 0; c < cols; ++c) sum += std::fabs(bf16_to_f32(w[c]) * x[c]);
+  return static_cast<float>(sum);
+}
+
+// The AVX512-BF16 products (prefill, serving batches): the reference's products with x rounded
+// to bf16, summed in another order, over shapes that cross every tile, panel and block edge.
+TEST(Kernels, Bf16GemmMatchesReference) {
+  if (!bf16_gemm_available())
+    GTEST_SKIP() << "this CPU has no AVX512-BF16 (or WHALE_NO_BF16_GEMM=1 is set)";
+  std::mt19937 rng(3);
+  struct Shape {
+    int rows, cols, T;
+  };
+  for (Shape s : {Shape{1, 1, 1}, Shape{5, 31, 3}, Shape{7, 33, 9}, Shape{64, 64, 4},
+                  Shape{65, 100, 67}, Shape{130, 2049, 5}, Shape{3, 4100, 130}}) {
+    auto wf = random_vector(static_cast<size_t>(s.rows) * s.cols, rng);
+    std::vector<uint16_t> w(wf.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+    auto x = random_vector(static_cast<size_t>(s.T) * s.cols, rng);
+    const int ldy = s.rows + 3;  // a strided output
+    std::vector<float> y(static_cast<size_t>(s.T) * ldy, -7.0f), y_ref(y.size(), -7.0f);
+    bf16_gemm(w.data(), s.rows, s.cols, x.data(), s.T, y.data(), ldy);
+    bf16_gemm_reference(w.data(), s.rows, s.cols, x.data(), s.T, y_ref.data(), ldy);
+    for (int t = 0; t < s.T; ++t) {
+      for (int r = 0; r < s.rows; ++r) {
+        const size_t i = static_cast<size_t>(t) * ldy + r;
+        const float scale = abs_sum(w.data() + static_cast<size_t>(r) * s.cols,
+                                    x.data() + static_cast<size_t>(t) * s.cols, s.cols);
+        ASSERT_NEAR(y[i], y_ref[i], 1e-5f * scale + 1e-6f)
+            << "rows " << s.rows << " cols " << s.cols << " T " << s.T << " at " << t << "," << r;
+      }
+      for (int r = s.rows; r < ldy; ++r)  // the gaps between output rows are left alone
+        ASSERT_EQ(y[static_cast<size_t>(t) * ldy + r], -7.0f);
+    }
+  }
+}
+
+// Both paths linear_forward has for many rows of a bf16 matrix (AVX512-BF16 where the CPU has
+// it, dequantized tiles by sgemm) compute W·x to within x's rounding to bf16 (2⁻⁹ of a product).
+TEST(Kernels, LinearForwardManyRowsOfBf16) {
+  std::mt19937 rng(4);
+  for (bool fast : {false, true})
+    for (int T : {kGemmMinTokens, 19, 70}) {
+      set_bf16_gemm(fast);
+      const int rows = 37, cols = 301;
+      auto wf = random_vector(static_cast<size_t>(rows) * cols, rng);
+      std::vector<uint16_t> w(wf.size());
+      for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+      Linear lin;
+      lin.dtype = DType::BF16;
+      lin.rows = rows;
+      lin.cols = cols;
+      lin.data = reinterpret_cast<const uint8_t*>(w.data());
+      auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+      std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
+      linear_forward(lin, x.data(), T, y.data());
+      linear_forward_reference(lin, x.data(), T, y_ref.data());
+      for (int t = 0; t < T; ++t)
+        for (int r = 0; r < rows; ++r) {
+          const size_t i = static_cast<size_t>(t) * rows + r;
+          const float scale = abs_sum(w.data() + static_cast<size_t>(r) * cols,
+                                      x.data() + static_cast<size_t>(t) * cols, cols);
+          ASSERT_NEAR(y[i], y_ref[i], scale / 512 + 1e-5f)
+              << "fast " << fast << " T " << T << " at " << t << "," << r;
+        }
+    }
+  set_bf16_gemm(false);
 }
 
 uint32_t bits(float f) {

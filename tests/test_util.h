@@ -11,8 +11,24 @@
 #include <vector>
 
 #include "base/file.h"
+#include "ops/bf16_gemm.h"
 
 namespace whale::testing {
+
+// The tests hold whale to PyTorch's f32 arithmetic, so bf16 weights meet f32 activations here and
+// in every whale process a test starts (the environment is inherited); the tests of the faster
+// bf16-activation path turn it on themselves (Bf16Gemm below).
+inline const bool kExactBf16ByDefault = [] {
+  setenv("WHALE_EXACT_BF16", "1", 1);
+  set_bf16_gemm(false);
+  return true;
+}();
+
+// Turns the AVX512-BF16 path of linear_forward on for one scope (where the CPU has it).
+struct Bf16Gemm {
+  Bf16Gemm() { set_bf16_gemm(true); }
+  ~Bf16Gemm() { set_bf16_gemm(false); }
+};
 
 inline std::string source_dir() {
   return WHALE_SOURCE_DIR;

@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "cli/commands.h"
+#include "ops/bf16_gemm.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -14,6 +15,11 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "Worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
+  bool exact_bf16 = false;
+  app.add_flag("--exact-bf16", exact_bf16,
+               "Multiply bf16 weights by f32 activations in prompts and batches too (slower). By "
+               "default, on CPUs with AVX512-BF16, 8 or more rows at a time round the activations "
+               "to bf16 first, as llama.cpp and PyTorch's bf16 inference do");
   whale::add_init_command(app);
   whale::add_info_command(app);
   whale::add_logits_command(app);
@@ -35,6 +41,7 @@ int main(int argc, char** argv) {
   whale::add_serve_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);
+    if (exact_bf16) whale::set_bf16_gemm(false);
   });
   try {
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ops/bf16_gemm.h"
 #include "ops/gemm.h"
 #include "ops/kernels.h"
 
@@ -145,6 +146,10 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
       w.rows_dot(r, x, T, out);
       for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = out[t];
     }
+    return;
+  }
+  if (w.dtype == DType::BF16 && use_bf16_gemm()) {
+    bf16_gemm(reinterpret_cast<const uint16_t*>(w.data), rows, cols, x, T, y, rows);
     return;
   }
   if (w.dtype == DType::F32) {  // a true GEMM

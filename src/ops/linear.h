@@ -45,8 +45,9 @@ constexpr size_t kLinearParallelWork = 32768;
 // y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: for a few
 // tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's
 // row_dot, so each token's result is independent of the batch: speculative decoding's
-// verification reproduces decode bit for bit); from 8 tokens on, tiles of dequantized rows
-// multiplied by sgemm (f32: one sgemm).
+// verification reproduces decode bit for bit); from 8 tokens on, bf16 weights by AVX512-BF16
+// (ops/bf16_gemm.h) where the CPU has it, else tiles of dequantized rows multiplied by sgemm
+// (f32: one sgemm).
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);

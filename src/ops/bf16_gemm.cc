@@ -1,0 +1,173 @@
+#include "ops/bf16_gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "ops/linear.h"
+#include "tensor/dtype.h"
+
+namespace whale {
+
+// Highway 1.0 has no AVX512-BF16 target, so these functions carry the instruction set themselves
+// and run only after the CPU check below.
+#define WHALE_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+namespace {
+
+constexpr int kTileRows = 4;      // weight rows in one tile of 4 × 4 sums (16 registers)
+constexpr int kTileTokens = 4;    // activation rows in one tile
+constexpr int kPanelRows = 64;    // weight rows one thread takes at a time
+constexpr int kBlockTokens = 64;  // activation rows kept in L2 while a panel passes over them
+constexpr int kBlockCols = 2048;  // columns per pass: a panel's slice and x's slice are 256 KiB
+constexpr int kBf16PerVector = 32;
+
+static_assert(kBlockCols % kBf16PerVector == 0, "only the last column block may be partial");
+
+// Rows of x rounded to bf16 (round to nearest even), each padded with zeros to ld columns.
+WHALE_BF16_TARGET void round_rows_to_bf16(const float* x, int T, int cols, int ld, uint16_t* out) {
+  for (int t = 0; t < T; ++t) {
+    const float* src = x + static_cast<size_t>(t) * cols;
+    uint16_t* dst = out + static_cast<size_t>(t) * ld;
+    for (int c = 0; c < ld; c += 16) {
+      const int valid = std::clamp(cols - c, 0, 16);
+      const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << valid) - 1), src + c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+    }
+  }
+}
+
+// out[a][b] = Σ_{i < n} w[a][i] · x[b][i] for kTileRows weight rows and RX activation rows, 32
+// columns per step, a last partial step loaded under a mask (zeros). The sums stay in registers:
+// kept behind a reference they would be stored at every step (vector types may alias anything).
+template <int RX>
+WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], const uint16_t* x, int ldx,
+                                 int n, float (&out)[kTileRows][kTileTokens]) {
+  __m512 sum[kTileRows][RX];
+#pragma GCC unroll 4
+  for (int a = 0; a < kTileRows; ++a)
+#pragma GCC unroll 4
+    for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += kBf16PerVector) {
+    const __mmask32 mask =
+        n - i >= kBf16PerVector ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (n - i)) - 1);
+    __m512bh wv[kTileRows], xv[RX];
+#pragma GCC unroll 4
+    for (int a = 0; a < kTileRows; ++a)
+      wv[a] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w[a] + i));
+#pragma GCC unroll 4
+    for (int b = 0; b < RX; ++b)
+      xv[b] = reinterpret_cast<__m512bh>(
+          _mm512_maskz_loadu_epi16(mask, x + static_cast<size_t>(b) * ldx + i));
+#pragma GCC unroll 4
+    for (int a = 0; a < kTileRows; ++a)
+#pragma GCC unroll 4
+      for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_dpbf16_ps(sum[a][b], wv[a], xv[b]);
+  }
+#pragma GCC unroll 4
+  for (int a = 0; a < kTileRows; ++a)
+#pragma GCC unroll 4
+    for (int b = 0; b < RX; ++b) out[a][b] = _mm512_reduce_add_ps(sum[a][b]);
+}
+
+// Weight rows [r0, r1) against every activation row, in blocks that stay in L2.
+WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* xb,
+                             int ldx, int T, float* y, int ldy) {
+  float sums[kTileRows][kTileTokens];
+  for (int c0 = 0; c0 < cols; c0 += kBlockCols) {
+    const int n = std::min(kBlockCols, cols - c0);
+    for (int t0 = 0; t0 < T; t0 += kBlockTokens) {
+      const int t1 = std::min(T, t0 + kBlockTokens);
+      for (int r = r0; r < r1; r += kTileRows) {
+        const int rows_here = std::min(kTileRows, r1 - r);
+        const uint16_t* wr[kTileRows];
+        // Missing rows of a last partial tile repeat its last row; their sums are not stored.
+        for (int a = 0; a < kTileRows; ++a)
+          wr[a] = w + static_cast<size_t>(r + std::min(a, rows_here - 1)) * cols + c0;
+        for (int t = t0; t < t1; t += kTileTokens) {
+          const int m = std::min(kTileTokens, t1 - t);
+          const uint16_t* xt = xb + static_cast<size_t>(t) * ldx + c0;
+          switch (m) {
+            case 1:
+              tile_sums<1>(wr, xt, ldx, n, sums);
+              break;
+            case 2:
+              tile_sums<2>(wr, xt, ldx, n, sums);
+              break;
+            case 3:
+              tile_sums<3>(wr, xt, ldx, n, sums);
+              break;
+            default:
+              tile_sums<4>(wr, xt, ldx, n, sums);
+          }
+          for (int b = 0; b < m; ++b) {
+            float* yt = y + static_cast<size_t>(t + b) * ldy + r;
+            for (int a = 0; a < rows_here; ++a) {
+              yt[a] = c0 == 0 ? sums[a][b] : yt[a] + sums[a][b];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+}
+
+}  // namespace
+
+bool bf16_gemm_available() {
+  static const bool available = cpu_has_avx512_bf16();
+  return available;
+}
+
+namespace {
+std::atomic<bool>& bf16_gemm_wanted() {
+  static std::atomic<bool> wanted = [] {
+    const char* exact = std::getenv("WHALE_EXACT_BF16");
+    return !(exact && std::strcmp(exact, "1") == 0);
+  }();
+  return wanted;
+}
+}  // namespace
+
+bool use_bf16_gemm() {
+  return bf16_gemm_available() && bf16_gemm_wanted().load();
+}
+void set_bf16_gemm(bool enabled) {
+  bf16_gemm_wanted().store(enabled);
+}
+
+void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
+  const int ldx = (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
+  std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
+  round_rows_to_bf16(x, T, cols, ldx, xb.data());
+  const int panels = (rows + kPanelRows - 1) / kPanelRows;
+  const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
+#pragma omp parallel for schedule(dynamic) if (threads)
+  for (int p = 0; p < panels; ++p)
+    panel(w, cols, p * kPanelRows, std::min(rows, (p + 1) * kPanelRows), xb.data(), ldx, T, y, ldy);
+}
+
+void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,
+                         int ldy) {
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < rows; ++r) {
+      double sum = 0;
+      for (int c = 0; c < cols; ++c)
+        sum += static_cast<double>(bf16_to_f32(w[static_cast<size_t>(r) * cols + c])) *
+               bf16_to_f32(f32_to_bf16(x[static_cast<size_t>(t) * cols + c]));
+      y[static_cast<size_t>(t) * ldy + r] = static_cast<float>(sum);
+    }
+}
+
+}  // namespace whale
