@@ -4,8 +4,8 @@
 #include "model/random_init.h"
 #include "model/transformer.h"
 #include "serve/paged_cache.h"
-#include "serve/text_stream.h"
 #include "test_util.h"
+#include "text/stream_filters.h"
 
 namespace whale {
 namespace {
@@ -98,7 +98,7 @@ TEST(PagedCache, PrefixBlocksAreSharedCountedAndEvictedOldestFirst) {
 }
 
 TEST(TextStream, StopStringsAreHeldBackAndCut) {
-  serve::StopFilter f({"END", "\nUser:"});
+  StopFilter f({"END", "\nUser:"});
   bool stopped = false;
   EXPECT_EQ(f.push("Hello E", stopped), "Hello ");
   EXPECT_EQ(f.push("N", stopped), "");
@@ -110,7 +110,7 @@ TEST(TextStream, StopStringsAreHeldBackAndCut) {
 }
 
 TEST(TextStream, ReasoningIsSplitFromTheAnswer) {
-  serve::ReasoningSplitter s(true);
+  ReasoningSplitter s(true);
   std::string reasoning, content;
   for (const char* piece : {"Let me", " think.</", "think>", "\n\nThe answer", " is 4."}) {
     auto d = s.push(piece);
@@ -123,23 +123,23 @@ TEST(TextStream, ReasoningIsSplitFromTheAnswer) {
   EXPECT_EQ(reasoning, "Let me think.");
   EXPECT_EQ(content, "The answer is 4.");
 
-  serve::ReasoningSplitter opens(false);
+  ReasoningSplitter opens(false);
   auto d1 = opens.push("<thi");
   auto d2 = opens.push("nk>\nhmm</think>ok");
   EXPECT_EQ(d1.reasoning + d2.reasoning, "hmm");
   EXPECT_EQ(d1.content + d2.content, "ok");
 
-  serve::ReasoningSplitter plain(false);
+  ReasoningSplitter plain(false);
   EXPECT_EQ(plain.push("no tags <think> here").content, "no tags <think> here");
 }
 
 TEST(TextStream, Utf8Validation) {
-  EXPECT_TRUE(serve::valid_utf8("plain ascii, é, 漢字, 🐋"));
-  EXPECT_FALSE(serve::valid_utf8("\xff"));
-  EXPECT_FALSE(serve::valid_utf8("\xc3"));          // truncated
-  EXPECT_FALSE(serve::valid_utf8("\xc0\xaf"));      // overlong
-  EXPECT_FALSE(serve::valid_utf8("\xed\xa0\x80"));  // surrogate
-  EXPECT_FALSE(serve::valid_utf8("\xf4\x90\x80\x80"));
+  EXPECT_TRUE(valid_utf8("plain ascii, é, 漢字, 🐋"));
+  EXPECT_FALSE(valid_utf8("\xff"));
+  EXPECT_FALSE(valid_utf8("\xc3"));          // truncated
+  EXPECT_FALSE(valid_utf8("\xc0\xaf"));      // overlong
+  EXPECT_FALSE(valid_utf8("\xed\xa0\x80"));  // surrogate
+  EXPECT_FALSE(valid_utf8("\xf4\x90\x80\x80"));
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "text/chat_template.h"
+#include "text/stream_filters.h"
 #include "text/tokenizer.h"
 
 namespace whale {
@@ -40,100 +41,51 @@ struct ChatOptions {
   bool seed_given = false, stats = false, no_cache_reuse = false;
 };
 
-// The longest suffix of `text` that is a proper prefix of `tag`: text that may still become
-// the tag once more arrives.
-size_t partial_tag_length(std::string_view text, std::string_view tag) {
-  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
-    if (text.substr(text.size() - n) == tag.substr(0, n)) return n;
-  return 0;
-}
-
-// Writes the reply as it streams: thinking apart from the answer.
+// Writes the reply as it streams: the reasoning (ReasoningSplitter) apart from the answer.
 class ReplyPrinter {
  public:
-  ReplyPrinter(bool tty, bool thinking) : tty_(tty), thinking_(thinking) {}
+  ReplyPrinter(bool tty, bool thinking) : tty_(tty), splitter_(thinking) {}
 
   void push(std::string_view text) {
-    pending_ += text;
-    for (;;) {
-      std::string_view tag = thinking_ ? "</think>" : "<think>";
-      size_t at = pending_.find(tag);
-      if (at == std::string::npos) break;
-      emit(pending_.substr(0, at));
-      pending_.erase(0, at + tag.size());
-      if (thinking_) end_thinking();
-      thinking_ = !thinking_;
-      strip_newlines_ = true;
-    }
-    size_t keep = partial_tag_length(pending_, thinking_ ? "</think>" : "<think>");
-    emit(pending_.substr(0, pending_.size() - keep));
-    pending_.erase(0, pending_.size() - keep);
+    show(splitter_.push(text));
     std::fflush(stdout);
   }
 
   void finish() {
-    emit(pending_);
-    pending_.clear();
+    show(splitter_.finish());
     if (!at_line_start_) std::fputs("\n", stdout);
     at_line_start_ = true;
     std::fflush(stdout);
   }
 
  private:
-  void emit(std::string text) {
-    if (strip_newlines_) {
-      size_t first = text.find_first_not_of("\r\n");
-      if (first == std::string::npos) return;
-      text.erase(0, first);
-      strip_newlines_ = false;
+  void show(const ReasoningSplitter::Delta& delta) {
+    if (!delta.reasoning.empty()) write(delta.reasoning, true);
+    if (!delta.content.empty()) {
+      if (in_reasoning_ && !at_line_start_) std::fputs("\n", stdout);  // the answer on its own line
+      if (in_reasoning_) at_line_start_ = true;
+      in_reasoning_ = false;
+      write(delta.content, false);
     }
-    if (text.empty()) return;
+  }
+  void write(const std::string& text, bool reasoning) {
+    in_reasoning_ = reasoning;
     std::string out;
-    if (thinking_ && !tty_) {  // "[thinking] " before every line
+    if (reasoning && !tty_) {  // "[thinking] " before every line
       for (char c : text) {
         if (at_line_start_) out += "[thinking] ";
         out += c;
         at_line_start_ = c == '\n';
       }
     } else {
-      out = thinking_ ? "\x1b[2m" + text + "\x1b[0m" : text;
+      out = reasoning ? "\x1b[2m" + text + "\x1b[0m" : text;
       at_line_start_ = text.back() == '\n';
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
   }
-  void end_thinking() {
-    if (!at_line_start_) std::fputs("\n", stdout);
-    at_line_start_ = true;
-  }
 
-  bool tty_, thinking_, at_line_start_ = true, strip_newlines_ = false;
-  std::string pending_;
-};
-
-// Holds back text that may be the start of a stop string; reports when one is complete.
-class StopFilter {
- public:
-  explicit StopFilter(std::string stop) : stop_(std::move(stop)) {}
-  // Returns the text that can be shown now; sets `stopped` once the stop string appeared.
-  std::string push(std::string_view text, bool& stopped) {
-    pending_ += text;
-    if (stop_.empty()) return std::exchange(pending_, "");
-    size_t at = pending_.find(stop_);
-    if (at != std::string::npos) {
-      stopped = true;
-      std::string out = pending_.substr(0, at);
-      pending_.clear();
-      return out;
-    }
-    size_t keep = partial_tag_length(pending_, stop_);
-    std::string out = pending_.substr(0, pending_.size() - keep);
-    pending_.erase(0, pending_.size() - keep);
-    return out;
-  }
-  std::string finish() { return std::exchange(pending_, ""); }
-
- private:
-  std::string stop_, pending_;
+  bool tty_, at_line_start_ = true, in_reasoning_ = false;
+  ReasoningSplitter splitter_;
 };
 
 std::string trim(const std::string& s) {
@@ -252,7 +204,7 @@ class ChatSession {
     auto t1 = clock::now();
 
     text::StreamDecoder decoder(*tokenizer_, true);
-    StopFilter filter(stop);
+    StopFilter filter(stop.empty() ? std::vector<std::string>{} : std::vector<std::string>{stop});
     ReplyPrinter printer(isatty(1), thinking);
     std::string reply = thinking ? "<think>\n" : "";
     int generated = 0;

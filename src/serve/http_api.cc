@@ -5,7 +5,7 @@
 #include <chrono>
 #include <random>
 
-#include "serve/text_stream.h"
+#include "text/stream_filters.h"
 
 namespace whale::serve {
 

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "serve/text_stream.h"
+#include "text/stream_filters.h"
 
 namespace whale::serve {
 

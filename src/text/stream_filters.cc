@@ -1,9 +1,9 @@
-#include "serve/text_stream.h"
+#include "text/stream_filters.h"
 
 #include <algorithm>
 #include <utility>
 
-namespace whale::serve {
+namespace whale {
 
 size_t partial_match_length(std::string_view text, std::string_view tag) {
   if (tag.empty()) return 0;
@@ -123,4 +123,4 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
-}  // namespace whale::serve
+}  // namespace whale

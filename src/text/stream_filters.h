@@ -1,11 +1,12 @@
-// Streaming text filters of the server: stop strings (text that may still become one is held
-// back) and the split of a reasoning model's output into reasoning and answer.
+// Filters over streamed model output, shared by `whale serve` and `whale chat`: stop strings
+// (text that may still become one is held back) and the split of a reasoning model's output into
+// reasoning and answer.
 #pragma once
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace whale::serve {
+namespace whale {
 
 // The longest suffix of `text` that is a proper prefix of `tag`.
 size_t partial_match_length(std::string_view text, std::string_view tag);
@@ -45,4 +46,4 @@ class ReasoningSplitter {
 // True when `text` is well-formed UTF-8.
 bool valid_utf8(std::string_view text);
 
-}  // namespace whale::serve
+}  // namespace whale
