@@ -1,4 +1,7 @@
 // Multi-head Latent Attention (DeepSeek-V2 §2.1, MISSION §1), over a batch of segments.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -89,21 +92,37 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   int max_len = 0;
   for (const Segment& seg : segments) max_len = std::max(max_len, seg.pos0 + seg.rows);
   std::vector<float> attn(static_cast<size_t>(N) * heads * vdim);
+  // Work items: a row and a group of its heads. The absorbed form reads each cached latent once
+  // for the whole group (MQA: every head attends to the same latents); a row's heads are split
+  // into several groups only when there are too few rows to keep every thread busy (decode).
+  const int groups = std::clamp((4 * omp_get_max_threads() + N - 1) / N, 1, heads);
+  const int group_size = (heads + groups - 1) / groups;
 #pragma omp parallel
   {
-    std::vector<float> scores(max_len), q_latent(kvr), o_latent(kvr), row(kvr);
-#pragma omp for collapse(2) schedule(static)
-    for (int r = 0; r < N; ++r)
-      for (int hd = 0; hd < heads; ++hd) {
-        const int si = map.segment[r], t = r - first_row[si];
-        const LayerCache& cache = *segments[si].cache;
-        const AttentionMask& mask = allowed[si];
-        const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
-        const int visible = map.position[r] + 1;
-        float* o = attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
-        if (!expanded[si].empty()) {
-          // Naive: score = q_nope·k_nope + q_rope·k_rope; out = Σ p v.
-          const float* kv = expanded[si].data();
+    std::vector<float> scores(static_cast<size_t>(group_size) * max_len);
+    std::vector<float> queries(static_cast<size_t>(group_size) * width);
+    std::vector<float> o_latent(static_cast<size_t>(group_size) * kvr), row(kvr);
+    float part[8];
+#pragma omp for schedule(dynamic)
+    for (int item = 0; item < N * groups; ++item) {
+      const int r = item / groups, h0 = (item % groups) * group_size;
+      const int h1 = std::min(heads, h0 + group_size), G = h1 - h0;
+      if (G <= 0) continue;
+      const int si = map.segment[r], t = r - first_row[si];
+      const LayerCache& cache = *segments[si].cache;
+      const AttentionMask& mask = allowed[si];
+      const int visible = map.position[r] + 1;
+      const auto query = [&](int hd) {
+        return q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
+      };
+      const auto output = [&](int hd) {
+        return attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
+      };
+      if (!expanded[si].empty()) {
+        // Naive: score = q_nope·k_nope + q_rope·k_rope; out = Σ p v.
+        const float* kv = expanded[si].data();
+        for (int hd = h0; hd < h1; ++hd) {
+          const float* qh = query(hd);
           for (int s = 0; s < visible; ++s) {
             if (!mask.empty() && !mask[t][s]) {
               scores[s] = kNegInf;
@@ -114,36 +133,58 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
             scores[s] = (dot_f32(qh, ks, nope) + dot_f32(qh + nope, kr, rope_dim)) * scale;
           }
           softmax(scores.data(), visible);
+          float* o = output(hd);
           std::fill(o, o + vdim, 0.0f);
           for (int s = 0; s < visible; ++s)
             if (scores[s] != 0.0f)
               axpy(scores[s],
                    kv + (static_cast<size_t>(s) * heads + hd) * kv_b_rows_per_head + nope, o, vdim);
-        } else {
-          // Absorbed: score = (W_UKᵀ q_nope)·c_KV + q_rope·k_rope; out = W_UV (Σ p c_KV).
-          std::fill(q_latent.begin(), q_latent.end(), 0.0f);
-          for (int d = 0; d < nope; ++d) {
-            w.kv_b_proj.row_to_f32(hd * kv_b_rows_per_head + d, row.data());
-            axpy(qh[d], row.data(), q_latent.data(), kvr);
-          }
-          for (int s = 0; s < visible; ++s) {
-            if (!mask.empty() && !mask[t][s]) {
-              scores[s] = kNegInf;
-              continue;
-            }
-            const float* ls = cache.entry(s, width);
-            scores[s] =
-                (dot_f32(q_latent.data(), ls, kvr) + dot_f32(qh + nope, ls + kvr, rope_dim)) *
-                scale;
-          }
-          softmax(scores.data(), visible);
-          std::fill(o_latent.begin(), o_latent.end(), 0.0f);
-          for (int s = 0; s < visible; ++s)
-            if (scores[s] != 0.0f) axpy(scores[s], cache.entry(s, width), o_latent.data(), kvr);
-          for (int d = 0; d < vdim; ++d)
-            o[d] = w.kv_b_proj.row_dot(hd * kv_b_rows_per_head + nope + d, o_latent.data());
+        }
+        continue;
+      }
+      // Absorbed: each head's query against the latents is [W_UKᵀ q_nope ; q_rope], so
+      // score = query · [c_KV ; k_rope] and out = W_UV (Σ p c_KV).
+      for (int g = 0; g < G; ++g) {
+        const float* qh = query(h0 + g);
+        float* qg = queries.data() + static_cast<size_t>(g) * width;
+        std::fill(qg, qg + kvr, 0.0f);
+        for (int d = 0; d < nope; ++d) {
+          w.kv_b_proj.row_to_f32((h0 + g) * kv_b_rows_per_head + d, row.data());
+          axpy(qh[d], row.data(), qg, kvr);
+        }
+        std::copy_n(qh + nope, rope_dim, qg + kvr);
+      }
+      for (int s = 0; s < visible; ++s) {
+        if (!mask.empty() && !mask[t][s]) {
+          for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * max_len + s] = kNegInf;
+          continue;
+        }
+        // One cached entry against every query of the group (read once, up to 8 at a time).
+        for (int g0 = 0; g0 < G; g0 += 8) {
+          const int n = std::min(8, G - g0);
+          dot_f32_rows(cache.entry(s, width), queries.data() + static_cast<size_t>(g0) * width,
+                       width, n, width, part);
+          for (int g = 0; g < n; ++g)
+            scores[static_cast<size_t>(g0 + g) * max_len + s] = part[g] * scale;
         }
       }
+      for (int g = 0; g < G; ++g)
+        softmax(scores.data() + static_cast<size_t>(g) * max_len, visible);
+      std::fill(o_latent.begin(), o_latent.begin() + static_cast<size_t>(G) * kvr, 0.0f);
+      for (int s = 0; s < visible; ++s) {
+        const float* latent = cache.entry(s, width);
+        for (int g = 0; g < G; ++g) {
+          const float p = scores[static_cast<size_t>(g) * max_len + s];
+          if (p != 0.0f) axpy(p, latent, o_latent.data() + static_cast<size_t>(g) * kvr, kvr);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        float* o = output(h0 + g);
+        for (int d = 0; d < vdim; ++d)
+          o[d] = w.kv_b_proj.row_dot((h0 + g) * kv_b_rows_per_head + nope + d,
+                                     o_latent.data() + static_cast<size_t>(g) * kvr);
+      }
+    }
   }
   linear_forward(w.o_proj, attn.data(), N, out);
 }

@@ -1,6 +1,7 @@
 #include "ops/bf16_gemm.h"
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -151,11 +152,16 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
   const int ldx = (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
   std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
   round_rows_to_bf16(x, T, cols, ldx, xb.data());
-  const int panels = (rows + kPanelRows - 1) / kPanelRows;
   const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
+  // Panels of up to kPanelRows rows, smaller for small matrices so that every thread gets
+  // several (a batch's kv_a_proj has 576 rows, a byte-level head 258).
+  const int team = threads ? omp_get_max_threads() : 1;
+  const int panel_rows =
+      std::clamp(rows / (4 * team) / kTileRows * kTileRows, kTileRows, kPanelRows);
+  const int panels = (rows + panel_rows - 1) / panel_rows;
 #pragma omp parallel for schedule(dynamic) if (threads)
   for (int p = 0; p < panels; ++p)
-    panel(w, cols, p * kPanelRows, std::min(rows, (p + 1) * kPanelRows), xb.data(), ldx, T, y, ldy);
+    panel(w, cols, p * panel_rows, std::min(rows, (p + 1) * panel_rows), xb.data(), ldx, T, y, ldy);
 }
 
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,
