@@ -90,9 +90,10 @@ INSTANTIATE_TEST_SUITE_P(AllModelTypes, Golden,
                          ::testing::Values("v2_lite", "v2_group_yarn", "v3_sharded", "v3_fp8",
                                            "v32", "v32_fp8_ue8m0", "qwen2", "llama3"));
 
-// The default fast path for prompts and batches on AVX512-BF16 CPUs rounds the activations to
-// bf16 before each product with bf16 weights: the logits stay within bf16's rounding of the
-// reference (a few parts in a thousand of their scale), and the next-token choices agree.
+// The default fast path on AVX512-BF16 CPUs (prompts and batches by GEMM, decode by row dots)
+// rounds the activations to bf16 before each product with bf16 weights: the logits stay within
+// bf16's rounding of the reference (a few parts in a thousand of their scale), and the next-token
+// choices agree.
 TEST(GoldenBf16, RoundedActivationsStayCloseToReference) {
   if (!bf16_gemm_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
   testing::Bf16Gemm fast;
@@ -101,17 +102,19 @@ TEST(GoldenBf16, RoundedActivationsStayCloseToReference) {
     auto tokens = golden_tokens(name);
     ASSERT_GE(static_cast<int>(tokens.size()), kGemmMinTokens) << "the prefill must take the path";
     NpyArray expected = read_npy(golden_dir(name) + "/logits.npy");
-    auto logits = run(*model, tokens, false, AttentionPath::kAuto);
-    const double error = relative_max_error(logits, expected.data);
-    EXPECT_GT(error, kTolerance) << name << ": the rounding should show (is the path taken?)";
-    EXPECT_LT(error, 2e-2) << name;
-    const size_t V = model->config().vocab_size;
-    int agree = 0;
-    for (size_t t = 0; t < tokens.size(); ++t) {
-      const auto row = logits.begin() + t * V, ref = expected.data.begin() + t * V;
-      agree += std::max_element(row, row + V) - row == std::max_element(ref, ref + V) - ref;
+    for (bool step : {false, true}) {  // prefill (bf16 GEMM), decode (bf16 row dots)
+      auto logits = run(*model, tokens, step, AttentionPath::kAuto);
+      const double error = relative_max_error(logits, expected.data);
+      EXPECT_GT(error, kTolerance) << name << ": the rounding should show (is the path taken?)";
+      EXPECT_LT(error, 2e-2) << name << " step " << step;
+      const size_t V = model->config().vocab_size;
+      int agree = 0;
+      for (size_t t = 0; t < tokens.size(); ++t) {
+        const auto row = logits.begin() + t * V, ref = expected.data.begin() + t * V;
+        agree += std::max_element(row, row + V) - row == std::max_element(ref, ref + V) - ref;
+      }
+      EXPECT_GE(agree, static_cast<int>(tokens.size()) - 1) << name << " step " << step;
     }
-    EXPECT_GE(agree, static_cast<int>(tokens.size()) - 1) << name;
   }
 }
 

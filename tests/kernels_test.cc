@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 
 #include "hwy/targets.h"
@@ -101,6 +102,12 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
   }
 }
 
+uint32_t bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
 // Σ |w[r, c] · x[t, c]| over c: the scale of the rounding error of one output.
 float abs_sum(const uint16_t* w, const float* x, int cols) {
   double sum = 0;
@@ -141,6 +148,43 @@ TEST(Kernels, Bf16GemmMatchesReference) {
   }
 }
 
+// Decode's few rows on the AVX512-BF16 path: activations rounded to bf16, each token's result
+// bit-identical whatever its batch-mates (speculative verification relies on it), and within
+// the rounding of the exact product.
+TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
+  if (!bf16_gemm_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  std::mt19937 rng(6);
+  set_bf16_gemm(true);
+  for (int cols : {300, 1000}) {  // a masked tail; the four-vector main loop
+    const int rows = 70;
+    auto wf = random_vector(static_cast<size_t>(rows) * cols, rng);
+    std::vector<uint16_t> w(wf.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+    Linear lin;
+    lin.dtype = DType::BF16;
+    lin.rows = rows;
+    lin.cols = cols;
+    lin.data = reinterpret_cast<const uint8_t*>(w.data());
+    for (int T = 1; T < kGemmMinTokens; ++T) {
+      auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+      std::vector<float> y(static_cast<size_t>(T) * rows), y_one(rows), y_ref(y.size());
+      linear_forward(lin, x.data(), T, y.data());
+      bf16_gemm_reference(w.data(), rows, cols, x.data(), T, y_ref.data(), rows);
+      for (int t = 0; t < T; ++t) {
+        linear_forward(lin, x.data() + static_cast<size_t>(t) * cols, 1, y_one.data());
+        for (int r = 0; r < rows; ++r) {
+          const size_t i = static_cast<size_t>(t) * rows + r;
+          ASSERT_EQ(bits(y[i]), bits(y_one[r])) << "cols " << cols << " T " << T << " t " << t;
+          const float scale = abs_sum(w.data() + static_cast<size_t>(r) * cols,
+                                      x.data() + static_cast<size_t>(t) * cols, cols);
+          ASSERT_NEAR(y[i], y_ref[i], 1e-5f * scale + 1e-6f) << "cols " << cols << " T " << T;
+        }
+      }
+    }
+  }
+  set_bf16_gemm(false);
+}
+
 // Both paths linear_forward has for many rows of a bf16 matrix (AVX512-BF16 where the CPU has
 // it, dequantized tiles by sgemm) compute W·x to within x's rounding to bf16 (2⁻⁹ of a product).
 TEST(Kernels, LinearForwardManyRowsOfBf16) {
@@ -173,12 +217,6 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
   set_bf16_gemm(false);
 }
 
-uint32_t bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
-}
-
 // Runs body once per instruction set compiled in and supported here (AVX-512, AVX2, SSE4, ...),
 // so the kernels of every target are held to the same rules, then restores the dispatcher.
 void for_every_target(const std::function<void()>& body) {
@@ -188,6 +226,36 @@ void for_every_target(const std::function<void()>& body) {
     body();
   }
   hwy::SetSupportedTargetsForTest(0);
+}
+
+// The SIMD exponentials of the activation and softmax against std::exp, for every target, over
+// lengths with and without a tail and arguments far into both ends of the range.
+TEST(Kernels, SiluAndShiftedExpMatchScalar) {
+  for_every_target([] {
+    std::mt19937 rng(5);
+    for (size_t n : {1, 5, 16, 17, 100, 1000}) {
+      auto gate = random_vector(n, rng), up = random_vector(n, rng);
+      for (size_t i = 0; i < n; i += 7) gate[i] *= 60;  // e^±60 and beyond
+      std::vector<float> out = gate;
+      silu_mul_kernel(out.data(), up.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        const double g = gate[i], want = g / (1 + std::exp(-g)) * up[i];
+        ASSERT_NEAR(out[i], want, 1e-6 * (1 + std::fabs(want))) << n << " at " << i;
+      }
+      auto x = random_vector(n, rng);
+      for (size_t i = 0; i < n; i += 5) x[i] = -std::numeric_limits<float>::infinity();
+      std::vector<float> e = x;
+      const float shift = 0.7f;
+      const float sum = exp_shifted(e.data(), n, shift);
+      double want_sum = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double want = std::exp(static_cast<double>(x[i]) - shift);
+        want_sum += want;
+        ASSERT_NEAR(e[i], want, 2e-7 * want) << n << " at " << i;
+      }
+      ASSERT_NEAR(sum, want_sum, 1e-6 * want_sum) << n;
+    }
+  });
 }
 
 // The multi-row kernels (one weight row against T activation rows; speculative decoding's

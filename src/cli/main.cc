@@ -1,4 +1,5 @@
 // whale: DeepSeek models in C++. `whale --help` lists the subcommands.
+#include <malloc.h>
 #include <omp.h>
 
 #include <cstdio>
@@ -8,6 +9,11 @@
 #include "ops/bf16_gemm.h"
 
 int main(int argc, char** argv) {
+  // A forward pass allocates and frees its activation buffers every step; keep freed memory in
+  // the process instead of returning it (trimming, unmapping) only to fault the pages in again
+  // at the next step. (32 MiB is the largest mmap threshold glibc accepts.)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{
       "whale: run, train and serve DeepSeek-architecture models (V2, V3, R1, V3.2) and the\n"
       "R1-distilled Qwen2/Llama students, from Hugging Face checkpoints, on the CPU."};

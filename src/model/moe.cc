@@ -40,6 +40,7 @@ struct FfnJob {
   float* out;               // [n, hidden]
   std::vector<float> gate;  // [n, inter]: gate, then the activation
   std::vector<float> up;
+  Linear::RowsInput in, down_in;  // x for gate/up, the activation for down
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
@@ -63,17 +64,15 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
       parallel |= static_cast<size_t>(w->rows) * w->cols * job.n > kLinearParallelWork;
   }
   // rows [r0, r1) of y = W · x for n < kGemmMinTokens tokens, as linear_forward computes them.
-  const auto rows = [](const Linear& w, const float* x, int n, int r0, int r1, float* y) {
+  const auto rows = [](const Linear& w, const Linear::RowsInput& in, int r0, int r1, float* y) {
     float out[kGemmMinTokens];
     for (int r = r0; r < r1; ++r) {
-      if (n == 1) {
-        y[r] = w.row_dot(r, x);
-        continue;
-      }
-      w.rows_dot(r, x, n, out);
-      for (int t = 0; t < n; ++t) y[static_cast<size_t>(t) * w.rows + r] = out[t];
+      w.rows_dot(r, in, out);
+      for (int t = 0; t < in.T; ++t) y[static_cast<size_t>(t) * w.rows + r] = out[t];
     }
   };
+  // Each expert's input, prepared once for its gate and up rows (and up and gate share it).
+  for (FfnJob& job : jobs) job.in = job.f->gate_proj.prepare_rows(job.x, job.n);
 #pragma omp parallel if (parallel)
   {
 #pragma omp for schedule(dynamic)
@@ -82,19 +81,23 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
       FfnJob& job = jobs[ch.job];
       const FeedForward& f = *job.f;
       const int inter = f.gate_proj.rows;
-      rows(f.gate_proj, job.x, job.n, ch.r0, ch.r1, job.gate.data());
-      rows(f.up_proj, job.x, job.n, ch.r0, ch.r1, job.up.data());
+      rows(f.gate_proj, job.in, ch.r0, ch.r1, job.gate.data());
+      rows(f.up_proj, job.in, ch.r0, ch.r1, job.up.data());
       for (int t = 0; t < job.n; ++t)
         activate(f, job.gate.data() + static_cast<size_t>(t) * inter,
                  job.up.data() + static_cast<size_t>(t) * inter, ch.r0, ch.r1);
     }
+    // The activations, prepared for the down rows once all of a job's gate/up rows are done.
+#pragma omp for schedule(dynamic)
+    for (size_t j = 0; j < jobs.size(); ++j)
+      jobs[j].down_in = jobs[j].f->down_proj.prepare_rows(jobs[j].gate.data(), jobs[j].n);
 #pragma omp for schedule(dynamic)
     for (size_t i = 0; i < down.size(); ++i) {
       const Chunk& ch = down[i];
       FfnJob& job = jobs[ch.job];
       const FeedForward& f = *job.f;
       const int H = f.down_proj.rows;
-      rows(f.down_proj, job.gate.data(), job.n, ch.r0, ch.r1, job.out);
+      rows(f.down_proj, job.down_in, ch.r0, ch.r1, job.out);
       if (!f.down_bias.empty())
         for (int t = 0; t < job.n; ++t)
           for (int r = ch.r0; r < ch.r1; ++r)
@@ -235,13 +238,19 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     // A decode step (or a few tokens): every expert in one parallel region.
     std::vector<std::vector<float>> x(E), y(E);
     std::vector<FfnJob> jobs;
-    if (moe.has_shared) jobs.push_back({&moe.shared, u, T, out, {}, {}});
+    if (moe.has_shared) jobs.push_back({&moe.shared, u, T, out, {}, {}, {}, {}});
     for (int e = 0; e < E; ++e) {
       if (slots[e].empty()) continue;
       gather(e, x[e]);
       y[e].resize(x[e].size());
-      jobs.push_back(
-          {&moe.experts[e], x[e].data(), static_cast<int>(slots[e].size()), y[e].data(), {}, {}});
+      jobs.push_back({&moe.experts[e],
+                      x[e].data(),
+                      static_cast<int>(slots[e].size()),
+                      y[e].data(),
+                      {},
+                      {},
+                      {},
+                      {}});
     }
     ffn_forward_few(jobs);
     for (int e = 0; e < E; ++e)

@@ -14,6 +14,11 @@
 
 namespace whale {
 
+// GCC 12's _mm512_reduce_add_ps reads an uninitialized register on purpose (its upper half is
+// discarded); its header then warns at every use.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 // Highway 1.0 has no AVX512-BF16 target, so these functions carry the instruction set themselves
 // and run only after the CPU check below.
 #define WHALE_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -30,7 +35,7 @@ constexpr int kBf16PerVector = 32;
 static_assert(kBlockCols % kBf16PerVector == 0, "only the last column block may be partial");
 
 // Rows of x rounded to bf16 (round to nearest even), each padded with zeros to ld columns.
-WHALE_BF16_TARGET void round_rows_to_bf16(const float* x, int T, int cols, int ld, uint16_t* out) {
+WHALE_BF16_TARGET void round_rows(const float* x, int T, int cols, int ld, uint16_t* out) {
   for (int t = 0; t < T; ++t) {
     const float* src = x + static_cast<size_t>(t) * cols;
     uint16_t* dst = out + static_cast<size_t>(t) * ld;
@@ -74,6 +79,46 @@ WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], const ui
   for (int a = 0; a < kTileRows; ++a)
 #pragma GCC unroll 4
     for (int b = 0; b < RX; ++b) out[a][b] = _mm512_reduce_add_ps(sum[a][b]);
+}
+
+// out[t] = Σ_{i < n} w[i] · x[t][i] for R activation rows: four partial sums per row (i / 32
+// mod 4), a masked last partial step, one reduction — the same for every R.
+template <int R>
+WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, int n, float* out) {
+  __m512 sum[R][4];
+#pragma GCC unroll 6
+  for (int t = 0; t < R; ++t)
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) sum[t][k] = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 4 * kBf16PerVector <= n; i += 4 * kBf16PerVector) {
+    __m512bh wv[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k)
+      wv[k] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + i + k * kBf16PerVector));
+#pragma GCC unroll 6
+    for (int t = 0; t < R; ++t)
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k)
+        sum[t][k] = _mm512_dpbf16_ps(
+            sum[t][k], wv[k],
+            reinterpret_cast<__m512bh>(
+                _mm512_loadu_si512(x + static_cast<size_t>(t) * ldx + i + k * kBf16PerVector)));
+  }
+  for (; i < n; i += kBf16PerVector) {
+    const __mmask32 mask =
+        n - i >= kBf16PerVector ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (n - i)) - 1);
+    const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w + i));
+#pragma GCC unroll 6
+    for (int t = 0; t < R; ++t)
+      sum[t][0] = _mm512_dpbf16_ps(sum[t][0], wv,
+                                   reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(
+                                       mask, x + static_cast<size_t>(t) * ldx + i)));
+  }
+#pragma GCC unroll 6
+  for (int t = 0; t < R; ++t)
+    out[t] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(sum[t][0], sum[t][1]), _mm512_add_ps(sum[t][2], sum[t][3])));
 }
 
 // Weight rows [r0, r1) against every activation row, in blocks that stay in L2.
@@ -149,9 +194,9 @@ void set_bf16_gemm(bool enabled) {
 }
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
-  const int ldx = (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
+  const int ldx = bf16_row_stride(cols);
   std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
-  round_rows_to_bf16(x, T, cols, ldx, xb.data());
+  round_rows(x, T, cols, ldx, xb.data());
   const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
   // Panels of up to kPanelRows rows, smaller for small matrices so that every thread gets
   // several (a batch's kv_a_proj has 576 rows, a byte-level head 258).
@@ -162,6 +207,40 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
 #pragma omp parallel for schedule(dynamic) if (threads)
   for (int p = 0; p < panels; ++p)
     panel(w, cols, p * panel_rows, std::min(rows, (p + 1) * panel_rows), xb.data(), ldx, T, y, ldy);
+}
+
+int bf16_row_stride(int cols) {
+  return (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
+}
+
+void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb) {
+  round_rows(x, T, cols, ldx, xb);
+}
+
+void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out) {
+  constexpr int kPass = 6;  // 6 × 4 sums + 4 weight vectors in the 32 registers
+  for (int t0 = 0; t0 < T; t0 += kPass) {
+    const uint16_t* x = xb + static_cast<size_t>(t0) * ldx;
+    switch (std::min(kPass, T - t0)) {
+      case 1:
+        dot_rows<1>(w, x, ldx, n, out + t0);
+        break;
+      case 2:
+        dot_rows<2>(w, x, ldx, n, out + t0);
+        break;
+      case 3:
+        dot_rows<3>(w, x, ldx, n, out + t0);
+        break;
+      case 4:
+        dot_rows<4>(w, x, ldx, n, out + t0);
+        break;
+      case 5:
+        dot_rows<5>(w, x, ldx, n, out + t0);
+        break;
+      default:
+        dot_rows<6>(w, x, ldx, n, out + t0);
+    }
+  }
 }
 
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,

@@ -24,6 +24,16 @@ void set_bf16_gemm(bool enabled);
 // the work is large. Call only when bf16_gemm_available().
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy);
 
+// Decode's few rows (fewer than kGemmMinTokens) on the same path: x rounded to bf16 once
+// (round_to_bf16, rows padded to bf16_row_stride(cols) columns), then each weight row against
+// every activation row by bf16_dot_rows: out[t] = Σ_c w[c] · xb[t·ldx + c] for t < T (any T ≥ 1),
+// in passes of up to 6 rows that read the weight row once. Every row's sum runs in the same order
+// whatever T, so a token's result does not depend on its batch-mates: speculative decoding's
+// verification reproduces plain decoding bit for bit on this path too.
+int bf16_row_stride(int cols);
+void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb);
+void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out);
+
 // The same products summed in double, row by row (x rounded to bf16 the same way).
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,
                          int ldy);

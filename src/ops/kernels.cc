@@ -3,11 +3,16 @@
 #define HWY_TARGET_INCLUDE "ops/kernels.cc"
 #include "ops/kernels.h"
 
+#include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "tensor/dtype.h"
+
+// Per-target code too: after highway.h.
+#include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace whale {
@@ -496,6 +501,59 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+// e^x by Highway's polynomial (about 1 ulp), 0 below -104, inputs clamped to 88 (e^88 is
+// near the largest float) so that large arguments give a large value, not garbage.
+template <class D, class V>
+HWY_INLINE V ClampedExp(D d, V x) {
+  return hn::Exp(d, hn::Min(x, hn::Set(d, 88.0f)));
+}
+
+// gate = silu(gate) · up = gate / (1 + e^-gate) · up. The tail goes through the same vector code
+// (padded), so every element gets the same arithmetic wherever it sits.
+void SiluMul(float* gate, const float* up, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto one = hn::Set(d, 1.0f);
+  const auto silu_mul = [&](const float* g_in, const float* u_in, float* out) HWY_ATTR {
+    const auto g = hn::LoadU(d, g_in);
+    const auto sig = hn::Div(one, hn::Add(one, ClampedExp(d, hn::Neg(g))));
+    hn::StoreU(hn::Mul(hn::Mul(g, sig), hn::LoadU(d, u_in)), d, out);
+  };
+  size_t i = 0;
+  for (; i + N <= n; i += N) silu_mul(gate + i, up + i, gate + i);
+  if (i < n) {
+    HWY_ALIGN float g[hn::MaxLanes(d)] = {}, u[hn::MaxLanes(d)] = {};
+    std::copy(gate + i, gate + n, g);
+    std::copy(up + i, up + n, u);
+    silu_mul(g, u, g);
+    std::copy(g, g + (n - i), gate + i);
+  }
+}
+
+// x[i] = e^(x[i] - shift) (e^-inf = 0); returns the sum of the new values.
+float ExpShifted(float* x, size_t n, float shift) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto vshift = hn::Set(d, shift);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = ClampedExp(d, hn::Sub(hn::LoadU(d, x + i), vshift));
+    hn::StoreU(e, d, x + i);
+    sum = hn::Add(sum, e);
+  }
+  if (i < n) {
+    HWY_ALIGN float tail[hn::MaxLanes(d)];
+    std::fill(tail, tail + hn::MaxLanes(d), -std::numeric_limits<float>::infinity());
+    std::copy(x + i, x + n, tail);
+    const auto e = ClampedExp(d, hn::Sub(hn::Load(d, tail), vshift));
+    hn::Store(e, d, tail);
+    sum = hn::Add(sum, e);
+    std::copy(tail, tail + (n - i), x + i);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace whale
 HWY_AFTER_NAMESPACE();
@@ -508,6 +566,8 @@ HWY_EXPORT(DotBf16);
 HWY_EXPORT(DotE4M3);
 HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(Axpy);
+HWY_EXPORT(SiluMul);
+HWY_EXPORT(ExpShifted);
 HWY_EXPORT(DotF16);
 HWY_EXPORT(F16ToF32);
 HWY_EXPORT(DotQ8);
@@ -602,6 +662,12 @@ void bf16_to_f32(const uint16_t* in, float* out, size_t n) {
 }
 void axpy(float a, const float* x, float* y, size_t n) {
   HWY_DYNAMIC_DISPATCH(Axpy)(a, x, y, n);
+}
+void silu_mul_kernel(float* gate, const float* up, size_t n) {
+  HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, n);
+}
+float exp_shifted(float* x, size_t n, float shift) {
+  return HWY_DYNAMIC_DISPATCH(ExpShifted)(x, n, shift);
 }
 
 float dot_f32_reference(const float* a, const float* b, size_t n) {

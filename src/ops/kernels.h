@@ -15,6 +15,10 @@ float dot_f16(const uint16_t* w, const float* x, size_t n);   // w IEEE half
 void bf16_to_f32(const uint16_t* in, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
+// gate[i] = silu(gate[i]) · up[i], and x[i] = e^(x[i] - shift) returning Σ x[i] (e^-inf = 0):
+// SIMD exponentials (Highway's, about 1 ulp) for the FFN activation and softmax.
+void silu_mul_kernel(float* gate, const float* up, size_t n);
+float exp_shifted(float* x, size_t n, float shift);
 
 // Group-quantized rows (whale's q8/q4, layout in io/quantize.h): groups of kQuantGroup values
 // along the row, the last one possibly partial; scales (and q4's minimums) are IEEE halves.

@@ -126,6 +126,31 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
   }
 }
 
+Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
+  RowsInput in;
+  in.x = x;
+  in.T = T;
+  if (dtype == DType::BF16 && use_bf16_gemm()) {
+    in.ldx = bf16_row_stride(cols);
+    in.bf16.resize(static_cast<size_t>(T) * in.ldx);
+    round_to_bf16(x, T, cols, in.ldx, in.bf16.data());
+  }
+  return in;
+}
+
+void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
+  if (!in.bf16.empty() && dtype == DType::BF16) {
+    bf16_dot_rows(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r) * cols,
+                  in.bf16.data(), in.ldx, in.T, cols, out);
+    return;
+  }
+  if (in.T == 1) {
+    out[0] = row_dot(r, in.x);
+    return;
+  }
+  rows_dot(r, in.x, in.T, out);
+}
+
 void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
   const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
@@ -136,14 +161,11 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     // verification pass must reproduce plain decoding's logits bit for bit.
     // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
     // then delays the step by one chunk, not by half the matrix.
+    const Linear::RowsInput in = w.prepare_rows(x, T);
 #pragma omp parallel for schedule(dynamic, 32) if (threads)
     for (int r = 0; r < rows; ++r) {
-      if (T == 1) {
-        y[r] = w.row_dot(r, x);
-        continue;
-      }
       float out[kGemmMinTokens];
-      w.rows_dot(r, x, T, out);
+      w.rows_dot(r, in, out);
       for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * rows + r] = out[t];
     }
     return;

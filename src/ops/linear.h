@@ -35,6 +35,18 @@ struct Linear {
   // Dot products of row r with T rows of x ([T, cols]): out[t], bit-identical to row_dot(r, x +
   // t·cols), with the row read and dequantized once for up to 7 rows of x (kernels.h's *_rows).
   void rows_dot(int r, const float* x, int T, float* out) const;
+
+  // Activations prepared once for the row dots of a few tokens: for bf16 weights on the
+  // AVX512-BF16 path (use_bf16_gemm()) rounded to bf16, otherwise x as given.
+  struct RowsInput {
+    const float* x = nullptr;
+    int T = 0;
+    std::vector<uint16_t> bf16;  // [T, bf16_row_stride(cols)] when on the bf16 path
+    int ldx = 0;
+  };
+  RowsInput prepare_rows(const float* x, int T) const;
+  // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
+  void rows_dot(int r, const RowsInput& in, float* out) const;
 };
 
 // From this many tokens on, linear_forward multiplies dequantized tiles by sgemm; below, row dots.
@@ -45,7 +57,8 @@ constexpr size_t kLinearParallelWork = 32768;
 // y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: for a few
 // tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's
 // row_dot, so each token's result is independent of the batch: speculative decoding's
-// verification reproduces decode bit for bit); from 8 tokens on, bf16 weights by AVX512-BF16
+// verification reproduces decode bit for bit; bf16 weights on AVX512-BF16 CPUs multiply
+// activations rounded to bf16 unless --exact-bf16); from 8 tokens on, bf16 weights by AVX512-BF16
 // (ops/bf16_gemm.h) where the CPU has it, else tiles of dequantized rows multiplied by sgemm
 // (f32: one sgemm).
 void linear_forward(const Linear& w, const float* x, int T, float* y);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/kernels.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -27,18 +28,13 @@ void layer_norm(const float* x, const float* weight, const float* bias, int n, f
 }
 
 void silu_mul(float* gate, const float* up, int n) {
-  for (int i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  silu_mul_kernel(gate, up, n);
 }
 
 void softmax(float* x, int n) {
   float max = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
-  double sum = 0;
-  for (int i = 0; i < n; ++i) {
-    x[i] = (x[i] == -std::numeric_limits<float>::infinity()) ? 0.0f : std::exp(x[i] - max);
-    sum += x[i];
-  }
-  float inv = static_cast<float>(1.0 / sum);
+  const float inv = 1.0f / exp_shifted(x, n, max);
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
