@@ -7,8 +7,12 @@
 #      prompt per request: time to first token with and without cache hits.
 # MODEL=moe (default): the "small" preset (V3: MLA + DeepSeekMoE, 16 experts, top-4, hidden
 #   256, 4 layers). MODEL=dense: MLA with dense FFNs (first_k_dense_replace = all layers),
-#   hidden 512, 8 layers, bf16 — a model whose decode step is bound by reading its weights,
-#   which batching shares (with MoE, a batch of 16 touches most experts, so it reads more).
+#   hidden 512, 8 layers, bf16 (22M parameters). MODEL=dense-large: the same at hidden 1024, 16
+#   heads, FFN 2816 (85M parameters, 159 MB: GPT-2-small class) — a model whose decode step is
+#   bound by reading its weights, which batching shares (with MoE, a batch of 16 touches most
+#   experts, so it reads more).
+# The load generator runs at nice 10: it shares the server's cores here, and real clients would
+# not.
 # Writes bench/serve/results/<MODEL>.json (one line per phase) and prints a summary.
 #
 #   bash bench/serve/run.sh      # DURATION=20 (seconds per phase) MAX_TOKENS=64 THREADS=2 by default
@@ -27,16 +31,19 @@ MODEL="${MODEL:-moe}"
 model="$MODELS/serve-$MODEL"
 mkdir -p "$MODELS"
 if [[ ! -f "$model/tokenizer.json" ]]; then
-  if [[ "$MODEL" == dense ]]; then
+  if [[ "$MODEL" == dense || "$MODEL" == dense-large ]]; then
     "$WHALE" init --preset small --out "$MODELS/preset-small" >/dev/null
     node -e '
       const fs = require("fs");
       const c = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
       Object.assign(c, { hidden_size: 512, intermediate_size: 1536, num_hidden_layers: 8,
                          first_k_dense_replace: 8, num_nextn_predict_layers: 0 });
+      if (process.argv[3] === "dense-large")
+        Object.assign(c, { hidden_size: 1024, intermediate_size: 2816, num_attention_heads: 16,
+                           kv_lora_rank: 128, q_lora_rank: 256 });
       fs.writeFileSync(process.argv[2], JSON.stringify(c, null, 2));
-    ' "$MODELS/preset-small/config.json" "$MODELS/dense.json"
-    "$WHALE" init --config "$MODELS/dense.json" --byte-tokenizer --dtype bf16 --seed 1 --out "$model" >/dev/null
+    ' "$MODELS/preset-small/config.json" "$MODELS/$MODEL.json" "$MODEL"
+    "$WHALE" init --config "$MODELS/$MODEL.json" --byte-tokenizer --dtype bf16 --seed 1 --out "$model" >/dev/null
   else
     "$WHALE" init --preset small --byte-tokenizer --dtype f32 --seed 1 --out "$model" >/dev/null
   fi
@@ -53,7 +60,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 url="http://127.0.0.1:$PORT"
-phase() { node "$here/load.mjs" "$url" "serve-$MODEL" "$@" | tee -a "$out"; }
+phase() { nice -n 10 node "$here/load.mjs" "$url" "serve-$MODEL" "$@" | tee -a "$out"; }
 phase 1 "$DURATION" "$MAX_TOKENS"
 phase 16 "$DURATION" "$MAX_TOKENS"
 phase 4 "$DURATION" 8 unique

@@ -53,7 +53,8 @@ WHALE_BF16_TARGET void round_rows(const float* x, int T, int cols, int ld, uint1
 // kept behind a reference they would be stored at every step (vector types may alias anything).
 template <int RX>
 WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], const uint16_t* x, int ldx,
-                                 int n, float (&out)[kTileRows][kTileTokens]) {
+                                 int n, float (&out)[kTileRows][kTileTokens],
+                                 const uint16_t* prefetch, int ldw) {
   __m512 sum[kTileRows][RX];
 #pragma GCC unroll 4
   for (int a = 0; a < kTileRows; ++a)
@@ -63,6 +64,10 @@ WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], const ui
     const __mmask32 mask =
         n - i >= kBf16PerVector ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (n - i)) - 1);
     __m512bh wv[kTileRows], xv[RX];
+    if (prefetch)  // the next tile's weight rows, one line each per step: there when it starts
+      for (int a = 0; a < kTileRows; ++a)
+        _mm_prefetch(reinterpret_cast<const char*>(prefetch + static_cast<size_t>(a) * ldw + i),
+                     _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int a = 0; a < kTileRows; ++a)
       wv[a] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w[a] + i));
@@ -135,21 +140,25 @@ WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const 
         // Missing rows of a last partial tile repeat its last row; their sums are not stored.
         for (int a = 0; a < kTileRows; ++a)
           wr[a] = w + static_cast<size_t>(r + std::min(a, rows_here - 1)) * cols + c0;
+        // While the first activation tile passes over this tile's weights, the next tile's are
+        // prefetched (from memory they would otherwise stall the first pass of every tile).
+        const uint16_t* next =
+            r + kTileRows < r1 ? wr[0] + static_cast<size_t>(kTileRows) * cols : nullptr;
         for (int t = t0; t < t1; t += kTileTokens) {
           const int m = std::min(kTileTokens, t1 - t);
           const uint16_t* xt = xb + static_cast<size_t>(t) * ldx + c0;
           switch (m) {
             case 1:
-              tile_sums<1>(wr, xt, ldx, n, sums);
+              tile_sums<1>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
               break;
             case 2:
-              tile_sums<2>(wr, xt, ldx, n, sums);
+              tile_sums<2>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
               break;
             case 3:
-              tile_sums<3>(wr, xt, ldx, n, sums);
+              tile_sums<3>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
               break;
             default:
-              tile_sums<4>(wr, xt, ldx, n, sums);
+              tile_sums<4>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
           }
           for (int b = 0; b < m; ++b) {
             float* yt = y + static_cast<size_t>(t + b) * ldy + r;
