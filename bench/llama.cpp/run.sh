@@ -16,29 +16,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-LLAMA_DIR=${LLAMA_DIR:-$(dirname "$repo")/llama.cpp}
 WHALE=${WHALE:-$repo/build/whale}
 THREADS=${THREADS:-2}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-
-if [ ! -d "$LLAMA_DIR/.git" ]; then
-  echo "== fetching llama.cpp (npm pack node-llama-cpp) into $LLAMA_DIR"
-  (cd "$work" && npm pack --silent node-llama-cpp > /dev/null &&
-    tar xzf node-llama-cpp-*.tgz package/llama/gitRelease.bundle package/llama/binariesGithubRelease.json)
-  git clone -q "$work/package/llama/gitRelease.bundle" "$LLAMA_DIR"
-  cp "$work/package/llama/binariesGithubRelease.json" "$LLAMA_DIR/release.json"
-fi
-if [ ! -f "$LLAMA_DIR/build/bin/libllama.so" ]; then
-  echo "== building llama.cpp (CPU, library only)"
-  cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF > /dev/null
-  nice -n 19 cmake --build "$LLAMA_DIR/build" -j2 --target llama
-fi
-bin="$LLAMA_DIR/build/bin"
-g++ -O2 -std=c++17 "$here/logits.cpp" -I"$LLAMA_DIR/include" -I"$LLAMA_DIR/ggml/include" \
-  -L"$bin" -lllama -lggml -lggml-base -Wl,-rpath,"$bin" -o "$work/llama_logits"
+. "$here/setup.sh"
+build_llama_program logits llama_logits
 
 model=${1:-}
 if [ -z "$model" ]; then
