@@ -108,6 +108,20 @@ uint32_t bits(float f) {
   return b;
 }
 
+// A random bf16 matrix and a Linear over it.
+struct Bf16Matrix {
+  std::vector<uint16_t> w;
+  Linear lin;
+  Bf16Matrix(int rows, int cols, std::mt19937& rng) {
+    for (float v : random_vector(static_cast<size_t>(rows) * cols, rng))
+      w.push_back(f32_to_bf16(v));
+    lin.dtype = DType::BF16;
+    lin.rows = rows;
+    lin.cols = cols;
+    lin.data = reinterpret_cast<const uint8_t*>(w.data());
+  }
+};
+
 // Σ |w[r, c] · x[t, c]| over c: the scale of the rounding error of one output.
 float abs_sum(const uint16_t* w, const float* x, int cols) {
   double sum = 0;
@@ -126,9 +140,7 @@ TEST(Kernels, Bf16GemmMatchesReference) {
   };
   for (Shape s : {Shape{1, 1, 1}, Shape{5, 31, 3}, Shape{7, 33, 9}, Shape{64, 64, 4},
                   Shape{65, 100, 67}, Shape{130, 2049, 5}, Shape{3, 4100, 130}}) {
-    auto wf = random_vector(static_cast<size_t>(s.rows) * s.cols, rng);
-    std::vector<uint16_t> w(wf.size());
-    for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+    const std::vector<uint16_t> w = Bf16Matrix(s.rows, s.cols, rng).w;
     auto x = random_vector(static_cast<size_t>(s.T) * s.cols, rng);
     const int ldy = s.rows + 3;  // a strided output
     std::vector<float> y(static_cast<size_t>(s.T) * ldy, -7.0f), y_ref(y.size(), -7.0f);
@@ -157,14 +169,9 @@ TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
   set_bf16_gemm(true);
   for (int cols : {300, 1000}) {  // a masked tail; the four-vector main loop
     const int rows = 70;
-    auto wf = random_vector(static_cast<size_t>(rows) * cols, rng);
-    std::vector<uint16_t> w(wf.size());
-    for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
-    Linear lin;
-    lin.dtype = DType::BF16;
-    lin.rows = rows;
-    lin.cols = cols;
-    lin.data = reinterpret_cast<const uint8_t*>(w.data());
+    const Bf16Matrix m(rows, cols, rng);
+    const std::vector<uint16_t>& w = m.w;
+    const Linear& lin = m.lin;
     for (int T = 1; T < kGemmMinTokens; ++T) {
       auto x = random_vector(static_cast<size_t>(T) * cols, rng);
       std::vector<float> y(static_cast<size_t>(T) * rows), y_one(rows), y_ref(y.size());
@@ -193,14 +200,9 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
     for (int T : {kGemmMinTokens, 19, 70}) {
       set_bf16_gemm(fast);
       const int rows = 37, cols = 301;
-      auto wf = random_vector(static_cast<size_t>(rows) * cols, rng);
-      std::vector<uint16_t> w(wf.size());
-      for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
-      Linear lin;
-      lin.dtype = DType::BF16;
-      lin.rows = rows;
-      lin.cols = cols;
-      lin.data = reinterpret_cast<const uint8_t*>(w.data());
+      const Bf16Matrix m(rows, cols, rng);
+      const std::vector<uint16_t>& w = m.w;
+      const Linear& lin = m.lin;
       auto x = random_vector(static_cast<size_t>(T) * cols, rng);
       std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
       linear_forward(lin, x.data(), T, y.data());
