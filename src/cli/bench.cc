@@ -15,6 +15,7 @@
 #include "cli/commands.h"
 #include "model/moe.h"
 #include "model/transformer.h"
+#include "ops/bf16_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 
@@ -225,7 +226,7 @@ void add_bench_command(CLI::App& app) {
 
     nlohmann::json j = {{"model", model_dir},
                         {"threads", used_threads},
-                        {"simd", simd_target_name()},
+                        {"simd", simd_description()},
                         {"load_s", load_s},
                         {"weight_bytes", model->checkpoint().total_bytes()},
                         {"prefill_tok_s", prefill_json},
@@ -243,7 +244,7 @@ void add_bench_command(CLI::App& app) {
       return;
     }
     std::printf("model              %s (%d threads, %s)\n", model_dir.c_str(), used_threads,
-                simd_target_name().c_str());
+                simd_description().c_str());
     for (int len : prompt_lengths)
       std::printf("prefill %5d tok   %.2f tok/s\n", len,
                   prefill_json[std::to_string(len)].get<double>());

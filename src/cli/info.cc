@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "model/kv_cache.h"
 #include "model/transformer.h"
+#include "ops/bf16_gemm.h"
 #include "ops/kernels.h"
 
 namespace whale {
@@ -31,7 +32,7 @@ void add_info_command(CLI::App& app) {
                         {"kv_cache_bytes_per_token", kv},
                         {"weight_bytes", model->checkpoint().total_bytes()},
                         {"load_seconds", load_s},
-                        {"simd", simd_target_name()}};
+                        {"simd", simd_description()}};
     if (as_json) {
       std::printf("%s\n", j.dump().c_str());
       return;
@@ -59,7 +60,7 @@ void add_info_command(CLI::App& app) {
     std::printf("\nKV cache         %zu bytes per token (f32 entries)\n", kv);
     std::printf("weights          %sB%s, opened in %.3f s\n",
                 si(model->checkpoint().total_bytes()).c_str(), c.fp8 ? " (fp8)" : "", load_s);
-    std::printf("SIMD             %s\n", simd_target_name().c_str());
+    std::printf("SIMD             %s\n", simd_description().c_str());
   });
 }
 

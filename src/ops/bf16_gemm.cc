@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/kernels.h"
 #include "ops/linear.h"
 #include "tensor/dtype.h"
 
@@ -200,6 +201,10 @@ bool use_bf16_gemm() {
 }
 void set_bf16_gemm(bool enabled) {
   bf16_gemm_wanted().store(enabled);
+}
+
+std::string simd_description() {
+  return simd_target_name() + (use_bf16_gemm() ? " + AVX512-BF16" : "");
 }
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {

@@ -7,6 +7,7 @@
 // bf16 (as llama.cpp does for bf16 weights), and the sums run in another order.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace whale {
 
@@ -18,6 +19,9 @@ bool bf16_gemm_available();
 // as the PyTorch golden fixtures compute.
 bool use_bf16_gemm();
 void set_bf16_gemm(bool enabled);
+// The instruction set the kernels run with, e.g. "AVX3 + AVX512-BF16" (simd_target_name(), and
+// the bf16 path when it is on).
+std::string simd_description();
 
 // y[t·ldy + r] = Σ_c w[r·cols + c] · bf16(x[t·cols + c]) for r < rows, t < T: w is [rows, cols]
 // bf16, x is [T, cols] f32, y's rows are ldy floats apart. Threads over panels of weight rows when
