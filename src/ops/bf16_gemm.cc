@@ -35,20 +35,6 @@ constexpr int kBf16PerVector = 32;
 
 static_assert(kBlockCols % kBf16PerVector == 0, "only the last column block may be partial");
 
-// Rows of x rounded to bf16 (round to nearest even), each padded with zeros to ld columns.
-WHALE_BF16_TARGET void round_rows(const float* x, int T, int cols, int ld, uint16_t* out) {
-  for (int t = 0; t < T; ++t) {
-    const float* src = x + static_cast<size_t>(t) * cols;
-    uint16_t* dst = out + static_cast<size_t>(t) * ld;
-    for (int c = 0; c < ld; c += 16) {
-      const int valid = std::clamp(cols - c, 0, 16);
-      const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << valid) - 1), src + c);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
-                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-    }
-  }
-}
-
 // out[a][b] = Σ_{i < n} w[a][i] · x[b][i] for kTileRows weight rows and RX activation rows, 32
 // columns per step, a last partial step loaded under a mask (zeros). The sums stay in registers:
 // kept behind a reference they would be stored at every step (vector types may alias anything).
@@ -210,7 +196,7 @@ std::string simd_description() {
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
   const int ldx = bf16_row_stride(cols);
   std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
-  round_rows(x, T, cols, ldx, xb.data());
+  round_to_bf16(x, T, cols, ldx, xb.data());
   const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
   // Panels of up to kPanelRows rows, smaller for small matrices so that every thread gets
   // several (a batch's kv_a_proj has 576 rows, a byte-level head 258).
@@ -227,8 +213,18 @@ int bf16_row_stride(int cols) {
   return (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
 }
 
-void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb) {
-  round_rows(x, T, cols, ldx, xb);
+// Rows of x rounded to bf16 (round to nearest even), each padded with zeros to ld columns.
+WHALE_BF16_TARGET void round_to_bf16(const float* x, int T, int cols, int ld, uint16_t* out) {
+  for (int t = 0; t < T; ++t) {
+    const float* src = x + static_cast<size_t>(t) * cols;
+    uint16_t* dst = out + static_cast<size_t>(t) * ld;
+    for (int c = 0; c < ld; c += 16) {
+      const int valid = std::clamp(cols - c, 0, 16);
+      const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << valid) - 1), src + c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+    }
+  }
 }
 
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out) {
