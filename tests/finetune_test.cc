@@ -31,7 +31,8 @@ std::vector<SftExample> sft_batch() {
 }
 
 // Central differences of `loss` on the largest-gradient entry of every tensor.
-void expect_gradient_matches(ParamStore& store, const std::function<double()>& loss, int min_checked) {
+void expect_gradient_matches(ParamStore& store, const std::function<double()>& loss,
+                             int min_checked) {
   std::vector<float> analytic(store.grads(), store.grads() + store.size());
   int checked = 0;
   for (const Param& p : store.params()) {
@@ -69,7 +70,8 @@ TEST(Sft, LossCoversTheResponseOnlyAndMatchesTheLogits) {
     PaddedBatch p = pad_sequences({seq});
     forward_padded(model, p);
     for (size_t pos = e.prompt.size(); pos < seq.size(); ++pos, ++n)
-      sum -= token_log_prob(prediction_row(model, p, 0, static_cast<int>(pos)), 24, seq[pos], nullptr, nullptr);
+      sum -= token_log_prob(prediction_row(model, p, 0, static_cast<int>(pos)), 24, seq[pos],
+                            nullptr, nullptr);
   }
   EXPECT_EQ(s.tokens, n);
   EXPECT_NEAR(s.ce, sum / n, 1e-5);
@@ -100,7 +102,8 @@ TEST(Sft, GradientsOfCeKdAndCckdMatchFiniteDifferences) {
     if (mode == 2) {
       EXPECT_GT(s.cckd, 0);
     }
-    expect_gradient_matches(student_store, [&] { return sft_step(student, batch, o, &teacher, false).loss; }, 8);
+    expect_gradient_matches(
+        student_store, [&] { return sft_step(student, batch, o, &teacher, false).loss; }, 8);
   }
 }
 
@@ -122,7 +125,8 @@ TEST(Dpo, LossAndGradientMatchTheirDefinition) {
   store.init_random(5, 0.3f);
   ref_store.init_random(6, 0.3f);
   TrainModel policy(store), reference(ref_store);
-  std::vector<PreferencePair> pairs = {{{1, 5}, {7, 7, 2}, {9, 2}}, {{1, 3, 4}, {10, 2}, {11, 12, 13, 2}}};
+  std::vector<PreferencePair> pairs = {{{1, 5}, {7, 7, 2}, {9, 2}},
+                                       {{1, 3, 4}, {10, 2}, {11, 12, 13, 2}}};
   const std::vector<double> ref = pair_logprobs(reference, pairs);
   const std::vector<double> pol = pair_logprobs(policy, pairs);
   ASSERT_EQ(ref.size(), 4u);
@@ -135,7 +139,8 @@ TEST(Dpo, LossAndGradientMatchTheirDefinition) {
   store.zero_grads();
   DpoStats s = dpo_step(policy, pairs, ref, beta, true);
   EXPECT_NEAR(s.loss, want, 1e-6);
-  expect_gradient_matches(store, [&] { return dpo_step(policy, pairs, ref, beta, false).loss; }, 8);
+  expect_gradient_matches(
+      store, [&] { return dpo_step(policy, pairs, ref, beta, false).loss; }, 8);
   // At the reference itself every margin is 0: loss log 2.
   EXPECT_NEAR(dpo_step(reference, pairs, ref, beta, false).loss, std::log(2.0), 1e-6);
 }
@@ -154,25 +159,33 @@ TEST(FinetuneCli, SampleSftAndDpoRunEndToEnd) {
   write_file_atomic(dir + "/model/tokenizer.json", byte_level_tokenizer_json());
   write_file_atomic(dir + "/model/tokenizer_config.json", byte_level_tokenizer_config_json());
   // A random model is rarely right, so keep everything and make SFT and DPO data by hand.
-  auto r = testing::run_whale("sample --model " + dir + "/model --out " + dir + "/all.jsonl --keep all --prompts 4 --samples 2 --max-tokens 8");
+  auto r = testing::run_whale("sample --model " + dir + "/model --out " + dir +
+                              "/all.jsonl --keep all --prompts 4 --samples 2 --max-tokens 8");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("8 answers to 4 problems"), std::string::npos) << r.output;
   write_file_atomic(dir + "/sft.jsonl",
-                    "{\"prompt\": \"Q: 2+3\\nA: <think>\", \"response\": \"2+3 2+3=5</think><answer>5</answer>\"}\n"
-                    "{\"prompt\": \"Q: 4+4\\nA: <think>\", \"response\": \"4+4 4+4=8</think><answer>8</answer>\"}\n");
-  r = testing::run_whale("sft --model " + dir + "/model --data " + dir + "/sft.jsonl --out " + dir + "/sft --steps 3 --batch 2");
+                    "{\"prompt\": \"Q: 2+3\\nA: <think>\", \"response\": \"2+3 "
+                    "2+3=5</think><answer>5</answer>\"}\n"
+                    "{\"prompt\": \"Q: 4+4\\nA: <think>\", \"response\": \"4+4 "
+                    "4+4=8</think><answer>8</answer>\"}\n");
+  r = testing::run_whale("sft --model " + dir + "/model --data " + dir + "/sft.jsonl --out " + dir +
+                         "/sft --steps 3 --batch 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/sft/model/model.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/sft/model/tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir + "/sft/sft_loss.png"));
-  write_file_atomic(dir + "/pairs.jsonl",
-                    "{\"prompt\": \"Q: 2+3\\nA: <think>\", \"chosen\": \"</think><answer>5</answer>\", \"rejected\": \"</think><answer>6</answer>\"}\n");
-  r = testing::run_whale("dpo --model " + dir + "/model --data " + dir + "/pairs.jsonl --out " + dir + "/dpo --steps 2 --batch 1");
+  write_file_atomic(
+      dir + "/pairs.jsonl",
+      "{\"prompt\": \"Q: 2+3\\nA: <think>\", \"chosen\": \"</think><answer>5</answer>\", "
+      "\"rejected\": \"</think><answer>6</answer>\"}\n");
+  r = testing::run_whale("dpo --model " + dir + "/model --data " + dir + "/pairs.jsonl --out " +
+                         dir + "/dpo --steps 2 --batch 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/dpo/model/model.safetensors"));
   // Hostile input: a line that is not an object with strings names the file and line.
   write_file_atomic(dir + "/bad.jsonl", "{\"prompt\": 3, \"response\": \"x\"}\n");
-  r = testing::run_whale("sft --model " + dir + "/model --data " + dir + "/bad.jsonl --out " + dir + "/bad");
+  r = testing::run_whale("sft --model " + dir + "/model --data " + dir + "/bad.jsonl --out " + dir +
+                         "/bad");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("bad.jsonl:1"), std::string::npos) << r.output;
 }
@@ -193,19 +206,23 @@ TEST(Demo, R1ZeroAndR1WriteTheirReports) {
   auto r = testing::run_whale("demo r1-zero --budget 0.01 --out " + dir + "/r1-zero");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto s = nlohmann::json::parse(read_file(dir + "/r1-zero/summary.json"));
-  for (const char* key : {"accuracy_before", "accuracy_after", "sft_baseline_accuracy", "response_length_before",
-                          "response_length_after", "heldout_size", "per_task", "stage_seconds"})
+  for (const char* key :
+       {"accuracy_before", "accuracy_after", "sft_baseline_accuracy", "response_length_before",
+        "response_length_after", "heldout_size", "per_task", "stage_seconds"})
     EXPECT_TRUE(s.contains(key)) << key;
   EXPECT_EQ(s["heldout_size"].get<int>(), 200);
-  for (const char* f : {"report.html", "rl_reward.png", "rl_length.png", "model/model.safetensors", "model/tokenizer.json"})
+  for (const char* f : {"report.html", "rl_reward.png", "rl_length.png", "model/model.safetensors",
+                        "model/tokenizer.json"})
     EXPECT_TRUE(fs::exists(dir + "/r1-zero/" + f)) << f;
 
   r = testing::run_whale("demo r1 --budget 0.01 --out " + dir + "/r1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   s = nlohmann::json::parse(read_file(dir + "/r1/summary.json"));
-  for (const char* key : {"pretrained", "cold_start", "grpo", "teacher", "student_distilled", "student_without_teacher"})
+  for (const char* key : {"pretrained", "cold_start", "grpo", "teacher", "student_distilled",
+                          "student_without_teacher"})
     EXPECT_TRUE(s.contains(key) && s[key].contains("accuracy")) << key;
-  for (const char* f : {"report.html", "teacher_model/model.safetensors", "student_model/config.json"})
+  for (const char* f :
+       {"report.html", "teacher_model/model.safetensors", "student_model/config.json"})
     EXPECT_TRUE(fs::exists(dir + "/r1/" + f)) << f;
 }
 

@@ -96,7 +96,7 @@ INSTANTIATE_TEST_SUITE_P(AllModelTypes, Golden,
 // choices agree.
 TEST(GoldenBf16, RoundedActivationsStayCloseToReference) {
   if (!bf16_gemm_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
-  testing::Bf16Gemm fast;
+  testing::FastActivations fast;
   for (std::string name : {"v3_sharded", "v2_lite", "qwen2"}) {
     auto model = Model::load(golden_dir(name));
     auto tokens = golden_tokens(name);

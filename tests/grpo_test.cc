@@ -91,7 +91,9 @@ TEST(Grpo, OnPolicyStepEqualsExplicitOldLogprobs) {
   GrpoStats on_policy = grpo_step(model, batch, options, true);
   EXPECT_EQ(on_policy.loss, explicit_old.loss);
   EXPECT_EQ(on_policy.logprobs, explicit_old.logprobs);
-  EXPECT_LT(testing::relative_max_error(std::vector<float>(store.grads(), store.grads() + store.size()), grads), 1e-6);
+  EXPECT_LT(testing::relative_max_error(
+                std::vector<float>(store.grads(), store.grads() + store.size()), grads),
+            1e-6);
 }
 
 TEST(Grpo, AdvantagesAreGroupNormalized) {

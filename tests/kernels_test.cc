@@ -14,17 +14,14 @@
 #include "ops/bf16_gemm.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
+#include "ops/precision.h"
 #include "tensor/dtype.h"
+#include "test_util.h"
 
 namespace whale {
 namespace {
 
-std::vector<float> random_vector(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
+using testing::random_vector;
 
 TEST(Kernels, DotProductsMatchScalarReferences) {
   std::mt19937 rng(1);
@@ -166,7 +163,7 @@ TEST(Kernels, Bf16GemmMatchesReference) {
 TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
   if (!bf16_gemm_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
   std::mt19937 rng(6);
-  set_bf16_gemm(true);
+  set_exact_activations(false);
   for (int cols : {300, 1000}) {  // a masked tail; the four-vector main loop
     const int rows = 70;
     const Bf16Matrix m(rows, cols, rng);
@@ -189,7 +186,7 @@ TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
       }
     }
   }
-  set_bf16_gemm(false);
+  set_exact_activations(true);
 }
 
 // Both paths linear_forward has for many rows of a bf16 matrix (AVX512-BF16 where the CPU has
@@ -198,7 +195,7 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
   std::mt19937 rng(4);
   for (bool fast : {false, true})
     for (int T : {kGemmMinTokens, 19, 70}) {
-      set_bf16_gemm(fast);
+      set_exact_activations(!fast);
       const int rows = 37, cols = 301;
       const Bf16Matrix m(rows, cols, rng);
       const std::vector<uint16_t>& w = m.w;
@@ -216,7 +213,7 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
               << "fast " << fast << " T " << T << " at " << t << "," << r;
         }
     }
-  set_bf16_gemm(false);
+  set_exact_activations(true);
 }
 
 // Runs body once per instruction set compiled in and supported here (AVX-512, AVX2, SSE4, ...),

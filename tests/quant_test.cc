@@ -12,6 +12,7 @@
 #include "model/transformer.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
+#include "ops/q8_gemm.h"
 #include "tensor/dtype.h"
 #include "test_util.h"
 
@@ -21,12 +22,7 @@ namespace {
 using testing::run_whale;
 using testing::TempDir;
 
-std::vector<float> random_vector(size_t n, std::mt19937& rng, float mean = 0) {
-  std::normal_distribution<float> normal(mean, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
+using testing::random_vector;
 
 size_t groups_of(size_t n) {
   return (n + kQuantGroup - 1) / kQuantGroup;
@@ -223,6 +219,19 @@ TEST(Quant, ConvertedModelsStayClose) {
       if (quant == "q8") {
         EXPECT_LT(c.mean_kl, 0.01);
         EXPECT_GT(c.top1, 0.9);
+        if (q8_vnni_available()) {  // int8 activations (the default there): as close
+          testing::FastActivations fast;
+          const std::vector<float> fast_prefill = model_logits(out, tokens, false);
+          const std::vector<float> fast_decode = model_logits(out, tokens, true);
+          for (const auto* logits : {&fast_prefill, &fast_decode}) {
+            Closeness f = compare(reference, *logits, 512);
+            std::printf("[quant] %s -> q8, int8 activations: mean KL %.6f, top-1 agreement %.3f\n",
+                        source.c_str(), f.mean_kl, f.top1);
+            EXPECT_LT(f.mean_kl, 0.01);
+            EXPECT_GT(f.top1, 0.9);
+          }
+          EXPECT_GT(testing::relative_max_error(fast_prefill, prefill), 0) << "path not taken";
+        }
       } else {  // a random model's flat logits make top-1 fragile: loose bounds only
         EXPECT_LT(c.mean_kl, 0.1);
         EXPECT_GT(c.top1, 0.4);

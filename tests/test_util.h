@@ -7,28 +7,38 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "base/file.h"
-#include "ops/bf16_gemm.h"
+#include "ops/precision.h"
 
 namespace whale::testing {
 
-// The tests hold whale to PyTorch's f32 arithmetic, so bf16 weights meet f32 activations here and
-// in every whale process a test starts (the environment is inherited); the tests of the faster
-// bf16-activation path turn it on themselves (Bf16Gemm below).
-inline const bool kExactBf16ByDefault = [] {
-  setenv("WHALE_EXACT_BF16", "1", 1);
-  set_bf16_gemm(false);
+// The tests hold whale to PyTorch's f32 arithmetic, so bf16 and q8 weights meet f32 activations
+// here and in every whale process a test starts (the environment is inherited); the tests of the
+// faster rounded-activation paths turn them on themselves (FastActivations below).
+inline const bool kExactByDefault = [] {
+  setenv("WHALE_EXACT", "1", 1);
+  set_exact_activations(true);
   return true;
 }();
 
-// Turns the AVX512-BF16 path of linear_forward on for one scope (where the CPU has it).
-struct Bf16Gemm {
-  Bf16Gemm() { set_bf16_gemm(true); }
-  ~Bf16Gemm() { set_bf16_gemm(false); }
+// Turns the rounded-activation paths of linear_forward (AVX512-BF16 for bf16 weights,
+// AVX512-VNNI for q8) on for one scope, where the CPU has them.
+struct FastActivations {
+  FastActivations() { set_exact_activations(false); }
+  ~FastActivations() { set_exact_activations(true); }
 };
+
+// n values drawn from N(mean, 1).
+inline std::vector<float> random_vector(size_t n, std::mt19937& rng, float mean = 0) {
+  std::normal_distribution<float> normal(mean, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
 
 inline std::string source_dir() {
   return WHALE_SOURCE_DIR;

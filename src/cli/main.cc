@@ -6,7 +6,7 @@
 
 #include "base/error.h"
 #include "cli/commands.h"
-#include "ops/bf16_gemm.h"
+#include "ops/precision.h"
 
 int main(int argc, char** argv) {
   // A forward pass allocates and frees its activation buffers every step; keep freed memory in
@@ -21,11 +21,12 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "Worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
-  bool exact_bf16 = false;
-  app.add_flag("--exact-bf16", exact_bf16,
-               "Multiply bf16 weights by f32 activations in prompts and batches too (slower). By "
-               "default, on CPUs with AVX512-BF16, 8 or more rows at a time round the activations "
-               "to bf16 first, as llama.cpp and PyTorch's bf16 inference do");
+  bool exact = false;
+  app.add_flag("--exact,--exact-bf16", exact,
+               "Multiply bf16 and q8 weights by f32 activations (slower; also WHALE_EXACT=1). By "
+               "default the activations are rounded first where the CPU has the instructions for "
+               "it, as llama.cpp and PyTorch's reduced-precision inference do: to bf16 for bf16 "
+               "weights (AVX512-BF16), to int8 per 32 values for q8 weights (AVX512-VNNI)");
   whale::add_init_command(app);
   whale::add_info_command(app);
   whale::add_logits_command(app);
@@ -47,7 +48,7 @@ int main(int argc, char** argv) {
   whale::add_serve_command(app);
   app.parse_complete_callback([&] {
     if (threads > 0) omp_set_num_threads(threads);
-    if (exact_bf16) whale::set_bf16_gemm(false);
+    if (exact) whale::set_exact_activations(true);
   });
   try {
     app.parse(argc, argv);

@@ -4,13 +4,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "ops/kernels.h"
 #include "ops/linear.h"
+#include "ops/precision.h"
+#include "ops/q8_gemm.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -172,25 +172,15 @@ bool bf16_gemm_available() {
   return available;
 }
 
-namespace {
-std::atomic<bool>& bf16_gemm_wanted() {
-  static std::atomic<bool> wanted = [] {
-    const char* exact = std::getenv("WHALE_EXACT_BF16");
-    return !(exact && std::strcmp(exact, "1") == 0);
-  }();
-  return wanted;
-}
-}  // namespace
-
 bool use_bf16_gemm() {
-  return bf16_gemm_available() && bf16_gemm_wanted().load();
-}
-void set_bf16_gemm(bool enabled) {
-  bf16_gemm_wanted().store(enabled);
+  return bf16_gemm_available() && !exact_activations();
 }
 
 std::string simd_description() {
-  return simd_target_name() + (use_bf16_gemm() ? " + AVX512-BF16" : "");
+  std::string name = simd_target_name();
+  if (use_bf16_gemm()) name += " + AVX512-BF16";
+  if (use_q8_vnni()) name += " + AVX512-VNNI";
+  return name;
 }
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {

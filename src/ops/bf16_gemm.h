@@ -13,14 +13,11 @@ namespace whale {
 
 // True when this CPU has AVX512-BF16.
 bool bf16_gemm_available();
-// Whether linear_forward uses bf16_gemm for bf16 weights (from kGemmMinTokens rows on): on by
-// default where available; off with `whale --exact-bf16`, the environment variable
-// WHALE_EXACT_BF16=1, or set_bf16_gemm(false) — then x stays f32 (dequantized tiles by sgemm),
-// as the PyTorch golden fixtures compute.
+// Whether linear_forward uses bf16_gemm for bf16 weights (from kGemmMinTokens rows on) and
+// bf16_dot_rows below: where available, unless exact_activations() (ops/precision.h).
 bool use_bf16_gemm();
-void set_bf16_gemm(bool enabled);
-// The instruction set the kernels run with, e.g. "AVX3 + AVX512-BF16" (simd_target_name(), and
-// the bf16 path when it is on).
+// The instruction set the kernels run with, e.g. "AVX3 + AVX512-BF16 + AVX512-VNNI"
+// (simd_target_name(), and the bf16 and q8 paths when they are on).
 std::string simd_description();
 
 // y[t·ldy + r] = Σ_c w[r·cols + c] · bf16(x[t·cols + c]) for r < rows, t < T: w is [rows, cols]
