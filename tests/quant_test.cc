@@ -10,9 +10,9 @@
 #include "base/npy.h"
 #include "io/quantize.h"
 #include "model/transformer.h"
+#include "ops/int8_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
-#include "ops/q8_gemm.h"
 #include "tensor/dtype.h"
 #include "test_util.h"
 
@@ -219,7 +219,7 @@ TEST(Quant, ConvertedModelsStayClose) {
       if (quant == "q8") {
         EXPECT_LT(c.mean_kl, 0.01);
         EXPECT_GT(c.top1, 0.9);
-        if (q8_vnni_available()) {  // int8 activations (the default there): as close
+        if (vnni_available()) {  // int8 activations (the default there): as close
           testing::FastActivations fast;
           const std::vector<float> fast_prefill = model_logits(out, tokens, false);
           const std::vector<float> fast_decode = model_logits(out, tokens, true);
@@ -235,6 +235,14 @@ TEST(Quant, ConvertedModelsStayClose) {
       } else {  // a random model's flat logits make top-1 fragile: loose bounds only
         EXPECT_LT(c.mean_kl, 0.1);
         EXPECT_GT(c.top1, 0.4);
+        if (vnni_available()) {
+          testing::FastActivations fast;
+          Closeness f = compare(reference, model_logits(out, tokens, false), 512);
+          std::printf("[quant] %s -> q4, int8 activations: mean KL %.6f, top-1 agreement %.3f\n",
+                      source.c_str(), f.mean_kl, f.top1);
+          EXPECT_LT(f.mean_kl, 0.1);
+          EXPECT_GT(f.top1, 0.4);
+        }
       }
     }
   }

@@ -22,11 +22,12 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
   bool exact = false;
-  app.add_flag("--exact,--exact-bf16", exact,
-               "Multiply bf16 and q8 weights by f32 activations (slower; also WHALE_EXACT=1). By "
-               "default the activations are rounded first where the CPU has the instructions for "
-               "it, as llama.cpp and PyTorch's reduced-precision inference do: to bf16 for bf16 "
-               "weights (AVX512-BF16), to int8 per 32 values for q8 weights (AVX512-VNNI)");
+  app.add_flag(
+      "--exact,--exact-bf16", exact,
+      "Multiply bf16, q8 and q4 weights by f32 activations (slower; also WHALE_EXACT=1). By "
+      "default the activations are rounded first where the CPU has the instructions for "
+      "it, as llama.cpp and PyTorch's reduced-precision inference do: to bf16 for bf16 "
+      "weights (AVX512-BF16), to int8 per 32 values for q8 and q4 weights (AVX512-VNNI)");
   whale::add_init_command(app);
   whale::add_info_command(app);
   whale::add_logits_command(app);

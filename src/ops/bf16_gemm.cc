@@ -7,10 +7,10 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/int8_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
-#include "ops/q8_gemm.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -179,7 +179,7 @@ bool use_bf16_gemm() {
 std::string simd_description() {
   std::string name = simd_target_name();
   if (use_bf16_gemm()) name += " + AVX512-BF16";
-  if (use_q8_vnni()) name += " + AVX512-VNNI";
+  if (use_vnni()) name += " + AVX512-VNNI";
   return name;
 }
 

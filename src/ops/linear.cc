@@ -134,8 +134,8 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     in.ldx = bf16_row_stride(cols);
     in.bf16.resize(static_cast<size_t>(T) * in.ldx);
     round_to_bf16(x, T, cols, in.ldx, in.bf16.data());
-  } else if (dtype == DType::I8 && use_q8_vnni()) {
-    quantize_activations(x, T, cols, &in.q8);
+  } else if (quantized() && use_vnni()) {
+    quantize_activations(x, T, cols, &in.int8);
   }
   return in;
 }
@@ -146,9 +146,13 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
                   in.bf16.data(), in.ldx, in.T, cols, out);
     return;
   }
-  if (in.q8.T > 0 && dtype == DType::I8) {
+  if (in.int8.T > 0 && dtype == DType::I8) {
     q8_dot_rows(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r) * cols,
-                qscale + static_cast<size_t>(r) * groups(), cols, in.q8, out);
+                qscale + static_cast<size_t>(r) * groups(), cols, in.int8, out);
+    return;
+  }
+  if (in.int8.T > 0 && dtype == DType::U8) {
+    q4_dot_rows(data + r * row_bytes(), qscale + 2 * r * groups(), cols, in.int8, out);
     return;
   }
   if (in.T == 1) {
@@ -181,8 +185,12 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     bf16_gemm(reinterpret_cast<const uint16_t*>(w.data), rows, cols, x, T, y, rows);
     return;
   }
-  if (w.dtype == DType::I8 && use_q8_vnni()) {
+  if (w.dtype == DType::I8 && use_vnni()) {
     q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows);
+    return;
+  }
+  if (w.dtype == DType::U8 && use_vnni()) {
+    q4_gemm(w.data, w.qscale, rows, cols, x, T, y, rows);
     return;
   }
   if (w.dtype == DType::F32) {  // a true GEMM

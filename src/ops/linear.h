@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "ops/q8_gemm.h"
+#include "ops/int8_gemm.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -38,14 +38,14 @@ struct Linear {
   void rows_dot(int r, const float* x, int T, float* out) const;
 
   // Activations prepared once for the row dots of a few tokens: for bf16 weights on the
-  // AVX512-BF16 path (use_bf16_gemm()) rounded to bf16, for q8 weights on the AVX512-VNNI path
-  // (use_q8_vnni()) quantized to int8, otherwise x as given.
+  // AVX512-BF16 path (use_bf16_gemm()) rounded to bf16, for q8 and q4 weights on the
+  // AVX512-VNNI path (use_vnni()) quantized to int8, otherwise x as given.
   struct RowsInput {
     const float* x = nullptr;
     int T = 0;
     std::vector<uint16_t> bf16;  // [T, bf16_row_stride(cols)] when on the bf16 path
     int ldx = 0;
-    Q8Activations q8;  // when on the q8 path
+    Int8Activations int8;  // when on the VNNI path
   };
   RowsInput prepare_rows(const float* x, int T) const;
   // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
@@ -61,10 +61,10 @@ constexpr size_t kLinearParallelWork = 32768;
 // tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's
 // row_dot, so each token's result is independent of the batch: speculative decoding's
 // verification reproduces decode bit for bit; bf16 weights on AVX512-BF16 CPUs multiply
-// activations rounded to bf16, q8 weights on AVX512-VNNI CPUs int8 activations, unless --exact);
-// from 8 tokens on, bf16 weights by AVX512-BF16 (ops/bf16_gemm.h) and q8 weights by AVX512-VNNI
-// (ops/q8_gemm.h) where the CPU has them, else tiles of dequantized rows multiplied by sgemm (f32:
-// one sgemm).
+// activations rounded to bf16, q8/q4 weights on AVX512-VNNI CPUs int8 activations, unless
+// --exact); from 8 tokens on, bf16 weights by AVX512-BF16 (ops/bf16_gemm.h) and q8/q4 weights by
+// AVX512-VNNI (ops/int8_gemm.h) where the CPU has them, else tiles of dequantized rows multiplied
+// by sgemm (f32: one sgemm).
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);

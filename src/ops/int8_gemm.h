@@ -1,0 +1,88 @@
+// Products of whale's group-quantized weights (io/quantize.h: q8 = int8 codes with one f16 scale
+// per 32 inputs; q4 = nibbles with an f16 scale and minimum per 32) with activations quantized to
+// int8 per group of 32, by AVX512-VNNI's vpdpbusd (AMD Zen 4, Intel Ice Lake and later): each
+// instruction multiplies 64 unsigned × signed byte pairs and adds them in fours into 16 int32
+// sums, so a 64-weight chunk — two groups — takes one instruction per activation row, where
+// widening the weights to f32 takes a dozen. Per chunk and row the two groups' integer sums are
+// converted and scaled by (weight scale × activation scale) with one multiply and one FMA.
+//
+// vpdpbusd's unsigned operand is the activations: their codes are stored + 128, and the offset's
+// share, 128 · Σ w over each int32 lane, is one more vpdpbusd of the weight chunk against a vector
+// of 128s, computed once per weight chunk for all the activation rows; the lane sums start from its
+// negative. The weights are the signed operand: q8's codes, and q4's nibbles (0–15), whose minimum
+// contributes min · Σ x̂ per group, from the activations' group sums.
+//
+// The activations are rounded (int8 per group of 32, scale = max|x| / 127) as llama.cpp's q8_0 /
+// q8_1 activations are; exact_activations() (ops/precision.h) keeps them f32 instead
+// (kernels.h's dot_q8 / dot_q4).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace whale {
+
+// True when this CPU has AVX512-VNNI (with AVX512-BW/VL).
+bool vnni_available();
+// Whether linear_forward uses this path for q8 and q4 weights: where available, unless
+// exact_activations().
+bool use_vnni();
+
+// Rows of activations quantized for these products. Row t's group g (32 values) is
+// code · scale with code = round(x / scale) in [-127, 127], scale = max|x| / 127 (0 for an
+// all-zero group); rows are padded to a multiple of 256 values (code 0, scale 0). A row is a
+// sequence of blocks of 256 values: 4 chunks of 64 values (two groups), each stored as
+//   64 codes + 128   (unsigned bytes)
+//   16 lane scales   the scale of each int32 lane of vpdpbusd's sums (lanes 0–7 group 2c's,
+//                    lanes 8–15 group 2c + 1's)
+// and then 16 min terms: per group of the block the pair (0, scale · Σ codes), which multiplied
+// with the 8 groups' (scale, min) pairs of a q4 row gives min · Σ x̂ in the odd lanes and 0 in the
+// even ones. What a chunk's product reads lies in 128 consecutive bytes, so the kernels keep one
+// pointer per activation row, and 6 rows of 2048 values (decode's passes) stay in L1.
+struct Int8Activations {
+  static constexpr int kChunkBytes = 64 + 16 * 4;
+  static constexpr int kBlockBytes = 4 * kChunkBytes + 16 * 4;
+  static constexpr int kMinTermsOffset = 4 * kChunkBytes;
+  int T = 0, cols = 0, blocks = 0;  // blocks of 256 values per row
+  std::vector<uint8_t> data;        // [T, blocks, kBlockBytes]
+
+  const uint8_t* row(int t) const {
+    return data.data() + static_cast<size_t>(t) * blocks * kBlockBytes;
+  }
+  static size_t chunk_offset(int c) {
+    return static_cast<size_t>(c / 4) * kBlockBytes + (c % 4) * kChunkBytes;
+  }
+  // Value i of row t, its group's scale, and group g's min term (scale · Σ codes).
+  int code(int t, int i) const;
+  float scale(int t, int i) const;
+  float min_term(int t, int g) const;
+};
+void quantize_activations(const float* x, int T, int cols, Int8Activations* out);
+// The same quantization in plain scalar code (the tests' reference for the SIMD one).
+void quantize_activations_reference(const float* x, int T, int cols, Int8Activations* out);
+
+// Decode's few rows: out[t] = Σ_c w[c] · x̂[t][c] for every t < x.T, one weight row (q8: cols
+// codes and ceil(cols / 32) scales; q4: ceil(cols / 32) · 16 packed bytes and (scale, min) pairs)
+// against all the activation rows, in passes of up to 6 rows that read the weight row once. Every
+// row's sum runs in the same order whatever T, so a token's result does not depend on its
+// batch-mates (speculative verification reproduces plain decoding bit for bit).
+void q8_dot_rows(const int8_t* codes, const uint16_t* scales, int cols, const Int8Activations& x,
+                 float* out);
+void q4_dot_rows(const uint8_t* packed, const uint16_t* scale_min, int cols,
+                 const Int8Activations& x, float* out);
+
+// Prefill and batches: y[t·ldy + r] = Σ_c W[r][c] · x̂[t][c] for r < rows, t < T, with x [T, cols]
+// f32 quantized here; W is rows of q8 codes + scales or q4 packed bytes + (scale, min) pairs.
+// Register tiles of 4 weight rows × 4 activation rows, threads over panels of weight rows.
+void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, const float* x, int T,
+             float* y, int ldy);
+void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,
+             int T, float* y, int ldy);
+
+// The same products summed in double, row by row (x quantized by the scalar reference).
+void q8_gemm_reference(const int8_t* codes, const uint16_t* scales, int rows, int cols,
+                       const float* x, int T, float* y, int ldy);
+void q4_gemm_reference(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols,
+                       const float* x, int T, float* y, int ldy);
+
+}  // namespace whale
