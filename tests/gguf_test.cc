@@ -319,6 +319,33 @@ TEST(Gguf, ExportTinyModel) {
   EXPECT_EQ(g.tensor("blk.1.attn_norm.weight").type, GgmlType::kF32);
 }
 
+// A whale q4 model exports to q4_1 exactly (the same groups, scales and minimums in llama.cpp's
+// block layout), its q8 head as q8_0.
+TEST(Gguf, ExportQ4ModelAsQ4_1) {
+  TempDir tmp;
+  ModelConfig c = preset_config("tiny");
+  c.hidden_size = 64;
+  c.moe_intermediate_size = 32;
+  InitOptions init;
+  init.dtype = DType::BF16;
+  write_random_model(c, tmp / "bf16", init);
+  auto r = run_whale("convert --model " + (tmp / "bf16") + " --quant q4 --out " + (tmp / "q4"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_whale("convert --to gguf --model " + (tmp / "q4") + " --quant q4_1 --out " +
+                (tmp / "q4.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  GgufFile g(tmp / "q4.gguf");
+  EXPECT_EQ(g.get("general.file_type").number(), 3);
+  EXPECT_EQ(g.tensor("blk.1.ffn_gate_exps.weight").type, GgmlType::kQ4_1);
+  EXPECT_EQ(g.tensor("blk.0.attn_v_b.weight").type, GgmlType::kQ4_1);
+  EXPECT_EQ(g.tensor("output.weight").type, GgmlType::kQ8_0);
+  // Rows of 16 stay as they were computed (f32); router gates as stored.
+  EXPECT_EQ(g.tensor("blk.0.attn_k_b.weight").type, GgmlType::kF32);
+  EXPECT_EQ(g.tensor("blk.1.ffn_gate_inp.weight").type, GgmlType::kBF16);
+  auto model = Model::load(tmp / "q4");
+  check_tensors(*model, g, 0.5 * 1.01);  // q4_1: exact; the q8 head within q8_0's rounding
+}
+
 TEST(Gguf, ExportTokenizerYarnAndErrors) {
   TempDir tmp;
   // A whale-trained tokenizer (DeepSeek-V3's pre-tokenizer) and a YaRN, q-LoRA-free config.

@@ -12,7 +12,8 @@ import struct
 import sys
 
 # ggml type -> (block size in elements, bytes per block)
-TYPES = {0: ("f32", 1, 4), 1: ("f16", 1, 2), 8: ("q8_0", 32, 34), 30: ("bf16", 1, 2)}
+TYPES = {0: ("f32", 1, 4), 1: ("f16", 1, 2), 3: ("q4_1", 32, 20), 8: ("q8_0", 32, 34),
+         30: ("bf16", 1, 2)}
 
 
 def read_header(path):

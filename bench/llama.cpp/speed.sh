@@ -9,9 +9,10 @@
 #   bash bench/llama.cpp/speed.sh [--force]
 #
 # Environment:
-#   FORMATS        "q8 bf16" (default): q8 = whale's q8 model ($MODELS/v2-lite-8l-q8) against
-#                  its q8_0 export; bf16 = the bf16 model ($MODELS/v2-lite-8l) against its bf16
-#                  export
+#   FORMATS        "q8 bf16" (default), or any of q8 q4 bf16: q8 = whale's q8 model
+#                  ($MODELS/v2-lite-8l-q8) against its q8_0 export; q4 = whale's q4 model
+#                  against its q4_1 export (the same groups exactly; both keep the head q8);
+#                  bf16 = the bf16 model ($MODELS/v2-lite-8l) against its bf16 export
 #   ROUNDS         alternations per format (default 2)
 #   PROMPTS        prefill prompt lengths (default 128,512)
 #   DECODE_TOKENS  greedy decode steps after a DECODE_PROMPT-token prompt (defaults 64, 128)
@@ -59,8 +60,11 @@ out="$RESULTS/speed-$stamp.jsonl"
 
 base="$MODELS/v2-lite-8l"
 [ -f "$base/config.json" ] || nice -n 19 "$WHALE" init --preset v2-lite-8l --out "$base"
-[ -f "$base-q8/config.json" ] ||
-  nice -n 19 "$WHALE" --threads "$THREADS" convert --model "$base" --quant q8 --out "$base-q8"
+for q in q8 q4; do
+  case " $FORMATS " in *" $q "*) ;; *) continue ;; esac
+  [ -f "$base-$q/config.json" ] ||
+    nice -n 19 "$WHALE" --threads "$THREADS" convert --model "$base" --quant "$q" --out "$base-$q"
+done
 
 # Runs a command with its stdout into FILE and writes FILE.meta: wall seconds, the command's own
 # CPU seconds, and how many cores everything else on the machine kept busy meanwhile (from
@@ -101,8 +105,9 @@ PY
 for fmt in $FORMATS; do
   case "$fmt" in
     q8) dir="$base-q8"; quant=q8_0 ;;
+    q4) dir="$base-q4"; quant=q4_1 ;;
     bf16) dir="$base"; quant=bf16 ;;
-    *) echo "unknown format $fmt (q8 or bf16)" >&2; exit 2 ;;
+    *) echo "unknown format $fmt (q8, q4 or bf16)" >&2; exit 2 ;;
   esac
   gguf="$GGUF_DIR/v2-lite-8l-$quant.gguf"
   if [ ! -f "$gguf" ]; then

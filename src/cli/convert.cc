@@ -20,8 +20,8 @@ void add_convert_command(CLI::App& app) {
       ->check(CLI::IsMember({"whale", "gguf"}));
   cmd->add_option("--quant", quant,
                   "whale: q8 or q4 (attention, expert and FFN matrices); "
-                  "gguf: f32, bf16 (default) or q8_0")
-      ->check(CLI::IsMember({"q8", "q4", "f32", "bf16", "q8_0"}));
+                  "gguf: f32, bf16 (default), q8_0 or q4_1 (the head stays q8_0)")
+      ->check(CLI::IsMember({"q8", "q4", "f32", "bf16", "q8_0", "q4_1"}));
   cmd->add_option("--out", out, "Output folder (whale) or file (gguf)")->required();
   cmd->add_option("--head", head, "lm_head: q8, or keep it as stored (whale only)")
       ->check(CLI::IsMember({"q8", "keep"}));
@@ -31,12 +31,13 @@ void add_convert_command(CLI::App& app) {
   cmd->callback([] {
     if (to == "gguf") {
       if (quant.empty()) quant = "bf16";
-      check(quant == "f32" || quant == "bf16" || quant == "q8_0",
-            "convert --to gguf: --quant is f32, bf16 or q8_0");
+      check(quant == "f32" || quant == "bf16" || quant == "q8_0" || quant == "q4_1",
+            "convert --to gguf: --quant is f32, bf16, q8_0 or q4_1");
       GgufExportOptions options;
       options.quant = quant == "f32"    ? GgufQuant::kF32
                       : quant == "bf16" ? GgufQuant::kBF16
-                                        : GgufQuant::kQ8_0;
+                      : quant == "q8_0" ? GgufQuant::kQ8_0
+                                        : GgufQuant::kQ4_1;
       options.mtp = !no_mtp;
       options.progress = true;
       export_gguf(model_dir, out, options);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "base/error.h"
+#include "io/quantize.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -17,6 +18,8 @@ const char* ggml_type_name(GgmlType t) {
       return "f16";
     case GgmlType::kQ8_0:
       return "q8_0";
+    case GgmlType::kQ4_1:
+      return "q4_1";
     case GgmlType::kBF16:
       return "bf16";
   }
@@ -32,12 +35,18 @@ size_t ggml_row_bytes(GgmlType t, int64_t n) {
       return static_cast<size_t>(n) * 2;
     case GgmlType::kQ8_0:
       return static_cast<size_t>(n) / 32 * 34;
+    case GgmlType::kQ4_1:
+      return static_cast<size_t>(n) / 32 * 20;
   }
   return 0;
 }
 
 static bool known_ggml_type(uint32_t t) {
-  return t == 0 || t == 1 || t == 8 || t == 30;
+  return t == 0 || t == 1 || t == 3 || t == 8 || t == 30;
+}
+
+bool ggml_is_block_type(GgmlType t) {
+  return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_1;
 }
 
 GgufValue GgufValue::u32(uint64_t v) {
@@ -282,10 +291,11 @@ GgufFile::GgufFile(const std::string& path)
     }
     uint32_t type = in.read<uint32_t>(what + " type");
     check(known_ggml_type(type), path + ": " + what + " has ggml type " + std::to_string(type) +
-                                     ", which whale does not read (f32, f16, bf16, q8_0)");
+                                     ", which whale does not read (f32, f16, bf16, q8_0, q4_1)");
     t.type = static_cast<GgmlType>(type);
-    check(t.type != GgmlType::kQ8_0 || t.ne[0] % 32 == 0,
-          path + ": " + what + " is q8_0 with a row length not a multiple of 32");
+    check(!ggml_is_block_type(t.type) || t.ne[0] % 32 == 0,
+          path + ": " + what + " is " + ggml_type_name(t.type) +
+              " with a row length not a multiple of 32");
     t.offset = in.read<uint64_t>(what + " offset");
     check(t.offset % alignment == 0, path + ": " + what + " offset " + std::to_string(t.offset) +
                                          " is not aligned to " + std::to_string(alignment));
@@ -338,6 +348,19 @@ std::vector<float> GgufFile::to_f32(const GgufTensorInfo& t) const {
         const float scale = f16_to_f32(d);
         for (int i = 0; i < 32; ++i)
           out[b * 32 + i] = scale * static_cast<float>(static_cast<int8_t>(block[2 + i]));
+      }
+      break;
+    case GgmlType::kQ4_1:
+      for (size_t b = 0; b < n / 32; ++b) {
+        const uint8_t* block = p + b * 20;
+        uint16_t d, m;
+        std::memcpy(&d, block, 2);
+        std::memcpy(&m, block + 2, 2);
+        const float scale = f16_to_f32(d), min = f16_to_f32(m);
+        for (int j = 0; j < 16; ++j) {
+          out[b * 32 + j] = static_cast<float>(block[4 + j] & 0x0F) * scale + min;
+          out[b * 32 + 16 + j] = static_cast<float>(block[4 + j] >> 4) * scale + min;
+        }
       }
       break;
   }
@@ -416,8 +439,9 @@ void GgufWriter::add(const std::string& key, GgufValue value) {
 void GgufWriter::add_tensor(const std::string& name, std::vector<int64_t> ne, GgmlType type) {
   check(!header_written_, "GGUF writer: tensor declared after the data started");
   check(!ne.empty() && ne.size() <= 4, "GGUF writer: " + name + " needs 1 to 4 dimensions");
-  check(type != GgmlType::kQ8_0 || ne[0] % 32 == 0,
-        "GGUF writer: " + name + " is q8_0 with a row length not a multiple of 32");
+  check(!ggml_is_block_type(type) || ne[0] % 32 == 0,
+        "GGUF writer: " + name + " is " + ggml_type_name(type) +
+            " with a row length not a multiple of 32");
   GgufTensorInfo t;
   t.name = name;
   t.ne = std::move(ne);
@@ -500,6 +524,18 @@ void quantize_row_q8_0(const float* x, int64_t n, uint8_t* out) {
       q = std::min(127.0f, std::max(-127.0f, q));
       block[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(q));
     }
+  }
+}
+
+void quantize_row_q4_1(const float* x, int64_t n, uint8_t* out) {
+  check(n % 32 == 0, "q4_1: row length must be a multiple of 32");
+  uint8_t packed[16];
+  uint16_t scale_min[2];
+  for (int64_t b = 0; b < n / 32; ++b) {
+    quantize_row_q4(x + b * 32, 32, packed, scale_min);
+    uint8_t* block = out + b * 20;
+    std::memcpy(block, scale_min, 4);  // d, then m: the order of whale's (scale, min) pairs
+    std::memcpy(block + 4, packed, 16);
   }
 }
 

@@ -36,9 +36,11 @@ enum class GgufType : uint32_t {
 };
 
 // The ggml tensor types whale writes (and reads back).
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_1 = 3, kQ8_0 = 8, kBF16 = 30 };
 const char* ggml_type_name(GgmlType t);
-// Bytes of a row of n elements (q8_0: n a multiple of 32, 34 bytes per 32).
+// Whether the type stores blocks of 32 elements (q4_1, q8_0): rows must be multiples of 32.
+bool ggml_is_block_type(GgmlType t);
+// Bytes of a row of n elements (q8_0: 34 bytes per 32; q4_1: 20).
 size_t ggml_row_bytes(GgmlType t, int64_t n);
 
 // One metadata value: a scalar, a string, or an array of either. Numbers are held as double
@@ -121,6 +123,10 @@ class GgufWriter {
 // Quantizes one row to q8_0 (blocks of 32: f16 scale amax/127, then 32 int8 codes);
 // n must be a multiple of 32.
 void quantize_row_q8_0(const float* x, int64_t n, uint8_t* out);
+// Quantizes one row to q4_1 (blocks of 32: f16 scale d and minimum m, then 16 bytes whose low
+// nibbles are elements 0–15 and high nibbles 16–31; x = nibble · d + m): whale's q4
+// (io/quantize.h) in llama.cpp's block layout, so a whale q4 matrix exports exactly.
+void quantize_row_q4_1(const float* x, int64_t n, uint8_t* out);
 
 constexpr uint32_t kGgufAlignment = 32;
 

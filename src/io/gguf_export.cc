@@ -23,7 +23,7 @@ struct Item {
   std::string name;
   std::vector<int64_t> ne;
   bool quantizable = false;
-  bool keep_bf16 = false;  // stored as bf16 in the source: lossless as bf16
+  DType source = DType::F32;  // as stored in the model (experts: all of them, else F32)
   std::function<void(std::vector<float>&)> fill;
 };
 
@@ -41,7 +41,7 @@ class Plan {
     check(!v.empty(), "GGUF export: " + name + " is empty");
     const Vector* p = &v;
     items.push_back(
-        {name, {static_cast<int64_t>(v.size())}, false, false, [p](std::vector<float>& out) {
+        {name, {static_cast<int64_t>(v.size())}, false, DType::F32, [p](std::vector<float>& out) {
            out.assign(p->data(), p->data() + p->size());
          }});
   }
@@ -49,26 +49,25 @@ class Plan {
   void matrix(const std::string& name, const Linear& w, bool quantizable) {
     check(!w.empty(), "GGUF export: " + name + " is missing");
     const Linear* p = &w;
-    items.push_back(
-        {name, {w.cols, w.rows}, quantizable, w.dtype == DType::BF16, [p](std::vector<float>& out) {
-           out.resize(static_cast<size_t>(p->rows) * p->cols);
-           for (int r = 0; r < p->rows; ++r)
-             p->row_to_f32(r, out.data() + static_cast<size_t>(r) * p->cols);
-         }});
+    items.push_back({name, {w.cols, w.rows}, quantizable, w.dtype, [p](std::vector<float>& out) {
+                       out.resize(static_cast<size_t>(p->rows) * p->cols);
+                       for (int r = 0; r < p->rows; ++r)
+                         p->row_to_f32(r, out.data() + static_cast<size_t>(r) * p->cols);
+                     }});
   }
   // Routed experts' matrices stacked: ne {cols, rows, n_experts}, expert after expert.
   void experts(const std::string& name, std::vector<const Linear*> ws) {
     const Linear& first = *ws.front();
-    bool bf16 = true;
+    DType source = first.dtype;
     for (const Linear* w : ws) {
       check(w->rows == first.rows && w->cols == first.cols,
             "GGUF export: " + name + ": experts of different shapes");
-      bf16 = bf16 && w->dtype == DType::BF16;
+      if (w->dtype != source) source = DType::F32;
     }
     items.push_back({name,
                      {first.cols, first.rows, static_cast<int64_t>(ws.size())},
                      true,
-                     bf16,
+                     source,
                      [ws](std::vector<float>& out) {
                        const size_t per = static_cast<size_t>(ws[0]->rows) * ws[0]->cols;
                        out.resize(per * ws.size());
@@ -94,11 +93,10 @@ void split_kv_b(Plan& plan, const std::string& prefix, const ModelConfig& c, con
     for (int r = 0; r < w->rows; ++r)
       w->row_to_f32(r, all.data() + static_cast<size_t>(r) * w->cols);
   };
-  const bool bf16 = kv_b.dtype == DType::BF16;
   plan.items.push_back({prefix + "attn_k_b.weight",
                         {nope, kvr, heads},
                         quantizable,
-                        bf16,
+                        kv_b.dtype,
                         [=](std::vector<float>& out) {
                           std::vector<float> all;
                           rows(all);
@@ -113,7 +111,7 @@ void split_kv_b(Plan& plan, const std::string& prefix, const ModelConfig& c, con
       {prefix + "attn_v_b.weight",
        {kvr, vd, heads},
        quantizable,
-       bf16,
+       kv_b.dtype,
        [=](std::vector<float>& out) {
          std::vector<float> all;
          rows(all);
@@ -170,9 +168,14 @@ void plan_block(Plan& plan, const ModelConfig& c, const Layer& layer, int index)
 GgmlType choose_type(const Item& item, GgufQuant quant) {
   if (item.ne.size() == 1 || quant == GgufQuant::kF32) return GgmlType::kF32;
   if (quant == GgufQuant::kBF16) return GgmlType::kBF16;
-  // q8_0: the matrices whale's q8 quantizes, when their rows split into blocks of 32.
-  if (item.quantizable && item.ne[0] % 32 == 0) return GgmlType::kQ8_0;
-  return item.keep_bf16 ? GgmlType::kBF16 : GgmlType::kF32;
+  // The matrices whale's quantization covers, when their rows split into blocks of 32: q8_0, or
+  // q4_1 except the head and matrices already 8-bit (whale's q4 keeps its head q8).
+  if (item.quantizable && item.ne[0] % 32 == 0) {
+    if (quant == GgufQuant::kQ8_0 || item.source == DType::I8 || item.name == "output.weight")
+      return GgmlType::kQ8_0;
+    return GgmlType::kQ4_1;
+  }
+  return item.source == DType::BF16 ? GgmlType::kBF16 : GgmlType::kF32;
 }
 
 std::vector<uint8_t> encode(const std::vector<float>& values, int64_t row, GgmlType type) {
@@ -193,6 +196,13 @@ std::vector<uint8_t> encode(const std::vector<float>& values, int64_t row, GgmlT
 #pragma omp parallel for schedule(static)
       for (size_t r = 0; r < rows; ++r)
         quantize_row_q8_0(values.data() + r * row, row, out.data() + r * bytes);
+      break;
+    }
+    case GgmlType::kQ4_1: {
+      const size_t rows = values.size() / row, bytes = ggml_row_bytes(type, row);
+#pragma omp parallel for schedule(static)
+      for (size_t r = 0; r < rows; ++r)
+        quantize_row_q4_1(values.data() + r * row, row, out.data() + r * bytes);
       break;
     }
   }
@@ -293,9 +303,11 @@ void export_gguf(const std::string& model_dir, const std::string& out_path,
   const std::string a = "deepseek2.";
   out.add("general.architecture", GgufValue::str("deepseek2"));
   out.add("general.name", GgufValue::str(std::filesystem::path(model_dir).filename().string()));
+  // llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_BF16, MOSTLY_Q8_0, MOSTLY_Q4_1.
   const uint32_t file_type = options.quant == GgufQuant::kF32    ? 0
                              : options.quant == GgufQuant::kBF16 ? 32
-                                                                 : 7;
+                             : options.quant == GgufQuant::kQ8_0 ? 7
+                                                                 : 3;
   out.add("general.file_type", GgufValue::u32(file_type));
   out.add("general.quantization_version", GgufValue::u32(2));
   out.add(a + "block_count", GgufValue::u32(L + (mtp ? 1 : 0)));
