@@ -117,9 +117,19 @@ WHALE_VNNI_TARGET __m512 chunk_scales(__m512 step, int k) {
 }
 
 // Σ over one chunk of one activation row (its 128 bytes at x): scale · (Σ w · x̂) added to sum.
+// kSignedX: q4's nibbles are the unsigned operand and the codes, flipped back to signed, the
+// signed one — no offset to cancel (start is zero). The integer sums are exact either way, so
+// the choice never changes a result: one xor per row and chunk instead of offset_correction's
+// two instructions per chunk, cheaper for one or two rows.
+template <bool kSignedX = false>
 WHALE_VNNI_TARGET __m512 chunk_product(__m512i weights, __m512i start, __m512 weight_scales,
                                        const uint8_t* x, __m512 sum) {
-  const __m512i acc = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(x), weights);
+  const __m512i codes = _mm512_loadu_si512(x);
+  const __m512i acc =
+      kSignedX
+          ? _mm512_dpbusd_epi32(start, weights,
+                                _mm512_xor_si512(codes, _mm512_set1_epi8(static_cast<char>(0x80))))
+          : _mm512_dpbusd_epi32(start, codes, weights);
   const __m512 scale =
       _mm512_mul_ps(weight_scales, _mm512_loadu_ps(reinterpret_cast<const float*>(x + 64)));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, sum);
@@ -141,6 +151,7 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
                                 const Int8Activations& x, int t0, float* out) {
   constexpr int kChunkBytes = Int8Activations::kChunkBytes;
   constexpr int kBlockBytes = Int8Activations::kBlockBytes;
+  constexpr bool kSignedX = Q4 && R <= 2;  // see chunk_product
   const uint8_t* xr[R];
   __m512 sum[R][2];
 #pragma GCC unroll 6
@@ -162,25 +173,25 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
     for (int k = 0; k < kStep; ++k) {
       const __m512 ws = chunk_scales<Q4>(step, k);
       const __m512i wv = weight_chunk<Q4, false>(w, c + k, cols);
-      const __m512i start = offset_correction(wv);
+      const __m512i start = kSignedX ? _mm512_setzero_si512() : offset_correction(wv);
 #pragma GCC unroll 6
       for (int t = 0; t < R; ++t)
         sum[t][k & 1] =
-            chunk_product(wv, start, ws, xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
+            chunk_product<kSignedX>(wv, start, ws, xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
     }
   }
   for (; c < chunks_of(cols); ++c) {
     const int here = std::min(2, groups - 2 * c);  // groups in this chunk
     const __m512 pair = step_scales<Q4>(scales, c, 2 * c + here);
     const __m512i wv = weight_chunk<Q4, true>(w, c, cols);
-    const __m512i start = offset_correction(wv);
+    const __m512i start = kSignedX ? _mm512_setzero_si512() : offset_correction(wv);
     const __m512 ws = chunk_scales<Q4>(pair, 0);
     const size_t at = Int8Activations::chunk_offset(c);
     const size_t terms = static_cast<size_t>(c / kStep) * kBlockBytes +
                          Int8Activations::kMinTermsOffset + (c % kStep) * 16;
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) {
-      sum[t][0] = chunk_product(wv, start, ws, xr[t] + at, sum[t][0]);
+      sum[t][0] = chunk_product<kSignedX>(wv, start, ws, xr[t] + at, sum[t][0]);
       if constexpr (Q4) sum[t][0] = min_product(pair, xr[t] + terms, here, sum[t][0]);
     }
   }
