@@ -5,8 +5,8 @@
 
 #include "base/npy.h"
 #include "model/transformer.h"
-#include "ops/bf16_gemm.h"
 #include "ops/linear.h"
+#include "ops/precision.h"
 #include "test_util.h"
 
 namespace whale {

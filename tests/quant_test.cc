@@ -13,6 +13,7 @@
 #include "ops/int8_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
+#include "ops/precision.h"
 #include "tensor/dtype.h"
 #include "test_util.h"
 

@@ -15,9 +15,9 @@
 #include "cli/commands.h"
 #include "model/moe.h"
 #include "model/transformer.h"
-#include "ops/bf16_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
+#include "ops/precision.h"
 
 namespace whale {
 

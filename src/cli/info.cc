@@ -4,8 +4,8 @@
 #include "cli/commands.h"
 #include "model/kv_cache.h"
 #include "model/transformer.h"
-#include "ops/bf16_gemm.h"
 #include "ops/kernels.h"
+#include "ops/precision.h"
 
 namespace whale {
 

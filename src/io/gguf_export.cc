@@ -191,18 +191,13 @@ std::vector<uint8_t> encode(const std::vector<float>& values, int64_t row, GgmlT
         std::memcpy(out.data() + 2 * i, &v, 2);
       }
       break;
-    case GgmlType::kQ8_0: {
-      const size_t rows = values.size() / row, bytes = ggml_row_bytes(type, row);
-#pragma omp parallel for schedule(static)
-      for (size_t r = 0; r < rows; ++r)
-        quantize_row_q8_0(values.data() + r * row, row, out.data() + r * bytes);
-      break;
-    }
+    case GgmlType::kQ8_0:
     case GgmlType::kQ4_1: {
+      const auto quantize_row = type == GgmlType::kQ8_0 ? quantize_row_q8_0 : quantize_row_q4_1;
       const size_t rows = values.size() / row, bytes = ggml_row_bytes(type, row);
 #pragma omp parallel for schedule(static)
       for (size_t r = 0; r < rows; ++r)
-        quantize_row_q4_1(values.data() + r * row, row, out.data() + r * bytes);
+        quantize_row(values.data() + r * row, row, out.data() + r * bytes);
       break;
     }
   }

@@ -7,7 +7,6 @@
 #include <cstring>
 #include <vector>
 
-#include "ops/int8_gemm.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
@@ -116,6 +115,10 @@ WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, i
 // Weight rows [r0, r1) against every activation row, in blocks that stay in L2.
 WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* xb,
                              int ldx, int T, float* y, int ldy) {
+  using Tile = void (*)(const uint16_t* const(&)[kTileRows], const uint16_t*, int, int,
+                        float(&)[kTileRows][kTileTokens], const uint16_t*, int);
+  static constexpr Tile kTiles[kTileTokens] = {tile_sums<1>, tile_sums<2>, tile_sums<3>,
+                                               tile_sums<4>};
   float sums[kTileRows][kTileTokens];
   for (int c0 = 0; c0 < cols; c0 += kBlockCols) {
     const int n = std::min(kBlockCols, cols - c0);
@@ -134,19 +137,7 @@ WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const 
         for (int t = t0; t < t1; t += kTileTokens) {
           const int m = std::min(kTileTokens, t1 - t);
           const uint16_t* xt = xb + static_cast<size_t>(t) * ldx + c0;
-          switch (m) {
-            case 1:
-              tile_sums<1>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
-              break;
-            case 2:
-              tile_sums<2>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
-              break;
-            case 3:
-              tile_sums<3>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
-              break;
-            default:
-              tile_sums<4>(wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
-          }
+          kTiles[m - 1](wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
           for (int b = 0; b < m; ++b) {
             float* yt = y + static_cast<size_t>(t + b) * ldy + r;
             for (int a = 0; a < rows_here; ++a) {
@@ -159,44 +150,14 @@ WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const 
   }
 }
 
-bool cpu_has_avx512_bf16() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-
 }  // namespace
-
-bool bf16_gemm_available() {
-  static const bool available = cpu_has_avx512_bf16();
-  return available;
-}
-
-bool use_bf16_gemm() {
-  return bf16_gemm_available() && !exact_activations();
-}
-
-std::string simd_description() {
-  std::string name = simd_target_name();
-  if (use_bf16_gemm()) name += " + AVX512-BF16";
-  if (use_vnni()) name += " + AVX512-VNNI";
-  return name;
-}
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
   const int ldx = bf16_row_stride(cols);
   std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
   round_to_bf16(x, T, cols, ldx, xb.data());
-  const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
-  // Panels of up to kPanelRows rows, smaller for small matrices so that every thread gets
-  // several (a batch's kv_a_proj has 576 rows, a byte-level head 258).
-  const int team = threads ? omp_get_max_threads() : 1;
-  const int panel_rows =
-      std::clamp(rows / (4 * team) / kTileRows * kTileRows, kTileRows, kPanelRows);
-  const int panels = (rows + panel_rows - 1) / panel_rows;
-#pragma omp parallel for schedule(dynamic) if (threads)
-  for (int p = 0; p < panels; ++p)
-    panel(w, cols, p * panel_rows, std::min(rows, (p + 1) * panel_rows), xb.data(), ldx, T, y, ldy);
+  for_each_panel(rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
+                 [&](int r0, int r1) { panel(w, cols, r0, r1, xb.data(), ldx, T, y, ldy); });
 }
 
 int bf16_row_stride(int cols) {
@@ -219,28 +180,11 @@ WHALE_BF16_TARGET void round_to_bf16(const float* x, int T, int cols, int ld, ui
 
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out) {
   constexpr int kPass = 6;  // 6 × 4 sums + 4 weight vectors in the 32 registers
-  for (int t0 = 0; t0 < T; t0 += kPass) {
-    const uint16_t* x = xb + static_cast<size_t>(t0) * ldx;
-    switch (std::min(kPass, T - t0)) {
-      case 1:
-        dot_rows<1>(w, x, ldx, n, out + t0);
-        break;
-      case 2:
-        dot_rows<2>(w, x, ldx, n, out + t0);
-        break;
-      case 3:
-        dot_rows<3>(w, x, ldx, n, out + t0);
-        break;
-      case 4:
-        dot_rows<4>(w, x, ldx, n, out + t0);
-        break;
-      case 5:
-        dot_rows<5>(w, x, ldx, n, out + t0);
-        break;
-      default:
-        dot_rows<6>(w, x, ldx, n, out + t0);
-    }
-  }
+  using Rows = void (*)(const uint16_t*, const uint16_t*, int, int, float*);
+  static constexpr Rows kRows[kPass] = {dot_rows<1>, dot_rows<2>, dot_rows<3>,
+                                        dot_rows<4>, dot_rows<5>, dot_rows<6>};
+  for (int t0 = 0; t0 < T; t0 += kPass)
+    kRows[std::min(kPass, T - t0) - 1](w, xb + static_cast<size_t>(t0) * ldx, ldx, n, out + t0);
 }
 
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,

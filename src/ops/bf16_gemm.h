@@ -7,18 +7,11 @@
 // bf16 (as llama.cpp does for bf16 weights), and the sums run in another order.
 #pragma once
 #include <cstdint>
-#include <string>
 
 namespace whale {
 
-// True when this CPU has AVX512-BF16.
-bool bf16_gemm_available();
-// Whether linear_forward uses bf16_gemm for bf16 weights (from kGemmMinTokens rows on) and
-// bf16_dot_rows below: where available, unless exact_activations() (ops/precision.h).
-bool use_bf16_gemm();
-// The instruction set the kernels run with, e.g. "AVX3 + AVX512-BF16 + AVX512-VNNI"
-// (simd_target_name(), and the bf16 and q8 paths when they are on).
-std::string simd_description();
+// Whether the CPU has it and the path is on: ops/precision.h (bf16_gemm_available(),
+// use_bf16_gemm()).
 
 // y[t·ldy + r] = Σ_c w[r·cols + c] · bf16(x[t·cols + c]) for r < rows, t < T: w is [rows, cols]
 // bf16, x is [T, cols] f32, y's rows are ldy floats apart. Threads over panels of weight rows when

@@ -203,27 +203,11 @@ template <bool Q4>
 void dot_rows_all(const uint8_t* w, const uint16_t* scales, int cols, const Int8Activations& x,
                   float* out) {
   constexpr int kPass = 6;  // 6 × 2 sums and the chunk's vectors in the 32 registers
-  for (int t0 = 0; t0 < x.T; t0 += kPass) {
-    switch (std::min(kPass, x.T - t0)) {
-      case 1:
-        dot_rows<Q4, 1>(w, scales, cols, x, t0, out + t0);
-        break;
-      case 2:
-        dot_rows<Q4, 2>(w, scales, cols, x, t0, out + t0);
-        break;
-      case 3:
-        dot_rows<Q4, 3>(w, scales, cols, x, t0, out + t0);
-        break;
-      case 4:
-        dot_rows<Q4, 4>(w, scales, cols, x, t0, out + t0);
-        break;
-      case 5:
-        dot_rows<Q4, 5>(w, scales, cols, x, t0, out + t0);
-        break;
-      default:
-        dot_rows<Q4, 6>(w, scales, cols, x, t0, out + t0);
-    }
-  }
+  using Rows = void (*)(const uint8_t*, const uint16_t*, int, const Int8Activations&, int, float*);
+  static constexpr Rows kRows[kPass] = {dot_rows<Q4, 1>, dot_rows<Q4, 2>, dot_rows<Q4, 3>,
+                                        dot_rows<Q4, 4>, dot_rows<Q4, 5>, dot_rows<Q4, 6>};
+  for (int t0 = 0; t0 < x.T; t0 += kPass)
+    kRows[std::min(kPass, x.T - t0) - 1](w, scales, cols, x, t0, out + t0);
 }
 
 // out[a][b] = Σ over chunks [c0, c1) of kTileRows weight rows against RX activation rows from
@@ -294,6 +278,11 @@ void panel(const uint8_t* w, const uint16_t* scales, int cols, int r0, int r1,
   const size_t row_bytes = Format<Q4>::row_bytes(cols);
   const size_t row_scales = static_cast<size_t>(groups_of(cols)) * Format<Q4>::kScalesPerGroup;
   const int chunks = chunks_of(cols);
+  using Tile = void (*)(const uint8_t* const(&)[kTileRows], const uint16_t* const(&)[kTileRows],
+                        int, const Int8Activations&, int, int, int,
+                        float(&)[kTileRows][kTileTokens], const uint8_t*);
+  static constexpr Tile kTiles[kTileTokens] = {tile_sums<Q4, 1>, tile_sums<Q4, 2>, tile_sums<Q4, 3>,
+                                               tile_sums<Q4, 4>};
   float sums[kTileRows][kTileTokens];
   for (int cb = 0; cb < chunks; cb += kBlockCols / kChunk) {
     const int ce = std::min(chunks, cb + kBlockCols / kChunk);
@@ -312,20 +301,7 @@ void panel(const uint8_t* w, const uint16_t* scales, int cols, int r0, int r1,
         const uint8_t* next = r + kTileRows < r1 ? w + (r + kTileRows) * row_bytes : nullptr;
         for (int t = t0; t < t1; t += kTileTokens) {
           const int m = std::min(kTileTokens, t1 - t);
-          const uint8_t* pf = t == t0 ? next : nullptr;
-          switch (m) {
-            case 1:
-              tile_sums<Q4, 1>(wr, sr, cols, x, t, cb, ce, sums, pf);
-              break;
-            case 2:
-              tile_sums<Q4, 2>(wr, sr, cols, x, t, cb, ce, sums, pf);
-              break;
-            case 3:
-              tile_sums<Q4, 3>(wr, sr, cols, x, t, cb, ce, sums, pf);
-              break;
-            default:
-              tile_sums<Q4, 4>(wr, sr, cols, x, t, cb, ce, sums, pf);
-          }
+          kTiles[m - 1](wr, sr, cols, x, t, cb, ce, sums, t == t0 ? next : nullptr);
           for (int b = 0; b < m; ++b) {
             float* yt = y + static_cast<size_t>(t + b) * ldy + r;
             for (int a = 0; a < rows_here; ++a) yt[a] = cb == 0 ? sums[a][b] : yt[a] + sums[a][b];
@@ -341,15 +317,8 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
           float* y, int ldy) {
   Int8Activations xq;
   quantize_activations(x, T, cols, &xq);
-  const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
-  // Panels of up to kPanelRows rows, smaller for small matrices so that every thread gets several.
-  const int team = threads ? omp_get_max_threads() : 1;
-  const int panel_rows =
-      std::clamp(rows / (4 * team) / kTileRows * kTileRows, kTileRows, kPanelRows);
-  const int panels = (rows + panel_rows - 1) / panel_rows;
-#pragma omp parallel for schedule(dynamic) if (threads)
-  for (int p = 0; p < panels; ++p)
-    panel<Q4>(w, scales, cols, p * panel_rows, std::min(rows, (p + 1) * panel_rows), xq, y, ldy);
+  for_each_panel(rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
+                 [&](int r0, int r1) { panel<Q4>(w, scales, cols, r0, r1, xq, y, ldy); });
 }
 
 // Where the quantizers write: value i's code, group g's lane scales and min term, in a row of the
@@ -411,22 +380,7 @@ RowWriter row_writer(Int8Activations* x, int t) {
   return {x->data.data() + static_cast<size_t>(t) * x->blocks * Int8Activations::kBlockBytes};
 }
 
-bool cpu_has_avx512_vnni() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-
 }  // namespace
-
-bool vnni_available() {
-  static const bool available = cpu_has_avx512_vnni();
-  return available;
-}
-
-bool use_vnni() {
-  return vnni_available() && !exact_activations();
-}
 
 void quantize_activations(const float* x, int T, int cols, Int8Activations* out) {
   prepare(T, cols, out);

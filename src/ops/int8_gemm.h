@@ -22,11 +22,7 @@
 
 namespace whale {
 
-// True when this CPU has AVX512-VNNI (with AVX512-BW/VL).
-bool vnni_available();
-// Whether linear_forward uses this path for q8 and q4 weights: where available, unless
-// exact_activations().
-bool use_vnni();
+// Whether the CPU has it and the path is on: ops/precision.h (vnni_available(), use_vnni()).
 
 // Rows of activations quantized for these products. Row t's group g (32 values) is
 // code · scale with code = round(x / scale) in [-127, 127], scale = max|x| / 127 (0 for an

@@ -8,6 +8,7 @@
 #include "ops/bf16_gemm.h"
 #include "ops/gemm.h"
 #include "ops/kernels.h"
+#include "ops/precision.h"
 
 namespace whale {
 

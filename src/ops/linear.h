@@ -4,6 +4,9 @@
 // I8 = q8 (int8 codes, one f16 scale per 32 inputs), U8 = q4 (packed nibbles, an f16 scale and
 // minimum per 32 inputs). Dequantization happens inside the products.
 #pragma once
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -56,6 +59,20 @@ struct Linear {
 constexpr int kGemmMinTokens = 8;
 // linear_forward uses threads when rows · cols · T exceeds this (less is not worth a fork/join).
 constexpr size_t kLinearParallelWork = 32768;
+
+// The GEMM kernels' (bf16_gemm.h, int8_gemm.h) split of a matrix's rows: panels of a multiple
+// of `tile` rows, at most max_rows, smaller for small matrices so that every thread gets several
+// (a batch's kv_a_proj has 576 rows, a byte-level head 258); panel(r0, r1) for each, threads
+// over panels when the product's work (rows · cols · T) is large.
+template <class Panel>
+void for_each_panel(int rows, size_t work, int tile, int max_rows, const Panel& panel) {
+  const bool threads = work > kLinearParallelWork;
+  const int team = threads ? omp_get_max_threads() : 1;
+  const int panel_rows = std::clamp(rows / (4 * team) / tile * tile, tile, max_rows);
+  const int panels = (rows + panel_rows - 1) / panel_rows;
+#pragma omp parallel for schedule(dynamic) if (threads)
+  for (int p = 0; p < panels; ++p) panel(p * panel_rows, std::min(rows, (p + 1) * panel_rows));
+}
 
 // y[t, :] = W · x[t, :] for t < T. x is [T, cols], y is [T, rows]. Threads over rows: for a few
 // tokens, each weight row against all of them at once (rows_dot, bit-identical to T = 1's

@@ -7,10 +7,21 @@
 // set_exact_activations(true). `--exact-bf16` and WHALE_EXACT_BF16=1, the names of the first such
 // path, mean the same.
 #pragma once
+#include <string>
 
 namespace whale {
 
 bool exact_activations();
 void set_exact_activations(bool exact);
+
+// What this CPU has: AVX512-BF16 (vdpbf16ps) and AVX512-VNNI (vpdpbusd), each with AVX512-BW/VL.
+bool bf16_gemm_available();
+bool vnni_available();
+// Whether linear_forward takes the paths: where available, unless exact_activations().
+bool use_bf16_gemm();
+bool use_vnni();
+// The instruction sets the products run with, e.g. "AVX3 + AVX512-BF16 + AVX512-VNNI"
+// (kernels.h's simd_target_name(), and the rounded-activation paths that are on).
+std::string simd_description();
 
 }  // namespace whale
