@@ -5,9 +5,14 @@
 # machine's speed drifts from minute to minute).
 #
 # usage: bench/speculative/run.sh [MODEL_DIR]
-#   MODEL_DIR  a trained DeepSeek model with an MTP module. Without it the script trains one:
-#              the r1-zero demo shape on the built-in task corpus (TRAIN_STEPS, default 600;
-#              about 5 minutes on 2 cores), --mtp-weight 0.3.
+#   MODEL_DIR  a trained DeepSeek model with an MTP module. Without it the script trains one,
+#              --mtp-weight 0.3, by SHAPE:
+#              dense (default): a memory-bound model, where speculation can pay — MLA with dense
+#                FFNs, hidden 1024, 16 heads, FFN 2816, 8 layers + the MTP layer, byte
+#                vocabulary, bf16 (85M parameters + MTP, 173 MB: 5× the L3 cache) on the built-in
+#                stories corpus (TRAIN_STEPS, default 300: about 10 minutes on 2 cores);
+#              demo: the r1-zero demo shape (hidden 128, 4 layers; overhead-bound) on the task
+#                corpus (TRAIN_STEPS, default 600; about 5 minutes).
 #   WHALE      the whale binary (default: build/whale)
 #   N          tokens per generation (default 200)
 #   REPEAT     alternating runs per prompt (default 3)
@@ -23,12 +28,32 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 model=${1:-}
-if [ -z "$model" ]; then
+if [ -z "$model" ] && [ "${SHAPE:-dense}" = demo ]; then
   echo "== training a model (r1-zero-demo shape, ${TRAIN_STEPS:-600} steps)"
   "$WHALE" data synth --kind tasks --bytes 4000000 --out "$work/data" > /dev/null
   "$WHALE" train --data "$work/data" --preset r1-zero-demo --steps "${TRAIN_STEPS:-600}" \
     --batch 32 --seq-len 96 --lr 2e-3 --mtp-weight 0.3 --eval-every 100000 --save-every 100000 \
     --out "$work/run" > "$work/train.log" 2>&1
+  model="$work/run/model"
+elif [ -z "$model" ]; then
+  echo "== training a model (dense 85M + MTP, ${TRAIN_STEPS:-300} steps)"
+  cat > "$work/dense-mtp.json" <<'JSON'
+{"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 258,
+ "bos_token_id": 256, "eos_token_id": 257, "hidden_size": 1024, "intermediate_size": 2816,
+ "num_hidden_layers": 8, "first_k_dense_replace": 8, "num_attention_heads": 16,
+ "num_key_value_heads": 8, "q_lora_rank": 256, "kv_lora_rank": 128, "qk_nope_head_dim": 32,
+ "qk_rope_head_dim": 16, "v_head_dim": 32, "n_routed_experts": 16, "n_shared_experts": 1,
+ "num_experts_per_tok": 4, "moe_intermediate_size": 128, "moe_layer_freq": 1, "n_group": 4,
+ "topk_group": 2, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": true,
+ "routed_scaling_factor": 2.5, "num_nextn_predict_layers": 1, "hidden_act": "silu",
+ "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+ "rope_scaling": null, "attention_bias": false, "tie_word_embeddings": false,
+ "torch_dtype": "bfloat16"}
+JSON
+  "$WHALE" data synth --kind stories --bytes 2000000 --out "$work/data" > /dev/null
+  "$WHALE" --threads "$THREADS" train --data "$work/data" --config "$work/dense-mtp.json" \
+    --steps "${TRAIN_STEPS:-300}" --batch 4 --seq-len 128 --lr 1e-3 --mtp-weight 0.3 \
+    --eval-every 100000 --save-every 100000 --out "$work/run" > "$work/train.log" 2>&1
   model="$work/run/model"
 fi
 
