@@ -27,7 +27,6 @@ namespace {
 
 constexpr int kGroup = 32;        // values per quantization group
 constexpr int kChunk = 64;        // values per vpdpbusd: two groups
-constexpr int kLanes = 16;        // int32 sums per vpdpbusd, 8 per group
 constexpr int kStep = 4;          // chunks per step of the row loops: 8 groups' scales at once
 constexpr int kTileRows = 4;      // weight rows in one tile of 4 × 4 sums
 constexpr int kTileTokens = 4;    // activation rows in one tile
