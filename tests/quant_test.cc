@@ -8,6 +8,7 @@
 #include <random>
 
 #include "base/npy.h"
+#include "io/gguf.h"
 #include "io/quantize.h"
 #include "model/transformer.h"
 #include "ops/int8_gemm.h"
@@ -253,6 +254,35 @@ TEST(Quant, ConvertedModelsStayClose) {
   EXPECT_NE(r.output.find("already quantized"), std::string::npos) << r.output;
   r = run_whale("convert --model " + (tmp / "bf16") + " --quant q3 --out " + (tmp / "x"));
   EXPECT_EQ(r.exit_code, 1);
+}
+
+// --head q4: the head quantized as q4 too (fewer bytes per decode step), recorded in the config,
+// still close to the source; its GGUF export keeps it q4 (q4_1). --head keep leaves it as stored.
+TEST(Quant, HeadAsQ4OrKept) {
+  TempDir tmp;
+  std::vector<int> tokens;
+  for (int i = 0; i < 64; ++i) tokens.push_back((i * 37 + 5) % 512);
+  auto r = run_whale("init --preset tiny --dtype bf16 --seed 5 --out " + (tmp / "bf16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (std::string head : {"q4", "keep"}) {
+    const std::string out = tmp / ("q4-head-" + head);
+    r = run_whale("convert --model " + (tmp / "bf16") + " --quant q4 --head " + head + " --out " +
+                  out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto config = nlohmann::json::parse(read_file(out + "/config.json"));
+    EXPECT_EQ(config["whale_quantization"]["lm_head"], head == "q4" ? "q4" : "unchanged");
+    Checkpoint ckpt(out);
+    EXPECT_EQ(ckpt.get("lm_head.weight").dtype, head == "q4" ? DType::U8 : DType::BF16);
+    Closeness c =
+        compare(model_logits(tmp / "bf16", tokens, false), model_logits(out, tokens, false), 512);
+    std::printf("[quant] bf16 -> q4, head %s: mean KL %.6f, top-1 agreement %.3f\n", head.c_str(),
+                c.mean_kl, c.top1);
+    EXPECT_LT(c.mean_kl, 0.1) << head;
+  }
+  r = run_whale("convert --to gguf --model " + (tmp / "q4-head-q4") + " --quant q4_1 --out " +
+                (tmp / "m.gguf"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(GgufFile(tmp / "m.gguf").tensor("output.weight").type, GgmlType::kQ4_1);
 }
 
 // A q8/q4 matrix whose scales are missing or misshapen is an error naming the tensor.

@@ -20,11 +20,13 @@ void add_convert_command(CLI::App& app) {
       ->check(CLI::IsMember({"whale", "gguf"}));
   cmd->add_option("--quant", quant,
                   "whale: q8 or q4 (attention, expert and FFN matrices); "
-                  "gguf: f32, bf16 (default), q8_0 or q4_1 (the head stays q8_0)")
+                  "gguf: f32, bf16 (default), q8_0 or q4_1 (a head that is not q4 stays q8_0)")
       ->check(CLI::IsMember({"q8", "q4", "f32", "bf16", "q8_0", "q4_1"}));
   cmd->add_option("--out", out, "Output folder (whale) or file (gguf)")->required();
-  cmd->add_option("--head", head, "lm_head: q8, or keep it as stored (whale only)")
-      ->check(CLI::IsMember({"q8", "keep"}));
+  cmd->add_option("--head", head,
+                  "lm_head: q8 (default), q4 (fewer bytes per token, a larger accuracy cost), or "
+                  "keep it as stored (whale only)")
+      ->check(CLI::IsMember({"q8", "q4", "keep"}));
   cmd->add_option("--shard-gb", shard_gb,
                   "Split weights into shards of at most this size (whale only)");
   cmd->add_flag("--no-mtp", no_mtp, "gguf: leave the MTP module out");
@@ -48,7 +50,9 @@ void add_convert_command(CLI::App& app) {
     check(shard_gb > 0, "convert: --shard-gb must be positive");
     ConvertOptions options;
     options.method = quant == "q4" ? QuantMethod::kQ4 : QuantMethod::kQ8;
-    options.quantize_head = head == "q8";
+    options.head = head == "q8"   ? std::optional(QuantMethod::kQ8)
+                   : head == "q4" ? std::optional(QuantMethod::kQ4)
+                                  : std::nullopt;
     options.shard_gb = shard_gb;
     options.progress = true;
     convert_model(model_dir, out, options);

@@ -169,9 +169,11 @@ GgmlType choose_type(const Item& item, GgufQuant quant) {
   if (item.ne.size() == 1 || quant == GgufQuant::kF32) return GgmlType::kF32;
   if (quant == GgufQuant::kBF16) return GgmlType::kBF16;
   // The matrices whale's quantization covers, when their rows split into blocks of 32: q8_0, or
-  // q4_1 except the head and matrices already 8-bit (whale's q4 keeps its head q8).
+  // q4_1 except matrices already 8-bit and a head that is not q4 already (whale's q4 keeps its
+  // head q8 unless converted with --head q4).
   if (item.quantizable && item.ne[0] % 32 == 0) {
-    if (quant == GgufQuant::kQ8_0 || item.source == DType::I8 || item.name == "output.weight")
+    if (quant == GgufQuant::kQ8_0 || item.source == DType::I8 ||
+        (item.name == "output.weight" && item.source != DType::U8))
       return GgmlType::kQ8_0;
     return GgmlType::kQ4_1;
   }

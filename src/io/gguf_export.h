@@ -26,9 +26,9 @@ struct GgufExportOptions {
   // f32: every tensor f32. bf16: matrices bf16, vectors f32. q8_0: the matrices whale's q8
   // quantizes (attention, FFN, experts, head) as q8_0; embeddings and router gates kept (bf16
   // when stored as bf16, else f32); vectors f32. q4_1: those matrices as q4_1 as whale's q4
-  // does, except the head and any matrix stored as q8, which stay 8-bit (q8_0) — a whale q4
-  // model exports exactly. A quantized matrix whose rows are not a multiple of 32 long stays
-  // f32.
+  // does, except any matrix stored as q8 and a head not stored as q4, which stay 8-bit (q8_0) — a
+  // whale q4 model exports exactly. A quantized matrix whose rows are not a multiple of 32 long
+  // stays f32.
   GgufQuant quant = GgufQuant::kBF16;
   bool mtp = true;  // export the MTP module as nextn when the model has one
   bool progress = false;

@@ -152,8 +152,7 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
   std::map<std::string, QuantMethod> plan;
   for (const WeightSpec& s : weight_specs(config))
     if (s.kind == WeightSpec::kMatrix && s.quantizable) plan[s.name] = options.method;
-  if (options.quantize_head && !config.tie_word_embeddings)
-    plan["lm_head.weight"] = QuantMethod::kQ8;
+  if (options.head && !config.tie_word_embeddings) plan["lm_head.weight"] = *options.head;
 
   std::vector<Item> items;
   std::string source_dtype;
@@ -284,7 +283,9 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
       {"method", options.method == QuantMethod::kQ8 ? "q8" : "q4"},
       {"group_size", kGroup},
       {"scale_dtype", "F16"},
-      {"lm_head", options.quantize_head && !config.tie_word_embeddings ? "q8" : "unchanged"},
+      {"lm_head", !options.head || config.tie_word_embeddings ? "unchanged"
+                  : *options.head == QuantMethod::kQ8         ? "q8"
+                                                              : "q4"},
       {"source", source_dtype}};
   write_file_atomic((fs::path(out_dir) / "config.json").string(), config_json.dump(2) + "\n");
   progress.finish();

@@ -15,13 +15,14 @@
 // exactly what was meant. Per 32 weights: q8 34 bytes (8.5 bits), q4 20 bytes (5 bits).
 // config.json records the scheme as
 //   "whale_quantization": {"method": "q8" | "q4", "group_size": 32, "scale_dtype": "F16",
-//                          "lm_head": "q8" | "bf16" | ..., "source": "<original dtype>"}
+//                          "lm_head": "q8" | "q4" | "unchanged", "source": "<original dtype>"}
 // and loses any "quantization_config" (an FP8 source's e4m3 weights are requantized from
 // their dequantized values; its `weight_scale_inv` companions are dropped). Other tensors
 // (embeddings, norms, router gates, routing biases) are copied unchanged.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace whale {
@@ -35,7 +36,9 @@ void quantize_row_q4(const float* w, size_t n, uint8_t* packed, uint16_t* scale_
 
 struct ConvertOptions {
   QuantMethod method = QuantMethod::kQ8;
-  bool quantize_head = true;  // lm_head as q8 (whatever the method); false keeps its dtype
+  // lm_head: q8 (the default, whatever the method: the head is a large share of a decode step's
+  // bytes and its errors land directly in the logits), q4, or kept as stored (nullopt).
+  std::optional<QuantMethod> head = QuantMethod::kQ8;
   double shard_gb = 4.0;
   bool progress = false;
 };
