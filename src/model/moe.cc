@@ -37,10 +37,10 @@ struct FfnJob {
   const FeedForward* f;
   const float* x;  // [n, hidden]
   int n;
-  float* out;               // [n, hidden]
-  std::vector<float> gate;  // [n, inter]: gate, then the activation
-  std::vector<float> up;
-  Linear::RowsInput in, down_in;  // x for gate/up, the activation for down
+  float* out;                    // [n, hidden]
+  std::vector<float> gate = {};  // [n, inter]: gate, then the activation
+  std::vector<float> up = {};
+  Linear::RowsInput in = {}, down_in = {};  // x for gate/up, the activation for down
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
@@ -238,19 +238,15 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     // A decode step (or a few tokens): every expert in one parallel region.
     std::vector<std::vector<float>> x(E), y(E);
     std::vector<FfnJob> jobs;
-    if (moe.has_shared) jobs.push_back({&moe.shared, u, T, out, {}, {}, {}, {}});
+    if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
     for (int e = 0; e < E; ++e) {
       if (slots[e].empty()) continue;
       gather(e, x[e]);
       y[e].resize(x[e].size());
-      jobs.push_back({&moe.experts[e],
-                      x[e].data(),
-                      static_cast<int>(slots[e].size()),
-                      y[e].data(),
-                      {},
-                      {},
-                      {},
-                      {}});
+      jobs.push_back({.f = &moe.experts[e],
+                      .x = x[e].data(),
+                      .n = static_cast<int>(slots[e].size()),
+                      .out = y[e].data()});
     }
     ffn_forward_few(jobs);
     for (int e = 0; e < E; ++e)

@@ -1,7 +1,6 @@
 #include "ops/bf16_gemm.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -20,7 +19,7 @@ namespace whale {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // Highway 1.0 has no AVX512-BF16 target, so these functions carry the instruction set themselves
-// and run only after the CPU check below.
+// and run only after the CPU check (ops/precision.cc).
 #define WHALE_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 namespace {

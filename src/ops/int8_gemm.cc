@@ -1,7 +1,6 @@
 #include "ops/int8_gemm.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,7 +18,7 @@ namespace whale {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // Highway 1.0 has no VNNI-specific target to dispatch on, so these functions carry the
-// instruction set themselves and run only after the CPU check below.
+// instruction set themselves and run only after the CPU check (ops/precision.cc).
 #define WHALE_VNNI_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 
@@ -324,17 +323,18 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
 // activations.
 struct RowWriter {
   uint8_t* row;
-  uint8_t* code(int i) const {
-    return row + Int8Activations::chunk_offset(i / kChunk) + i % kChunk;
-  }
+  uint8_t* code(int i) const { return row + Int8Activations::code_offset(i); }
   float* lane_scales(int g) const {
-    return reinterpret_cast<float*>(row + Int8Activations::chunk_offset(g / 2) + 64) + (g % 2) * 8;
+    return reinterpret_cast<float*>(row + Int8Activations::scales_offset(g));
   }
   float* min_term(int g) const {
-    return reinterpret_cast<float*>(row +
-                                    static_cast<size_t>(g / 8) * Int8Activations::kBlockBytes +
-                                    Int8Activations::kMinTermsOffset) +
-           2 * (g % 8) + 1;
+    return reinterpret_cast<float*>(row + Int8Activations::min_term_offset(g));
+  }
+  // Every code of the row's blocks 128 (x̂ = 0): the padding after the last group, and the
+  // missing half of an odd last chunk. Scales and min terms stay 0.
+  void clear_codes(int blocks) const {
+    for (int c = 0; c < blocks * kStep; ++c)
+      std::fill_n(row + Int8Activations::chunk_offset(c), kChunk, uint8_t{128});
   }
 };
 
@@ -364,15 +364,12 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
   }
 }
 
+// Sizes out for T rows, all zeros; each row's codes are set to 128 by its quantizer (in parallel).
 void prepare(int T, int cols, Int8Activations* out) {
   out->T = T;
   out->cols = cols;
   out->blocks = (cols + kStep * kChunk - 1) / (kStep * kChunk);
-  // Padding: code 128 (x̂ = 0), scales and terms 0 (also the missing half of an odd last chunk).
   out->data.assign(static_cast<size_t>(T) * out->blocks * Int8Activations::kBlockBytes, 0);
-  for (size_t c = 0; c < static_cast<size_t>(T) * out->blocks * kStep; ++c)
-    std::fill_n(out->data.data() + Int8Activations::chunk_offset(static_cast<int>(c)), kChunk,
-                uint8_t{128});
 }
 
 RowWriter row_writer(Int8Activations* x, int t) {
@@ -384,14 +381,18 @@ RowWriter row_writer(Int8Activations* x, int t) {
 void quantize_activations(const float* x, int T, int cols, Int8Activations* out) {
   prepare(T, cols, out);
 #pragma omp parallel for if (static_cast <size_t>(T) * cols > (1 << 20))
-  for (int t = 0; t < T; ++t)
-    quantize_row(x + static_cast<size_t>(t) * cols, cols, row_writer(out, t));
+  for (int t = 0; t < T; ++t) {
+    const RowWriter row = row_writer(out, t);
+    row.clear_codes(out->blocks);
+    quantize_row(x + static_cast<size_t>(t) * cols, cols, row);
+  }
 }
 
 void quantize_activations_reference(const float* x, int T, int cols, Int8Activations* out) {
   prepare(T, cols, out);
   for (int t = 0; t < T; ++t) {
     const RowWriter row = row_writer(out, t);
+    row.clear_codes(out->blocks);
     for (int g = 0; g < groups_of(cols); ++g) {
       const float* v = x + static_cast<size_t>(t) * cols + g * kGroup;
       const int n = std::min(kGroup, cols - g * kGroup);
@@ -411,19 +412,16 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
 }
 
 int Int8Activations::code(int t, int i) const {
-  return row(t)[chunk_offset(i / kChunk) + i % kChunk] - 128;
+  return row(t)[code_offset(i)] - 128;
 }
 float Int8Activations::scale(int t, int i) const {
   float s;
-  std::memcpy(&s, row(t) + chunk_offset(i / kChunk) + 64 + (i % kChunk) / kGroup * 8 * 4, 4);
+  std::memcpy(&s, row(t) + scales_offset(i / kGroup), 4);
   return s;
 }
 float Int8Activations::min_term(int t, int g) const {
   float s;
-  std::memcpy(
-      &s,
-      row(t) + static_cast<size_t>(g / 8) * kBlockBytes + kMinTermsOffset + (2 * (g % 8) + 1) * 4,
-      4);
+  std::memcpy(&s, row(t) + min_term_offset(g), 4);
   return s;
 }
 

@@ -45,8 +45,15 @@ struct Int8Activations {
   const uint8_t* row(int t) const {
     return data.data() + static_cast<size_t>(t) * blocks * kBlockBytes;
   }
+  // Byte offsets within a row: chunk c; value i's code; group g's 8 lane scales; group g's min
+  // term (the second float of its pair).
   static size_t chunk_offset(int c) {
     return static_cast<size_t>(c / 4) * kBlockBytes + (c % 4) * kChunkBytes;
+  }
+  static size_t code_offset(int i) { return chunk_offset(i / 64) + i % 64; }
+  static size_t scales_offset(int g) { return chunk_offset(g / 2) + 64 + (g % 2) * 8 * 4; }
+  static size_t min_term_offset(int g) {
+    return static_cast<size_t>(g / 8) * kBlockBytes + kMinTermsOffset + (2 * (g % 8) + 1) * 4;
   }
   // Value i of row t, its group's scale, and group g's min term (scale · Σ codes).
   int code(int t, int i) const;
