@@ -256,6 +256,72 @@ TEST(Quant, ConvertedModelsStayClose) {
   EXPECT_EQ(r.exit_code, 1);
 }
 
+// --quant bf16: a plain bf16 copy (e.g. of a model whale train wrote in f32, or of an FP8
+// release). Every matrix is its source's value rounded to bf16 (FP8: code · block scale), the
+// FP8 scales and quantization_config are gone, vectors (norms, biases) are untouched.
+TEST(Quant, Bf16CopyOfF32AndFp8Models) {
+  TempDir tmp;
+  std::vector<int> tokens;
+  for (int i = 0; i < 64; ++i) tokens.push_back((i * 37 + 5) % 512);
+  for (std::string source : {"f32", "fp8"}) {
+    const std::string dir = tmp / source, out = tmp / (source + "-bf16");
+    auto r = run_whale("init --preset tiny --dtype " + source + " --seed 5 --out " + dir);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    r = run_whale("convert --model " + dir + " --quant bf16 --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto config = nlohmann::json::parse(read_file(out + "/config.json"));
+    EXPECT_FALSE(config.contains("whale_quantization"));
+    EXPECT_FALSE(config.contains("quantization_config"));
+    EXPECT_EQ(config["torch_dtype"], "bfloat16");
+    const ModelConfig model_config = ModelConfig::load(dir);
+    Checkpoint in(dir), converted(out);
+    int matrices = 0;
+    for (const auto& [name, view] : in.tensors()) {
+      if (name.find("_scale_inv") != std::string::npos) {
+        EXPECT_EQ(converted.find(name), nullptr) << name;
+        continue;
+      }
+      const TensorView& o = converted.get(name);
+      ASSERT_EQ(o.shape, view->shape) << name;
+      if (view->shape.size() != 2) {  // copied as they are
+        EXPECT_EQ(o.dtype, view->dtype) << name;
+        EXPECT_EQ(std::memcmp(o.data, view->data, view->nbytes), 0) << name;
+        continue;
+      }
+      ASSERT_EQ(o.dtype, DType::BF16) << name;
+      ++matrices;
+      const int64_t rows = view->shape[0], cols = view->shape[1];
+      const TensorView* scale = in.find(name + "_scale_inv");
+      for (int64_t i = 0; i < rows * cols; i += 7) {  // a sample of every matrix
+        float expected;
+        if (view->dtype == DType::F8_E4M3) {
+          ASSERT_NE(scale, nullptr) << name;
+          const int64_t br = model_config.fp8_block_rows, bc = model_config.fp8_block_cols;
+          const int64_t block = (i / cols / br) * ((cols + bc - 1) / bc) + (i % cols) / bc;
+          float s;
+          std::memcpy(&s, scale->data + 4 * block, 4);
+          expected = e4m3_to_f32(view->data[i]) * s;
+        } else if (view->dtype == DType::BF16) {  // e.g. an FP8 release's head
+          uint16_t b;
+          std::memcpy(&b, view->data + 2 * i, 2);
+          expected = bf16_to_f32(b);
+        } else {
+          ASSERT_EQ(view->dtype, DType::F32) << name;
+          std::memcpy(&expected, view->data + 4 * i, 4);
+        }
+        uint16_t got;
+        std::memcpy(&got, o.data + 2 * i, 2);
+        ASSERT_EQ(got, f32_to_bf16(expected)) << name << " element " << i;
+      }
+    }
+    EXPECT_GT(matrices, 20);
+    Closeness c = compare(model_logits(dir, tokens, false), model_logits(out, tokens, false), 512);
+    std::printf("[quant] %s -> bf16: mean KL %.6f, top-1 agreement %.3f\n", source.c_str(),
+                c.mean_kl, c.top1);
+    EXPECT_LT(c.mean_kl, 0.01) << source;
+  }
+}
+
 // --head q4: the head quantized as q4 too (fewer bytes per decode step), recorded in the config,
 // still close to the source; its GGUF export keeps it q4 (q4_1). --head keep leaves it as stored.
 TEST(Quant, HeadAsQ4OrKept) {

@@ -11,7 +11,7 @@ void add_convert_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "convert",
       "Write a group-quantized copy of a model (q8: int8, q4: 4-bit; 32 inputs per f16 scale), "
-      "or with --to gguf a llama.cpp GGUF file (deepseek2)");
+      "a bf16 copy, or with --to gguf a llama.cpp GGUF file (deepseek2)");
   static std::string model_dir, out, quant, head = "q8", to = "whale";
   static double shard_gb = 4.0;
   static bool no_mtp = false;
@@ -19,7 +19,8 @@ void add_convert_command(CLI::App& app) {
   cmd->add_option("--to", to, "whale (a model folder, the default) or gguf (one file)")
       ->check(CLI::IsMember({"whale", "gguf"}));
   cmd->add_option("--quant", quant,
-                  "whale: q8 or q4 (attention, expert and FFN matrices); "
+                  "whale: q8 or q4 (attention, expert and FFN matrices), or bf16 (every "
+                  "f32, f16 or FP8 matrix; e.g. a model whale train wrote in f32); "
                   "gguf: f32, bf16 (default), q8_0 or q4_1 (a head that is not q4 stays q8_0)")
       ->check(CLI::IsMember({"q8", "q4", "f32", "bf16", "q8_0", "q4_1"}));
   cmd->add_option("--out", out, "Output folder (whale) or file (gguf)")->required();
@@ -46,17 +47,23 @@ void add_convert_command(CLI::App& app) {
       std::printf("wrote %s (deepseek2 GGUF, %s)\n", out.c_str(), quant.c_str());
       return;
     }
-    check(quant == "q8" || quant == "q4", "convert: --quant q8 or q4 (or --to gguf)");
+    check(quant == "q8" || quant == "q4" || quant == "bf16",
+          "convert: --quant q8, q4 or bf16 (or --to gguf)");
     check(shard_gb > 0, "convert: --shard-gb must be positive");
     ConvertOptions options;
-    options.method = quant == "q4" ? QuantMethod::kQ4 : QuantMethod::kQ8;
+    options.method = quant == "q4"     ? QuantMethod::kQ4
+                     : quant == "bf16" ? QuantMethod::kBF16
+                                       : QuantMethod::kQ8;
     options.head = head == "q8"   ? std::optional(QuantMethod::kQ8)
                    : head == "q4" ? std::optional(QuantMethod::kQ4)
                                   : std::nullopt;
     options.shard_gb = shard_gb;
     options.progress = true;
     convert_model(model_dir, out, options);
-    std::printf("wrote %s (%s, lm_head %s)\n", out.c_str(), quant.c_str(), head.c_str());
+    if (options.method == QuantMethod::kBF16)
+      std::printf("wrote %s (bf16)\n", out.c_str());
+    else
+      std::printf("wrote %s (%s, lm_head %s)\n", out.c_str(), quant.c_str(), head.c_str());
   });
 }
 

@@ -120,11 +120,28 @@ Quantized quantize_matrix(const Linear& src, QuantMethod method, const std::stri
   return q;
 }
 
-// One output tensor: a copy, or one half (codes or scales) of a quantized matrix.
+// The source matrix → bf16 (round to nearest even), row by row in parallel.
+std::vector<uint16_t> matrix_to_bf16(const Linear& src) {
+  const size_t rows = src.rows, cols = src.cols;
+  std::vector<uint16_t> out(rows * cols);
+#pragma omp parallel
+  {
+    std::vector<float> row(cols);
+#pragma omp for schedule(static)
+    for (size_t r = 0; r < rows; ++r) {
+      src.row_to_f32(static_cast<int>(r), row.data());
+      for (size_t c = 0; c < cols; ++c) out[r * cols + c] = f32_to_bf16(row[c]);
+    }
+  }
+  return out;
+}
+
+// One output tensor: a copy, one half (codes or scales) of a quantized matrix, or a matrix in
+// bf16.
 struct Item {
   TensorSpec spec;
   const TensorView* source;
-  enum Role { kCopy, kCodes, kScales } role;
+  enum Role { kCopy, kCodes, kScales, kBf16 } role;
   QuantMethod method;
 };
 
@@ -149,10 +166,20 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
   Checkpoint checkpoint(in_dir);
 
   // Which matrices become what: the ones FP8 checkpoints quantize, and optionally the head.
+  // kBF16: every matrix that is not bf16 yet.
+  const bool to_bf16 = options.method == QuantMethod::kBF16;
   std::map<std::string, QuantMethod> plan;
-  for (const WeightSpec& s : weight_specs(config))
-    if (s.kind == WeightSpec::kMatrix && s.quantizable) plan[s.name] = options.method;
-  if (options.head && !config.tie_word_embeddings) plan["lm_head.weight"] = *options.head;
+  for (const WeightSpec& s : weight_specs(config)) {
+    if (to_bf16) {
+      const TensorView* view = checkpoint.find(s.name);
+      if (view && view->shape.size() == 2 && view->dtype != DType::BF16)
+        plan[s.name] = QuantMethod::kBF16;
+    } else if (s.kind == WeightSpec::kMatrix && s.quantizable) {
+      plan[s.name] = options.method;
+    }
+  }
+  if (!to_bf16 && options.head && !config.tie_word_embeddings)
+    plan["lm_head.weight"] = *options.head;
 
   std::vector<Item> items;
   std::string source_dtype;
@@ -172,7 +199,9 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
           view->file + ": tensor '" + name + "' is already quantized");
     if (source_dtype.empty()) source_dtype = dtype_name(view->dtype);
     const int64_t rows = view->shape[0], cols = view->shape[1], groups = (cols + 31) / 32;
-    if (it->second == QuantMethod::kQ8) {
+    if (it->second == QuantMethod::kBF16) {
+      items.push_back({{name, DType::BF16, {rows, cols}}, view, Item::kBf16, it->second});
+    } else if (it->second == QuantMethod::kQ8) {
       items.push_back({{name, DType::I8, {rows, cols}}, view, Item::kCodes, it->second});
       items.push_back(
           {{name + "_qscale", DType::F16, {rows, groups}}, view, Item::kScales, it->second});
@@ -254,6 +283,12 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
               t.file + ": tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
                   ", which convert cannot quantize");
       }
+      if (item.role == Item::kBf16) {
+        const std::vector<uint16_t> b = matrix_to_bf16(src);
+        writer.write_next(b.data(), b.size() * 2);
+        progress.advance(item.spec.nbytes());
+        continue;
+      }
       Quantized q = quantize_matrix(src, item.method, t.name);
       if (item.role == Item::kCodes)
         writer.write_next(q.codes.data(), q.codes.size());
@@ -279,6 +314,12 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
     write_file_atomic((fs::path(out_dir) / file).string(), read_file(entry.path().string()));
   }
   config_json.erase("quantization_config");
+  if (to_bf16) {
+    config_json["torch_dtype"] = "bfloat16";
+    write_file_atomic((fs::path(out_dir) / "config.json").string(), config_json.dump(2) + "\n");
+    progress.finish();
+    return;
+  }
   config_json["whale_quantization"] = {
       {"method", options.method == QuantMethod::kQ8 ? "q8" : "q4"},
       {"group_size", kGroup},

@@ -27,7 +27,9 @@
 
 namespace whale {
 
-enum class QuantMethod { kQ8, kQ4 };
+// kBF16 is no quantization: every f32, f16 and FP8 (block scale applied) matrix becomes bf16 —
+// e.g. a model `whale train` wrote in f32, or DeepSeek-V3's FP8 release as its bf16 version.
+enum class QuantMethod { kQ8, kQ4, kBF16 };
 
 // One row of n values → codes (q8: n bytes; q4: ceil(n/32)·16 bytes) and f16 scales
 // (q8: ceil(n/32); q4: 2·ceil(n/32), (scale, min) pairs).
@@ -37,13 +39,15 @@ void quantize_row_q4(const float* w, size_t n, uint8_t* packed, uint16_t* scale_
 struct ConvertOptions {
   QuantMethod method = QuantMethod::kQ8;
   // lm_head: q8 (the default, whatever the method: the head is a large share of a decode step's
-  // bytes and its errors land directly in the logits), q4, or kept as stored (nullopt).
+  // bytes and its errors land directly in the logits), q4, or kept as stored (nullopt). With
+  // kBF16 the head is a matrix like the others.
   std::optional<QuantMethod> head = QuantMethod::kQ8;
   double shard_gb = 4.0;
   bool progress = false;
 };
 
-// Reads the model folder `in_dir` (any dtype whale loads) and writes `out_dir`: config.json,
+// Reads the model folder `in_dir` (any dtype whale loads) and writes `out_dir`: config.json
+// (with kBF16: no whale_quantization, torch_dtype bfloat16, no FP8 quantization_config),
 // safetensors shards (+ index when more than one), and the other files of in_dir (tokenizer,
 // generation config) copied. Every file is written atomically; config.json last.
 void convert_model(const std::string& in_dir, const std::string& out_dir,
