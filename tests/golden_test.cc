@@ -52,9 +52,11 @@ TEST_P(Golden, LogitsMatchReferenceInEveryForm) {
     bool step;
     AttentionPath path;
   };
-  std::vector<Form> forms = {{"prefill (naive)", false, AttentionPath::kAuto},
-                             {"decode (absorbed)", true, AttentionPath::kAuto}};
+  // Auto: naive for a prompt of kAbsorbedMaxRows tokens or more, absorbed below and in decode.
+  std::vector<Form> forms = {{"prefill (auto)", false, AttentionPath::kAuto},
+                             {"decode (auto: absorbed)", true, AttentionPath::kAuto}};
   if (model->config().is_deepseek()) {
+    forms.push_back({"prefill naive", false, AttentionPath::kNaive});
     forms.push_back({"prefill absorbed", false, AttentionPath::kAbsorbed});
     forms.push_back({"decode naive", true, AttentionPath::kNaive});
   }

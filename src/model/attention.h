@@ -13,9 +13,12 @@ namespace whale {
 
 // Naive: expand every cached latent to per-head keys and values (the training form).
 // Absorbed: fold W_UK into the query and W_UV into the output and attend over the latents
-// directly (MQA over kv_lora_rank + qk_rope_head_dim). Auto: naive for prefill, absorbed for
-// single-token decode. Both give the same result.
+// directly (MQA over kv_lora_rank + qk_rope_head_dim). Auto: absorbed for a segment of fewer
+// than kAbsorbedMaxRows rows (decode, batched decode, speculative verification and the MTP
+// rows that follow it: expanding every cached latent would cost far more than those few rows'
+// attention), naive for longer ones (prefill). Both give the same result up to rounding.
 enum class AttentionPath { kAuto, kNaive, kAbsorbed };
+constexpr int kAbsorbedMaxRows = 8;
 
 struct ForwardOptions {
   AttentionPath attention = AttentionPath::kAuto;

@@ -75,8 +75,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
                          c_q.data() + row0 * c.q_lora_rank, seg.rows, seg.pos0, *seg.cache);
       if (!options.sparse_attention) allowed[i].clear();
     }
-    const bool absorbed_here =
-        path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && seg.rows == 1);
+    const bool absorbed_here = path == AttentionPath::kAbsorbed ||
+                               (path == AttentionPath::kAuto && seg.rows < kAbsorbedMaxRows);
     if (!absorbed_here) {
       // Naive: k_nope and v of every position from W_UKV c_KV.
       const int L = seg.pos0 + seg.rows;
