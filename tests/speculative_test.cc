@@ -167,11 +167,12 @@ TEST(Speculative, CacheTruncate) {
 }
 
 void expect_greedy_identical(const Model& model, const std::vector<int>& prompt, int n,
-                             int* accepted) {
+                             int* accepted, int drafts = 1) {
   GenerateOptions options;
   options.max_new_tokens = n;
   options.stop_at_eos = false;
   std::vector<int> plain = generate(model, prompt, options);
+  options.draft_tokens = drafts;
   GenerateStats stats;
   std::vector<int> streamed;
   std::vector<int> spec = generate_speculative(
@@ -182,10 +183,28 @@ void expect_greedy_identical(const Model& model, const std::vector<int>& prompt,
       },
       &stats);
   ASSERT_EQ(spec.size(), static_cast<size_t>(n));
-  EXPECT_EQ(spec, plain) << "prompt length " << prompt.size();
+  EXPECT_EQ(spec, plain) << "prompt length " << prompt.size() << ", " << drafts << " drafts";
   EXPECT_EQ(streamed, spec);
   EXPECT_EQ(stats.generated_tokens, n);
   EXPECT_LE(stats.accepted, stats.drafted);
+  // Every pass emits its accepted drafts and one more token (the first token comes from the
+  // prompt's pass), except that a pass never drafts past the tokens still wanted, so only when
+  // a single token was left can its accepted draft be the last one; drafts are checked in
+  // order, each only if all before it were accepted (and the pass drafted that far).
+  EXPECT_LE(n, stats.accepted + stats.verify_passes + 1);
+  EXPECT_LE(stats.accepted + stats.verify_passes + 1, n + 1);
+  ASSERT_EQ(stats.checked_at.size(), static_cast<size_t>(drafts));
+  int checked = 0, accepted_by_depth = 0;
+  for (int j = 0; j < drafts; ++j) {
+    checked += stats.checked_at[j];
+    accepted_by_depth += stats.accepted_at[j];
+    if (j > 0) {
+      EXPECT_LE(stats.checked_at[j], stats.accepted_at[j - 1]) << "depth " << j;
+    }
+  }
+  EXPECT_EQ(stats.checked_at[0], stats.verify_passes);
+  EXPECT_EQ(accepted_by_depth, stats.accepted);
+  EXPECT_LE(checked, stats.drafted);
   *accepted += stats.accepted;
 }
 
@@ -196,16 +215,18 @@ TEST(Speculative, GreedyEqualsPlainDecoding) {
   // A small vocabulary so that random MTP drafts are often right and both paths run.
   for (DType dtype : {DType::BF16, DType::F32}) {
     auto model = tiny_model(dir, 8, dtype);
-    for (int len : {1, 2, 5, 11})
-      for (int n : {1, 2, 3, 40}) {
-        std::vector<int> prompt;
-        for (int i = 0; i < len; ++i) prompt.push_back((i * 5 + len) % 8);
-        expect_greedy_identical(*model, prompt, n, &accepted);
-      }
+    for (int drafts : {1, 2, 4})  // more than one: the MTP module chained on its own outputs
+      for (int len : {1, 2, 5, 11})
+        for (int n : {1, 2, 3, 40}) {
+          std::vector<int> prompt;
+          for (int i = 0; i < len; ++i) prompt.push_back((i * 5 + len) % 8);
+          expect_greedy_identical(*model, prompt, n, &accepted, drafts);
+        }
   }
   EXPECT_GT(accepted, 0);
   auto wide = tiny_model(dir, 512);
   expect_greedy_identical(*wide, {5, 100, 7, 300, 2, 2, 9}, 64, &accepted);
+  expect_greedy_identical(*wide, {5, 100, 7, 300, 2, 2, 9}, 64, &accepted, kMaxDraftTokens);
   // FP8 weights, and V3.2 (the indexer's top-k is below the sequence length from position 16).
   auto fp8 = tiny_model(dir, 8, DType::F8_E4M3);
   expect_greedy_identical(*fp8, {1, 2, 3, 4, 5, 6, 7, 0, 1, 2}, 40, &accepted);
@@ -228,6 +249,11 @@ TEST(Speculative, StopsAtEosAndCallback) {
   EXPECT_EQ(spec, std::vector<int>(plain.begin(), plain.begin() + 7));
   options.max_new_tokens = 0;
   EXPECT_TRUE(generate_speculative(*model, {1, 2, 3}, options).empty());
+  for (int drafts : {0, kMaxDraftTokens + 1}) {
+    GenerateOptions bad = options;
+    bad.draft_tokens = drafts;
+    EXPECT_THROW(generate_speculative(*model, {1, 2, 3}, bad), Error) << drafts;
+  }
   // Make the 6th plain token the end of sequence: both stop right before its first occurrence.
   TempDir other;
   auto with_eos = tiny_model(other, 8, DType::BF16, {plain[5]});
@@ -271,31 +297,44 @@ TEST(Speculative, SampledDistributionMatchesTarget) {
       for (int x = 0; x < V; ++x) third[x] += p1[a] * p2[b] * p3[x];
     }
   }
-  GenerateOptions options;
-  options.max_new_tokens = 3;
-  options.stop_at_eos = false;
-  const int N = 3000;
-  std::vector<int> pair_counts(V * V), third_counts(V);
-  int drafted = 0, accepted = 0;
-  for (int seed = 0; seed < N; ++seed) {
-    options.sampling = params;
-    options.sampling.seed = 1000 + seed;
-    GenerateStats stats;
-    std::vector<int> out = generate_speculative(*model, prompt, options, nullptr, &stats);
-    ASSERT_EQ(out.size(), 3u);
-    ++pair_counts[out[0] * V + out[1]];
-    ++third_counts[out[2]];
-    drafted += stats.drafted;
-    accepted += stats.accepted;
+  // One draft per pass, then two (4 tokens, so that the first pass drafts tokens 2 and 3: the
+  // third token is then the chain's second draft when both are accepted).
+  for (int drafts : {1, 2}) {
+    GenerateOptions options;
+    options.max_new_tokens = drafts == 1 ? 3 : 4;
+    options.stop_at_eos = false;
+    options.draft_tokens = drafts;
+    const int N = 3000;
+    std::vector<int> pair_counts(V * V), third_counts(V);
+    int drafted = 0, accepted = 0, second_checked = 0, second_accepted = 0;
+    for (int seed = 0; seed < N; ++seed) {
+      options.sampling = params;
+      options.sampling.seed = 1000 + seed;
+      GenerateStats stats;
+      std::vector<int> out = generate_speculative(*model, prompt, options, nullptr, &stats);
+      ASSERT_EQ(out.size(), static_cast<size_t>(options.max_new_tokens));
+      ++pair_counts[out[0] * V + out[1]];
+      ++third_counts[out[2]];
+      drafted += stats.drafted;
+      accepted += stats.accepted;
+      if (drafts == 2) {
+        second_checked += stats.checked_at[1];
+        second_accepted += stats.accepted_at[1];
+      }
+    }
+    int df;
+    double stat = chi_square(pair_counts, pair, N, &df);
+    EXPECT_LT(stat, chi_square_critical(df)) << drafts << " drafts: pairs, df " << df;
+    stat = chi_square(third_counts, third, N, &df);
+    EXPECT_LT(stat, chi_square_critical(df)) << drafts << " drafts: third token, df " << df;
+    // Both branches of the rule ran many times, at the chain's second draft too.
+    EXPECT_GT(accepted, drafted / 10);
+    EXPECT_LT(accepted, drafted);
+    if (drafts == 2) {
+      EXPECT_GT(second_accepted, second_checked / 10);
+      EXPECT_LT(second_accepted, second_checked);
+    }
   }
-  int df;
-  double stat = chi_square(pair_counts, pair, N, &df);
-  EXPECT_LT(stat, chi_square_critical(df)) << "pairs, df " << df;
-  stat = chi_square(third_counts, third, N, &df);
-  EXPECT_LT(stat, chi_square_critical(df)) << "third token, df " << df;
-  // Both branches of the rule ran many times.
-  EXPECT_GT(accepted, drafted / 10);
-  EXPECT_LT(accepted, drafted);
 }
 
 TEST(Speculative, CliGreedyMatchesPlain) {
@@ -304,12 +343,16 @@ TEST(Speculative, CliGreedyMatchesPlain) {
   const std::string common =
       "--threads 1 generate --model " + (dir / "m") + " --tokens 5,6,7 -n 24 --ignore-eos";
   auto plain = testing::run_whale(common);
-  auto spec = testing::run_whale(common + " --speculative mtp --stats");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
-  ASSERT_EQ(spec.exit_code, 0) << spec.output;
-  EXPECT_EQ(spec.output.substr(0, spec.output.find('\n')),
-            plain.output.substr(0, plain.output.find('\n')));
-  EXPECT_NE(spec.output.find("speculative:"), std::string::npos) << spec.output;
+  for (const std::string drafts : {"", " --draft-tokens 3"}) {
+    auto spec = testing::run_whale(common + " --speculative mtp --stats" + drafts);
+    ASSERT_EQ(spec.exit_code, 0) << spec.output;
+    EXPECT_EQ(spec.output.substr(0, spec.output.find('\n')),
+              plain.output.substr(0, plain.output.find('\n')));
+    EXPECT_NE(spec.output.find("speculative:"), std::string::npos) << spec.output;
+    EXPECT_NE(spec.output.find("by depth"), std::string::npos) << spec.output;
+  }
+  EXPECT_NE(testing::run_whale(common + " --speculative mtp --draft-tokens 9").exit_code, 0);
   ASSERT_EQ(testing::run_whale("init --preset tiny-llama --out " + (dir / "l")).exit_code, 0);
   auto no_mtp =
       testing::run_whale("generate --model " + (dir / "l") + " --tokens 5 --speculative mtp");

@@ -13,6 +13,9 @@
 #                stories corpus (TRAIN_STEPS, default 300: about 10 minutes on 2 cores);
 #              demo: the r1-zero demo shape (hidden 128, 4 layers; overhead-bound) on the task
 #                corpus (TRAIN_STEPS, default 600; about 5 minutes).
+#   DTYPE      bf16 (default): benchmark a bf16 copy (`whale convert --quant bf16`) of an f32 model,
+#              as a trained model is deployed; asis: the model as it is
+#   DRAFTS     drafts per verification pass to compare, e.g. "1 2" (default 1)
 #   WHALE      the whale binary (default: build/whale)
 #   N          tokens per generation (default 200)
 #   REPEAT     alternating runs per prompt (default 3)
@@ -57,35 +60,53 @@ JSON
   model="$work/run/model"
 fi
 
+if [ "${DTYPE:-bf16}" = bf16 ]; then  # (a bf16 model's copy is the same model)
+  echo "== bf16 copy of $model (whale convert --quant bf16)"
+  "$WHALE" convert --model "$model" --quant bf16 --out "$work/bf16" > /dev/null 2>&1
+  model="$work/bf16"
+fi
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 prompts=("Q: 23+45" "Q: 17*3" "Once upon a time" "Q: Tom has 5 apples")
-total_drafts=0
-total_accepted=0
-speedups=()
+read -r -a draft_counts <<< "${DRAFTS:-1}"
+declare -A total_drafts total_accepted speedups
 for prompt in "${prompts[@]}"; do
   plain_rates=()
-  spec_rates=()
+  declare -A spec_rates=()
   for ((r = 0; r < REPEAT; ++r)); do
-    for mode in plain mtp; do
+    for mode in plain "${draft_counts[@]}"; do
       args=(--threads "$THREADS" generate --model "$model" --prompt "$prompt" -n "$N" --ignore-eos --stats)
-      [ "$mode" = mtp ] && args+=(--speculative mtp)
+      [ "$mode" != plain ] && args+=(--speculative mtp --draft-tokens "$mode")
       "$WHALE" "${args[@]}" > "$work/$mode.out" 2> "$work/$mode.err"
       rate=$(sed -n 's/.*decode [0-9]* tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p' "$work/$mode.err")
-      if [ "$mode" = plain ]; then plain_rates+=("$rate"); else spec_rates+=("$rate"); fi
+      if [ "$mode" = plain ]; then plain_rates+=("$rate"); else spec_rates[$mode]+=" $rate"; fi
+      if [ "$mode" != plain ]; then
+        cmp -s "$work/plain.out" "$work/$mode.out" || { echo "OUTPUTS DIFFER for '$prompt' ($mode drafts)"; exit 1; }
+      fi
     done
-    cmp -s "$work/plain.out" "$work/mtp.out" || { echo "OUTPUTS DIFFER for '$prompt'"; exit 1; }
   done
-  read -r drafts accepted < <(sed -n 's/speculative: \([0-9]*\) drafts, \([0-9]*\) accepted.*/\1 \2/p' "$work/mtp.err")
-  read -r verify_ms draft_ms < <(sed -n 's/.* \([0-9.]*\) ms per verification pass, \([0-9.]*\) ms per draft.*/\1 \2/p' "$work/mtp.err")
-  total_drafts=$((total_drafts + drafts))
-  total_accepted=$((total_accepted + accepted))
-  median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
   p=$(median "${plain_rates[@]}")
-  s=$(median "${spec_rates[@]}")
-  speedup=$(awk -v p="$p" -v s="$s" 'BEGIN { printf "%.2f", s / p }')
-  speedups+=("$speedup")
-  # What a speculative step costs against one plain decode step: verification (two rows) + draft.
-  printf '%-22s acceptance %5.1f%%  plain %8.1f tok/s  mtp %8.1f tok/s  speedup %sx  (step: verify %s ms + draft %s ms vs plain %.3f ms/token)\n' \
-    "'$prompt'" "$(awk -v a="$accepted" -v d="$drafts" 'BEGIN { print 100 * a / d }')" "$p" "$s" "$speedup" \
-    "$verify_ms" "$draft_ms" "$(awk -v p="$p" 'BEGIN { print 1000 / p }')"
+  for k in "${draft_counts[@]}"; do
+    line=$(grep '^speculative:' "$work/$k.err")
+    read -r drafts accepted < <(sed -n 's/speculative: \([0-9]*\) drafts, \([0-9]*\) accepted.*/\1 \2/p' <<< "$line")
+    by_depth=$(sed -n 's/.*of those checked: \([^)]*\)).*/\1/p' <<< "$line")
+    read -r per_pass verify_ms draft_ms < <(sed -n 's/.*, \([0-9.]*\) tokens per verification pass; \([0-9.]*\) ms per verification pass, \([0-9.]*\) ms drafting.*/\1 \2 \3/p' <<< "$line")
+    total_drafts[$k]=$((${total_drafts[$k]:-0} + drafts))
+    total_accepted[$k]=$((${total_accepted[$k]:-0} + accepted))
+    # $spec_rates[$k] holds this prompt's runs
+    # shellcheck disable=SC2086
+    s=$(median ${spec_rates[$k]})
+    speedup=$(awk -v p="$p" -v s="$s" 'BEGIN { printf "%.2f", s / p }')
+    speedups[$k]+=" $speedup"
+    # What a speculative step costs against one plain decode step: verification (k + 1 rows) +
+    # the MTP rows (the verified positions' and the chained drafts').
+    printf '%-22s %d draft(s)  acceptance by depth %-16s %4.2f tokens/pass  plain %7.1f tok/s  mtp %7.1f tok/s  speedup %sx  (step: verify %s ms + draft %s ms vs plain %.3f ms/token)\n' \
+      "'$prompt'" "$k" "$by_depth" "$per_pass" "$p" "$s" "$speedup" "$verify_ms" "$draft_ms" \
+      "$(awk -v p="$p" 'BEGIN { print 1000 / p }')"
+  done
+  unset spec_rates
 done
-echo "overall: acceptance $(awk -v a=$total_accepted -v d=$total_drafts 'BEGIN { printf "%.1f%%", 100 * a / d }'), median speedup $(printf '%s\n' "${speedups[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')x, identical greedy output"
+for k in "${draft_counts[@]}"; do
+  # shellcheck disable=SC2086
+  echo "overall, $k draft(s) per pass: $(awk -v a="${total_accepted[$k]}" -v d="${total_drafts[$k]}" 'BEGIN { printf "%.1f%%", 100 * a / d }') of drafts accepted, median speedup $(median ${speedups[$k]})x, identical greedy output"
+done

@@ -10,6 +10,14 @@
 
 namespace whale {
 
+namespace {
+std::string format_percent(int part, int whole) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f%%", whole > 0 ? 100.0 * part / whole : 0.0);
+  return buf;
+}
+}  // namespace
+
 void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "generate", "Continue a prompt: --tokens prints the new ids, --prompt streams the new text");
@@ -32,6 +40,11 @@ void add_generate_command(CLI::App& app) {
                   "none, or mtp: draft with the MTP module, verify in one batched pass "
                   "(same greedy output, same sampling distribution)")
       ->check(CLI::IsMember({"none", "mtp"}));
+  cmd->add_option("--draft-tokens", options.draft_tokens,
+                  "With --speculative mtp: drafts per verification pass (default 1; more chain "
+                  "the MTP module on its own outputs, up to " +
+                      std::to_string(kMaxDraftTokens) + ")")
+      ->check(CLI::Range(1, kMaxDraftTokens));
   cmd->add_flag("--stats", stats, "Print prefill and decode speed on stderr");
   cmd->callback([] {
     check(!tokens_text.empty() || !prompt.empty(), "generate: give --tokens IDS or --prompt TEXT");
@@ -70,18 +83,25 @@ void add_generate_command(CLI::App& app) {
     std::printf("\n");
     std::fflush(stdout);
     if (stats)
-      std::fprintf(stderr, "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
-                   s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
-                   s.generated_tokens, s.decode_seconds,
-                   s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
-    if (stats && speculative == "mtp" && s.verify_passes > 0)
+      std::fprintf(
+          stderr,
+          "prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.2f tok/s)\n",
+          s.prompt_tokens, s.prefill_seconds, s.prompt_tokens / s.prefill_seconds,
+          s.generated_tokens, s.decode_seconds,
+          s.generated_tokens > 1 ? (s.generated_tokens - 1) / s.decode_seconds : 0.0);
+    if (stats && speculative == "mtp" && s.verify_passes > 0) {
+      std::string by_depth;
+      for (size_t j = 0; j < s.checked_at.size(); ++j)
+        by_depth += (j ? ", " : "") + format_percent(s.accepted_at[j], s.checked_at[j]);
       std::fprintf(stderr,
-                   "speculative: %d drafts, %d accepted (%.1f%%), %.2f tokens per verification "
-                   "pass; %.2f ms per verification pass, %.2f ms per draft (MTP)\n",
-                   s.drafted, s.accepted, 100.0 * s.accepted / s.drafted,
+                   "speculative: %d drafts, %d accepted (%.1f%%; by depth, of those checked: %s), "
+                   "%.2f tokens per verification pass; %.2f ms per verification pass, %.2f ms "
+                   "drafting per pass (MTP)\n",
+                   s.drafted, s.accepted, 100.0 * s.accepted / s.drafted, by_depth.c_str(),
                    static_cast<double>(s.generated_tokens - 1) / s.verify_passes,
                    1e3 * s.verify_seconds / s.verify_passes,
                    1e3 * s.draft_seconds / std::max(1, s.verify_passes));
+    }
   });
 }
 

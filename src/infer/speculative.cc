@@ -34,15 +34,23 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
   check(model.weights().has_mtp,
         "speculative decoding with MTP needs a model with an MTP module "
         "(num_nextn_predict_layers = 1)");
+  check(options.draft_tokens >= 1 && options.draft_tokens <= kMaxDraftTokens,
+        "the drafts per step must be 1 to " + std::to_string(kMaxDraftTokens));
   const ModelConfig& c = model.config();
   const int V = c.vocab_size, H = c.hidden_size, n = static_cast<int>(prompt.size());
+  const int K = options.draft_tokens;
   using clock = std::chrono::steady_clock;
+  const auto since = [](clock::time_point t) {
+    return std::chrono::duration<double>(clock::now() - t).count();
+  };
   Sampler sampler(options.sampling);
   const bool greedy = sampler.greedy();
   KVCache cache = model.new_cache(), mtp_cache = model.new_mtp_cache();
   std::vector<float> logits(static_cast<size_t>(n) * V), hidden(static_cast<size_t>(n) * H);
   GenerateStats s;
   s.prompt_tokens = n;
+  s.checked_at.assign(K, 0);
+  s.accepted_at.assign(K, 0);
   auto t0 = clock::now();
   model.forward(prompt.data(), n, cache, logits.data(), hidden.data());
   std::vector<int> out;
@@ -63,75 +71,102 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
   if (!done) emit(x);
 
   // The MTP cache follows the main one: its row i combines the main hidden state h_i with the
-  // embedding of token i+1 and predicts token i+2. Over the prompt that is prompt[1..] then x;
-  // only the last row's logits (the first draft) are needed.
-  std::vector<float> draft_logits(2 * static_cast<size_t>(V));
+  // embedding of token i+1 and predicts token i+2. Over the prompt that is prompt[1..] then x.
+  // Each call keeps its last row's logits (the next first draft) and head input (to chain on).
+  std::vector<float> draft_logits((kMaxDraftTokens + 1) * static_cast<size_t>(V));
+  std::vector<float> head_input((kMaxDraftTokens + 1) * static_cast<size_t>(H));
+  const auto mtp_rows = [&](const int* tokens, const float* main_hidden, int rows) {
+    model.mtp_forward(tokens, main_hidden, rows, mtp_cache, draft_logits.data(), {},
+                      head_input.data());
+    if (rows == 1) return;
+    std::copy_n(draft_logits.data() + static_cast<size_t>(rows - 1) * V, V, draft_logits.data());
+    std::copy_n(head_input.data() + static_cast<size_t>(rows - 1) * H, H, head_input.data());
+  };
   if (!done) {
     std::vector<int> next(prompt.begin() + 1, prompt.end());
     if (!next.empty()) model.mtp_forward(next.data(), hidden.data(), n - 1, mtp_cache, nullptr);
-    model.mtp_forward(&x, hidden.data() + static_cast<size_t>(n - 1) * H, 1, mtp_cache,
-                      draft_logits.data());
+    mtp_rows(&x, hidden.data() + static_cast<size_t>(n - 1) * H, 1);
   }
-  const float* draft_row = draft_logits.data();
 
   // Verification rows are computed as single-token decode computes them (absorbed attention;
   // linear_forward uses row dots below 8 tokens), so greedy choices match plain decoding's.
   ForwardOptions verify;
   verify.attention = AttentionPath::kAbsorbed;
-  std::vector<float> verify_logits(2 * static_cast<size_t>(V)), verify_hidden(2 * H);
-  std::vector<double> q, p;
+  std::vector<float> verify_logits((kMaxDraftTokens + 1) * static_cast<size_t>(V));
+  std::vector<float> verify_hidden((kMaxDraftTokens + 1) * static_cast<size_t>(H));
+  std::vector<float> chained(H);
+  std::vector<std::vector<double>> q(K);
+  std::vector<double> p;
+  int tokens[kMaxDraftTokens + 1];
   while (!done) {
-    int d;
-    if (greedy) {
-      d = argmax(draft_row, V);
-    } else {
-      q = sampler.distribution(draft_row, V);
-      d = sampler.draw(q);
+    // Draft k tokens: the first from the MTP row of the last verified position; each further
+    // one from an MTP row that takes the previous draft's head input in place of the main
+    // model's state (the MTP output predicts the token after next, as that state would). Those
+    // rows only serve drafting: the cache drops them and the verified states replace them below.
+    // No more drafts than tokens still wanted.
+    const int k = std::clamp(options.max_new_tokens - static_cast<int>(out.size()) - 1, 1, K);
+    const int mtp_committed = mtp_cache.length;
+    tokens[0] = x;
+    auto m0 = clock::now();
+    for (int j = 0; j < k; ++j) {
+      if (j > 0) {
+        std::copy_n(head_input.data(), H, chained.data());
+        mtp_rows(&tokens[j], chained.data(), 1);
+      }
+      if (greedy) {
+        tokens[j + 1] = argmax(draft_logits.data(), V);
+      } else {
+        q[j] = sampler.distribution(draft_logits.data(), V);
+        tokens[j + 1] = sampler.draw(q[j]);
+      }
     }
-    const int pair[2] = {x, d};
+    mtp_cache.truncate(mtp_committed);
+    s.draft_seconds += since(m0);
+
     auto v0 = clock::now();
-    model.forward(pair, 2, cache, verify_logits.data(), verify_hidden.data(), verify);
-    s.verify_seconds += std::chrono::duration<double>(clock::now() - v0).count();
+    model.forward(tokens, k + 1, cache, verify_logits.data(), verify_hidden.data(), verify);
+    s.verify_seconds += since(v0);
     ++s.verify_passes;
-    ++s.drafted;
-    const float* row0 = verify_logits.data();
-    const float* row1 = row0 + V;
-    bool accept;
-    if (greedy) {
-      accept = argmax(row0, V) == d;
-    } else {
-      p = sampler.distribution(row0, V);
-      accept = sampler.uniform() < acceptance_probability(p, q, d);
+    s.drafted += k;
+    // Accept drafts in order until the first rejection, which is replaced from the residual
+    // (greedy: the target's choice); when all are accepted the last row gives a bonus token.
+    int accepted = 0, y = -1;
+    for (int j = 0; j < k && y < 0; ++j) {
+      const float* row = verify_logits.data() + static_cast<size_t>(j) * V;
+      const int d = tokens[j + 1];
+      ++s.checked_at[j];
+      bool accept;
+      if (greedy) {
+        accept = argmax(row, V) == d;
+      } else {
+        p = sampler.distribution(row, V);
+        accept = sampler.uniform() < acceptance_probability(p, q[j], d);
+      }
+      if (accept) {
+        ++accepted;
+        ++s.accepted_at[j];
+      } else {
+        y = greedy ? argmax(row, V) : sampler.draw(residual_distribution(p, q[j]));
+      }
     }
-    int y;
-    if (accept) {
-      ++s.accepted;
-      emit(d);
-      if (done) break;
-      y = sampler.sample(row1, V);  // the bonus token, from the target's next distribution
-      emit(y);
-      if (done) break;
-      const int next[2] = {d, y};
-      auto m0 = clock::now();
-      model.mtp_forward(next, verify_hidden.data(), 2, mtp_cache, draft_logits.data());
-      s.draft_seconds += std::chrono::duration<double>(clock::now() - m0).count();
-      draft_row = draft_logits.data() + V;
-    } else {
-      cache.truncate(cache.length - 1);  // forget the rejected draft's position
-      y = greedy ? argmax(row0, V) : sampler.draw(residual_distribution(p, q));
-      emit(y);
-      if (done) break;
-      auto m0 = clock::now();
-      model.mtp_forward(&y, verify_hidden.data(), 1, mtp_cache, draft_logits.data());
-      s.draft_seconds += std::chrono::duration<double>(clock::now() - m0).count();
-      draft_row = draft_logits.data();
-    }
+    if (y < 0) y = sampler.sample(verify_logits.data() + static_cast<size_t>(k) * V, V);
+    s.accepted += accepted;
+    cache.truncate(cache.length - (k - accepted));  // forget the rejected drafts' positions
+    for (int j = 1; j <= accepted && !done; ++j) emit(tokens[j]);
+    if (!done) emit(y);
+    if (done) break;
+    // The MTP rows of the verified positions: hidden states h_p … h_{p+accepted} with the
+    // tokens that follow them (the accepted drafts, then y); the last row drafts next.
+    tokens[accepted + 1] = y;
+    m0 = clock::now();
+    mtp_rows(tokens + 1, verify_hidden.data(), accepted + 1);
+    s.draft_seconds += since(m0);
     x = y;
   }
   if (stats) {
     s.generated_tokens = static_cast<int>(out.size());
     s.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-    s.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+    s.decode_seconds = since(t1);
     *stats = s;
   }
   return out;

@@ -6,6 +6,10 @@
 // the second row's logits give a bonus token. Every emitted token is distributed exactly as in
 // plain sampling, and greedy output is identical token for token (the verification rows are
 // computed with the same arithmetic as single-token decode: absorbed attention, row dots).
+// With GenerateOptions::draft_tokens = k > 1 the MTP module is chained: draft j + 1 comes from
+// an MTP row fed with draft j's head input in place of the main model's state (what vLLM and
+// SGLang do with V3's single MTP layer); the k drafts are verified in one pass of k + 1 rows and
+// accepted in order up to the first rejection.
 #pragma once
 #include <functional>
 #include <vector>
@@ -23,8 +27,8 @@ double acceptance_probability(const std::vector<double>& p, const std::vector<do
 std::vector<double> residual_distribution(const std::vector<double>& p,
                                           const std::vector<double>& q);
 
-// Like generate(), drafting one token per step with the MTP module (the model must have one).
-// stats, when given, also counts drafts and accepted drafts.
+// Like generate(), drafting options.draft_tokens tokens per step with the MTP module (the model
+// must have one). stats, when given, also counts drafts and accepted drafts (by depth).
 std::vector<int> generate_speculative(const Model& model, const std::vector<int>& prompt,
                                       const GenerateOptions& options,
                                       const std::function<bool(int)>& on_token = nullptr,

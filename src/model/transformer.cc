@@ -110,7 +110,8 @@ void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches
 }
 
 void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int T,
-                        KVCache& mtp_cache, float* logits, const ForwardOptions& options) const {
+                        KVCache& mtp_cache, float* logits, const ForwardOptions& options,
+                        float* head_input) const {
   check(weights_.has_mtp, "this model has no MTP module (num_nextn_predict_layers is 0)");
   check(T > 0, "MTP forward needs at least one token");
   check_tokens(next_tokens, T);
@@ -128,10 +129,11 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
   block_forward(m.block, c.num_hidden_layers, x.data(),
                 {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
   mtp_cache.length += T;
-  if (!logits) return;  // only filling the cache (the prompt's rows before the first draft)
+  if (!logits && !head_input) return;  // only filling the cache (the prompt's rows)
   for (int t = 0; t < T; ++t)
     rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);
-  linear_forward(m.shared_head_head, x.data(), T, logits);
+  if (head_input) std::copy(x.begin(), x.end(), head_input);
+  if (logits) linear_forward(m.shared_head_head, x.data(), T, logits);
 }
 
 Model::ParamCounts Model::parameter_counts() const {

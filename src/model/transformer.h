@@ -42,9 +42,12 @@ class Model {
   // MTP (D = 1): row i predicts token i+2 from the main model's normed hidden state h_i and the
   // embedding of token i+1: x = eh_proj([enorm(Emb(next_tokens[i])) ; hnorm(h_i)]), then one
   // transformer block (its own cache, RoPE position i), shared_head.norm and shared_head.head.
-  // logits: [T, vocab], or null to only extend the MTP cache.
+  // logits: [T, vocab], or null to only extend the MTP cache. head_input, when given, receives
+  // [T, hidden]: the normed states the head reads (shared_head.norm's output) — speculative
+  // decoding chains drafts by feeding them back in place of the main model's normed states.
   void mtp_forward(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
-                   float* logits, const ForwardOptions& options = {}) const;
+                   float* logits, const ForwardOptions& options = {},
+                   float* head_input = nullptr) const;
 
   // Parameter counts. active: per token (routed experts counted K of N; the input embedding
   // is a row lookup and is not counted, the head is).
