@@ -44,7 +44,10 @@ struct FfnJob {
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
-  constexpr int kRowsPerChunk = 32;  // as linear_forward's schedule(dynamic, 32)
+  // Chunks of 32 rows (as linear_forward's smallest), handed out by a guided schedule: long runs
+  // of one expert's consecutive rows first, single chunks at the end (q8 decode of v2-lite-8l
+  // 5–15% faster than one chunk at a time).
+  constexpr int kRowsPerChunk = 32;
   struct Chunk {
     int job, r0, r1;
   };
@@ -75,7 +78,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   for (FfnJob& job : jobs) job.in = job.f->gate_proj.prepare_rows(job.x, job.n);
 #pragma omp parallel if (parallel)
   {
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(guided)
     for (size_t i = 0; i < gate_up.size(); ++i) {
       const Chunk& ch = gate_up[i];
       FfnJob& job = jobs[ch.job];
@@ -91,7 +94,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
 #pragma omp for schedule(dynamic)
     for (size_t j = 0; j < jobs.size(); ++j)
       jobs[j].down_in = jobs[j].f->down_proj.prepare_rows(jobs[j].gate.data(), jobs[j].n);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(guided)
     for (size_t i = 0; i < down.size(); ++i) {
       const Chunk& ch = down[i];
       FfnJob& job = jobs[ch.job];

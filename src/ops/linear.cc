@@ -171,10 +171,12 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     // (rows_dot), each output bit-identical to single-token decode's row_dot, so a row's result
     // does not depend on what else is in the batch. Speculative decoding relies on this: the
     // verification pass must reproduce plain decoding's logits bit for bit.
-    // Chunks of rows handed out as threads free up: on a shared machine a descheduled thread
-    // then delays the step by one chunk, not by half the matrix.
+    // Rows handed out by a guided schedule: long runs of consecutive rows first (each thread
+    // streams one long stretch of the matrix: 5–10% faster decode than chunks of 32 rows when
+    // the memory is fast, measured alternating in one process), then chunks down to 32 rows, so
+    // a thread that is descheduled late delays the step by a chunk, not by half the matrix.
     const Linear::RowsInput in = w.prepare_rows(x, T);
-#pragma omp parallel for schedule(dynamic, 32) if (threads)
+#pragma omp parallel for schedule(guided, 32) if (threads)
     for (int r = 0; r < rows; ++r) {
       float out[kGemmMinTokens];
       w.rows_dot(r, in, out);
