@@ -353,6 +353,9 @@ TEST(Speculative, CliGreedyMatchesPlain) {
     EXPECT_NE(spec.output.find("by depth"), std::string::npos) << spec.output;
   }
   EXPECT_NE(testing::run_whale(common + " --speculative mtp --draft-tokens 9").exit_code, 0);
+  auto no_spec = testing::run_whale(common + " --draft-tokens 2");
+  EXPECT_NE(no_spec.exit_code, 0);
+  EXPECT_NE(no_spec.output.find("--speculative mtp"), std::string::npos) << no_spec.output;
   ASSERT_EQ(testing::run_whale("init --preset tiny-llama --out " + (dir / "l")).exit_code, 0);
   auto no_mtp =
       testing::run_whale("generate --model " + (dir / "l") + " --tokens 5 --speculative mtp");

@@ -48,6 +48,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--stats", stats, "Print prefill and decode speed on stderr");
   cmd->callback([] {
     check(!tokens_text.empty() || !prompt.empty(), "generate: give --tokens IDS or --prompt TEXT");
+    check(options.draft_tokens == 1 || speculative == "mtp",
+          "generate: --draft-tokens needs --speculative mtp");
     auto model = Model::load(model_dir);
     options.stop_at_eos = !ignore_eos;
     GenerateStats s;
