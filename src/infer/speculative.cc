@@ -109,7 +109,7 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
     tokens[0] = x;
     auto m0 = clock::now();
     for (int j = 0; j < k; ++j) {
-      if (j > 0) {
+      if (j > 0) {  // (a copy: the call overwrites head_input while it reads its input)
         std::copy_n(head_input.data(), H, chained.data());
         mtp_rows(&tokens[j], chained.data(), 1);
       }

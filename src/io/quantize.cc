@@ -281,7 +281,7 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
       } else {
         check(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
               t.file + ": tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
-                  ", which convert cannot quantize");
+                  ", which convert cannot read");
       }
       if (item.role == Item::kBf16) {
         const std::vector<uint16_t> b = matrix_to_bf16(src);
@@ -314,20 +314,17 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
     write_file_atomic((fs::path(out_dir) / file).string(), read_file(entry.path().string()));
   }
   config_json.erase("quantization_config");
-  if (to_bf16) {
+  if (to_bf16)  // a plain bf16 model, no quantization to record
     config_json["torch_dtype"] = "bfloat16";
-    write_file_atomic((fs::path(out_dir) / "config.json").string(), config_json.dump(2) + "\n");
-    progress.finish();
-    return;
-  }
-  config_json["whale_quantization"] = {
-      {"method", options.method == QuantMethod::kQ8 ? "q8" : "q4"},
-      {"group_size", kGroup},
-      {"scale_dtype", "F16"},
-      {"lm_head", !options.head || config.tie_word_embeddings ? "unchanged"
-                  : *options.head == QuantMethod::kQ8         ? "q8"
-                                                              : "q4"},
-      {"source", source_dtype}};
+  else
+    config_json["whale_quantization"] = {
+        {"method", options.method == QuantMethod::kQ8 ? "q8" : "q4"},
+        {"group_size", kGroup},
+        {"scale_dtype", "F16"},
+        {"lm_head", !options.head || config.tie_word_embeddings ? "unchanged"
+                    : *options.head == QuantMethod::kQ8         ? "q8"
+                                                                : "q4"},
+        {"source", source_dtype}};
   write_file_atomic((fs::path(out_dir) / "config.json").string(), config_json.dump(2) + "\n");
   progress.finish();
 }
