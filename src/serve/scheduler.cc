@@ -187,9 +187,14 @@ void Scheduler::finish(Sequence& s, const std::string& reason) {
     rest = s.stop.push(s.decoder.finish(), stopped);
     if (!stopped) rest += s.stop.finish();
   }
+  // The blocks go back, and the gauges say so, before the client hears that the request is
+  // done: whoever reads /metrics after a response finds its cache freed (the gauges used to be
+  // published after the step, and a test reading them right after its last response saw 5
+  // blocks still in use).
+  cache_.release(s.blocks);
+  publish_state();
   s.job->post({s.choice, rest, true, reason == "stop-string" ? "stop" : reason}, s.stats);
   metrics_.add_tokens(0, 0, s.stats.completion_tokens);
-  cache_.release(s.blocks);
   s.done = true;
   --in_flight_;
 }
