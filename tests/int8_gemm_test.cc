@@ -152,6 +152,12 @@ TEST(Int8Gemm, ActivationQuantizationMatchesReferenceAndItsBound) {
         int sum = 0;
         for (int c = g * 32; c < std::min(cols, g * 32 + 32); ++c) sum += fast.code(t, c);
         ASSERT_EQ(fast.min_term(t, g), fast.scale(t, g * 32) * sum);
+        for (int j = 0; j < 8; ++j) {  // −128 · Σ of each int32 lane's 4 codes (q8's start)
+          int lane = 0;
+          for (int c = g * 32 + 4 * j; c < std::min(cols, g * 32 + 4 * j + 4); ++c)
+            lane += fast.code(t, c);
+          ASSERT_EQ(fast.lane_offset(t, g, j), -128 * lane) << "cols " << cols << " g " << g;
+        }
       }
     }
   }

@@ -56,10 +56,11 @@ struct Format {
   static int full_chunks(int cols) { return Q4 ? groups_of(cols) / 2 : cols / kChunk; }
 };
 
-// The chunk's 64 weights as signed bytes in the activations' order: q8's codes; q4's nibbles
-// (group 2c's bytes hold its values j and 16 + j in their low and high nibbles, so the 32 bytes
-// are spread to [group 2c's bytes twice, group 2c + 1's bytes twice] and the second copy of each
-// shifted down by 4). Bytes past the row's end load as zeros.
+// The chunk's 64 weights as unsigned bytes in the activations' order: q8's codes + 128 (the sign
+// bit flipped; the activations' lane offsets take the 128s back); q4's nibbles (group 2c's bytes
+// hold its values j and 16 + j in their low and high nibbles, so the 32 bytes are spread to [group
+// 2c's bytes twice, group 2c + 1's bytes twice] and the second copy of each shifted down by 4).
+// Bytes past the row's end meet activation codes 0.
 template <bool Q4, bool kMasked>
 WHALE_VNNI_TARGET __m512i weight_chunk(const uint8_t* row, int c, int cols) {
   const uint8_t* p = row + Format<Q4>::byte_of_chunk(c);
@@ -76,21 +77,15 @@ WHALE_VNNI_TARGET __m512i weight_chunk(const uint8_t* row, int c, int cols) {
     const __m512i shifted = _mm512_srlv_epi64(spread, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
     return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F));
   } else {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     if constexpr (kMasked) {
       const int valid = cols - c * kChunk;
-      return _mm512_maskz_loadu_epi8(valid >= kChunk ? ~__mmask64{0} : (__mmask64{1} << valid) - 1,
-                                     p);
+      return _mm512_xor_si512(
+          _mm512_maskz_loadu_epi8(valid >= kChunk ? ~__mmask64{0} : (__mmask64{1} << valid) - 1, p),
+          flip);
     }
-    return _mm512_loadu_si512(p);
+    return _mm512_xor_si512(_mm512_loadu_si512(p), flip);
   }
-}
-
-// −128 · Σ w over each int32 lane of a weight chunk: where the lane sums of every activation row
-// start, cancelling the + 128 of the activation codes exactly.
-WHALE_VNNI_TARGET __m512i offset_correction(__m512i w) {
-  const __m512i zero = _mm512_setzero_si512();
-  return _mm512_sub_epi32(zero,
-                          _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(static_cast<char>(0x80)), w));
 }
 
 // Lanes 0–7 take element a of v, lanes 8–15 element b.
@@ -115,22 +110,19 @@ WHALE_VNNI_TARGET __m512 chunk_scales(__m512 step, int k) {
   return Q4 ? spread_pair(step, 4 * k, 4 * k + 2) : spread_pair(step, 2 * k, 2 * k + 1);
 }
 
-// Σ over one chunk of one activation row (its 128 bytes at x): scale · (Σ w · x̂) added to sum.
-// kSignedX: q4's nibbles are the unsigned operand and the codes, flipped back to signed, the
-// signed one — no offset to cancel (start is zero). The integer sums are exact either way, so
-// the choice never changes a result: one xor per row and chunk instead of offset_correction's
-// two instructions per chunk, cheaper for one or two rows.
-template <bool kSignedX = false>
-WHALE_VNNI_TARGET __m512 chunk_product(__m512i weights, __m512i start, __m512 weight_scales,
-                                       const uint8_t* x, __m512 sum) {
-  const __m512i codes = _mm512_loadu_si512(x);
-  const __m512i acc =
-      kSignedX
-          ? _mm512_dpbusd_epi32(start, weights,
-                                _mm512_xor_si512(codes, _mm512_set1_epi8(static_cast<char>(0x80))))
-          : _mm512_dpbusd_epi32(start, codes, weights);
-  const __m512 scale =
-      _mm512_mul_ps(weight_scales, _mm512_loadu_ps(reinterpret_cast<const float*>(x + 64)));
+// Σ over one chunk of one activation row (its bytes at x, Int8Activations' layout):
+// scale · (Σ w · x̂) added to sum, the weights (weight_chunk's unsigned bytes) against the signed
+// activation codes. q8's lane sums start from the chunk's lane offsets (−128 · Σ x̂ of the lane),
+// so they come out as Σ w · x̂ exactly.
+template <bool Q4>
+WHALE_VNNI_TARGET __m512 chunk_product(__m512i weights, __m512 weight_scales, const uint8_t* x,
+                                       __m512 sum) {
+  const __m512i start =
+      Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512(x + Int8Activations::kLaneOffsetsOffset);
+  const __m512i acc = _mm512_dpbusd_epi32(start, weights, _mm512_loadu_si512(x));
+  const __m512 scale = _mm512_mul_ps(
+      weight_scales,
+      _mm512_loadu_ps(reinterpret_cast<const float*>(x + Int8Activations::kLaneScalesOffset)));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, sum);
 }
 
@@ -150,7 +142,6 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
                                 const Int8Activations& x, int t0, float* out) {
   constexpr int kChunkBytes = Int8Activations::kChunkBytes;
   constexpr int kBlockBytes = Int8Activations::kBlockBytes;
-  constexpr bool kSignedX = Q4 && R <= 2;  // see chunk_product
   const uint8_t* xr[R];
   __m512 sum[R][2];
 #pragma GCC unroll 6
@@ -177,25 +168,22 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
     for (int k = 0; k < kStep; ++k) {
       const __m512 ws = chunk_scales<Q4>(step, k);
       const __m512i wv = weight_chunk<Q4, false>(w, c + k, cols);
-      const __m512i start = kSignedX ? _mm512_setzero_si512() : offset_correction(wv);
 #pragma GCC unroll 6
       for (int t = 0; t < R; ++t)
-        sum[t][k & 1] =
-            chunk_product<kSignedX>(wv, start, ws, xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
+        sum[t][k & 1] = chunk_product<Q4>(wv, ws, xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
     }
   }
   for (; c < chunks_of(cols); ++c) {
     const int here = std::min(2, groups - 2 * c);  // groups in this chunk
     const __m512 pair = step_scales<Q4>(scales, c, 2 * c + here);
     const __m512i wv = weight_chunk<Q4, true>(w, c, cols);
-    const __m512i start = kSignedX ? _mm512_setzero_si512() : offset_correction(wv);
     const __m512 ws = chunk_scales<Q4>(pair, 0);
     const size_t at = Int8Activations::chunk_offset(c);
     const size_t terms = static_cast<size_t>(c / kStep) * kBlockBytes +
                          Int8Activations::kMinTermsOffset + (c % kStep) * 16;
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) {
-      sum[t][0] = chunk_product<kSignedX>(wv, start, ws, xr[t] + at, sum[t][0]);
+      sum[t][0] = chunk_product<Q4>(wv, ws, xr[t] + at, sum[t][0]);
       if constexpr (Q4) sum[t][0] = min_product(pair, xr[t] + terms, here, sum[t][0]);
     }
   }
@@ -232,7 +220,7 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
 #pragma GCC unroll 4
     for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_setzero_ps();
   for (int c = c0; c < c1; ++c) {
-    __m512i wv[kTileRows], start[kTileRows];
+    __m512i wv[kTileRows];
     __m512 ws[kTileRows];
     if (prefetch)
       for (int a = 0; a < kTileRows; ++a)
@@ -243,7 +231,6 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
 #pragma GCC unroll 4
     for (int a = 0; a < kTileRows; ++a) {
       wv[a] = weight_chunk<Q4, true>(w[a], c, cols);
-      start[a] = offset_correction(wv[a]);
       ws[a] = chunk_scales<Q4>(step_scales<Q4>(s[a], c, 2 * c + here), 0);
     }
     const size_t at = Int8Activations::chunk_offset(c);
@@ -251,7 +238,7 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
     for (int b = 0; b < RX; ++b)
 #pragma GCC unroll 4
       for (int a = 0; a < kTileRows; ++a)
-        sum[a][b] = chunk_product(wv[a], start[a], ws[a], xr[b] + at, sum[a][b]);
+        sum[a][b] = chunk_product<Q4>(wv[a], ws[a], xr[b] + at, sum[a][b]);
   }
   if constexpr (Q4) {
     // c0 starts a block (kBlockCols is a multiple of the 256-value blocks).
@@ -336,11 +323,9 @@ struct RowWriter {
   float* min_term(int g) const {
     return reinterpret_cast<float*>(row + Int8Activations::min_term_offset(g));
   }
-  // Every code of the row's blocks 128 (x̂ = 0): the padding after the last group, and the
-  // missing half of an odd last chunk. Scales and min terms stay 0.
-  void clear_codes(int blocks) const {
-    for (int c = 0; c < blocks * kStep; ++c)
-      std::fill_n(row + Int8Activations::chunk_offset(c), kChunk, uint8_t{128});
+  // Group g's 8 lane offsets (the second half of its chunk's 16).
+  int32_t* lane_offsets(int g) const {
+    return reinterpret_cast<int32_t*>(row + Int8Activations::lane_offsets_offset(g));
   }
 };
 
@@ -359,18 +344,23 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
         _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v0, inv), lo), hi));
     const __m512i q1 =
         _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, inv), lo), hi));
-    const __m512i offset = _mm512_set1_epi32(128);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i)),
-                     _mm512_cvtepi32_epi8(_mm512_add_epi32(q0, offset)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i + 16)),
-                     _mm512_cvtepi32_epi8(_mm512_add_epi32(q1, offset)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i)), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i + 16)), _mm512_cvtepi32_epi8(q1));
     std::fill_n(out.lane_scales(g), 8, scale);
     *out.min_term(g) =
         scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    // −128 · (the sum of each lane's 4 codes): the 128s against the codes, as the products do.
+    const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.code(i)));
+    const __m256i zero = _mm256_setzero_si256();
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(out.lane_offsets(g)),
+        _mm256_sub_epi32(
+            zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(static_cast<char>(0x80)), codes)));
   }
 }
 
-// Sizes out for T rows, all zeros; each row's codes are set to 128 by its quantizer (in parallel).
+// Sizes out for T rows, all zeros: the padding after a row's last group (codes, scales and min
+// terms) stays 0.
 void prepare(int T, int cols, Int8Activations* out) {
   out->T = T;
   out->cols = cols;
@@ -389,7 +379,6 @@ void quantize_activations(const float* x, int T, int cols, Int8Activations* out)
 #pragma omp parallel for if (static_cast <size_t>(T) * cols > (1 << 20))
   for (int t = 0; t < T; ++t) {
     const RowWriter row = row_writer(out, t);
-    row.clear_codes(out->blocks);
     quantize_row(x + static_cast<size_t>(t) * cols, cols, row);
   }
 }
@@ -398,7 +387,6 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
   prepare(T, cols, out);
   for (int t = 0; t < T; ++t) {
     const RowWriter row = row_writer(out, t);
-    row.clear_codes(out->blocks);
     for (int g = 0; g < groups_of(cols); ++g) {
       const float* v = x + static_cast<size_t>(t) * cols + g * kGroup;
       const int n = std::min(kGroup, cols - g * kGroup);
@@ -408,7 +396,8 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
       int sum = 0;
       for (int i = 0; i < n; ++i) {
         const int q = static_cast<int>(std::nearbyint(std::clamp(v[i] * inverse, -127.0f, 127.0f)));
-        *row.code(g * kGroup + i) = static_cast<uint8_t>(q + 128);
+        *row.code(g * kGroup + i) = static_cast<uint8_t>(static_cast<int8_t>(q));
+        row.lane_offsets(g)[i / 4] -= 128 * q;
         sum += q;
       }
       std::fill_n(row.lane_scales(g), 8, scale);
@@ -418,7 +407,12 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
 }
 
 int Int8Activations::code(int t, int i) const {
-  return row(t)[code_offset(i)] - 128;
+  return static_cast<int8_t>(row(t)[code_offset(i)]);
+}
+int Int8Activations::lane_offset(int t, int g, int j) const {
+  int32_t v;
+  std::memcpy(&v, row(t) + lane_offsets_offset(g) + j * 4, 4);
+  return v;
 }
 float Int8Activations::scale(int t, int i) const {
   float s;
