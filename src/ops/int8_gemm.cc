@@ -104,26 +104,34 @@ WHALE_VNNI_TARGET __m512 step_scales(const uint16_t* scales, int c, int groups) 
   if constexpr (Q4) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
   return _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask, p)));
 }
-// The lane scales of chunk k of a step from step_scales.
+// The weight scales of step_scales' groups in lanes 0–7 (q4: the even lanes of its pairs).
 template <bool Q4>
-WHALE_VNNI_TARGET __m512 chunk_scales(__m512 step, int k) {
-  return Q4 ? spread_pair(step, 4 * k, 4 * k + 2) : spread_pair(step, 2 * k, 2 * k + 1);
+WHALE_VNNI_TARGET __m512 group_weight_scales(__m512 step) {
+  if constexpr (Q4)
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0), step);
+  return step;
+}
+// weight scale × activation scale for `groups` groups (≤ 8) of a block, in lanes 0–7: the lane
+// scales of chunk k of the block are spread_pair(products, 2k, 2k + 1).
+WHALE_VNNI_TARGET __m512 scale_products(__m512 weight_scales, const uint8_t* group_scales,
+                                        int groups) {
+  return _mm512_mul_ps(weight_scales,
+                       _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << groups) - 1),
+                                             reinterpret_cast<const float*>(group_scales)));
 }
 
-// Σ over one chunk of one activation row (its bytes at x, Int8Activations' layout):
-// scale · (Σ w · x̂) added to sum, the weights (weight_chunk's unsigned bytes) against the signed
+// Σ over one chunk of one activation row (its codes and lane offsets at x): lane_scales ·
+// (Σ w · x̂) added to sum, the weights (weight_chunk's unsigned bytes) against the signed
 // activation codes. q8's lane sums start from the chunk's lane offsets (−128 · Σ x̂ of the lane),
 // so they come out as Σ w · x̂ exactly.
 template <bool Q4>
-WHALE_VNNI_TARGET __m512 chunk_product(__m512i weights, __m512 weight_scales, const uint8_t* x,
+WHALE_VNNI_TARGET __m512 chunk_product(__m512i weights, __m512 lane_scales, const uint8_t* x,
                                        __m512 sum) {
   const __m512i start =
       Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512(x + Int8Activations::kLaneOffsetsOffset);
   const __m512i acc = _mm512_dpbusd_epi32(start, weights, _mm512_loadu_si512(x));
-  const __m512 scale = _mm512_mul_ps(
-      weight_scales,
-      _mm512_loadu_ps(reinterpret_cast<const float*>(x + Int8Activations::kLaneScalesOffset)));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, sum);
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), lane_scales, sum);
 }
 
 // q4's min · Σ x̂ for `groups` groups (≤ 8) of a block: their (scale, min) pairs against the
@@ -158,32 +166,39 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
         reinterpret_cast<const char*>(w) + Format<Q4>::byte_of_chunk(c) + kWeightPrefetchBytes,
         _MM_HINT_T1);
     const __m512 step = step_scales<Q4>(scales, c, groups);
-    if constexpr (Q4) {
+    const __m512 weight_scales = group_weight_scales<Q4>(step);
+    __m512 products[R];
 #pragma GCC unroll 6
-      for (int t = 0; t < R; ++t)
+    for (int t = 0; t < R; ++t) {
+      products[t] =
+          scale_products(weight_scales, xr[t] + block + Int8Activations::kGroupScalesOffset, 8);
+      if constexpr (Q4)
         sum[t][0] =
             min_product(step, xr[t] + block + Int8Activations::kMinTermsOffset, 8, sum[t][0]);
     }
 #pragma GCC unroll 4
     for (int k = 0; k < kStep; ++k) {
-      const __m512 ws = chunk_scales<Q4>(step, k);
       const __m512i wv = weight_chunk<Q4, false>(w, c + k, cols);
 #pragma GCC unroll 6
       for (int t = 0; t < R; ++t)
-        sum[t][k & 1] = chunk_product<Q4>(wv, ws, xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
+        sum[t][k & 1] = chunk_product<Q4>(wv, spread_pair(products[t], 2 * k, 2 * k + 1),
+                                          xr[t] + block + k * kChunkBytes, sum[t][k & 1]);
     }
   }
   for (; c < chunks_of(cols); ++c) {
     const int here = std::min(2, groups - 2 * c);  // groups in this chunk
     const __m512 pair = step_scales<Q4>(scales, c, 2 * c + here);
     const __m512i wv = weight_chunk<Q4, true>(w, c, cols);
-    const __m512 ws = chunk_scales<Q4>(pair, 0);
+    const __m512 weight_scales = group_weight_scales<Q4>(pair);
     const size_t at = Int8Activations::chunk_offset(c);
-    const size_t terms = static_cast<size_t>(c / kStep) * kBlockBytes +
-                         Int8Activations::kMinTermsOffset + (c % kStep) * 16;
+    const size_t block = static_cast<size_t>(c / kStep) * kBlockBytes;
+    const size_t group_scales = block + Int8Activations::kGroupScalesOffset + (c % kStep) * 8;
+    const size_t terms = block + Int8Activations::kMinTermsOffset + (c % kStep) * 16;
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) {
-      sum[t][0] = chunk_product<Q4>(wv, ws, xr[t] + at, sum[t][0]);
+      const __m512 lane_scales =
+          spread_pair(scale_products(weight_scales, xr[t] + group_scales, here), 0, 1);
+      sum[t][0] = chunk_product<Q4>(wv, lane_scales, xr[t] + at, sum[t][0]);
       if constexpr (Q4) sum[t][0] = min_product(pair, xr[t] + terms, here, sum[t][0]);
     }
   }
@@ -221,7 +236,7 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
     for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_setzero_ps();
   for (int c = c0; c < c1; ++c) {
     __m512i wv[kTileRows];
-    __m512 ws[kTileRows];
+    __m512 ws[kTileRows], xs[RX];
     if (prefetch)
       for (int a = 0; a < kTileRows; ++a)
         _mm_prefetch(
@@ -231,14 +246,20 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
 #pragma GCC unroll 4
     for (int a = 0; a < kTileRows; ++a) {
       wv[a] = weight_chunk<Q4, true>(w[a], c, cols);
-      ws[a] = chunk_scales<Q4>(step_scales<Q4>(s[a], c, 2 * c + here), 0);
+      ws[a] = spread_pair(group_weight_scales<Q4>(step_scales<Q4>(s[a], c, 2 * c + here)), 0, 1);
     }
     const size_t at = Int8Activations::chunk_offset(c);
+    const size_t group_scales = static_cast<size_t>(c / kStep) * Int8Activations::kBlockBytes +
+                                Int8Activations::kGroupScalesOffset + (c % kStep) * 8;
+#pragma GCC unroll 4
+    for (int b = 0; b < RX; ++b)
+      xs[b] = spread_pair(
+          _mm512_maskz_loadu_ps(0x3, reinterpret_cast<const float*>(xr[b] + group_scales)), 0, 1);
 #pragma GCC unroll 4
     for (int b = 0; b < RX; ++b)
 #pragma GCC unroll 4
       for (int a = 0; a < kTileRows; ++a)
-        sum[a][b] = chunk_product<Q4>(wv[a], ws[a], xr[b] + at, sum[a][b]);
+        sum[a][b] = chunk_product<Q4>(wv[a], _mm512_mul_ps(ws[a], xs[b]), xr[b] + at, sum[a][b]);
   }
   if constexpr (Q4) {
     // c0 starts a block (kBlockCols is a multiple of the 256-value blocks).
@@ -317,8 +338,8 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
 struct RowWriter {
   uint8_t* row;
   uint8_t* code(int i) const { return row + Int8Activations::code_offset(i); }
-  float* lane_scales(int g) const {
-    return reinterpret_cast<float*>(row + Int8Activations::scales_offset(g));
+  float* scale(int g) const {
+    return reinterpret_cast<float*>(row + Int8Activations::scale_offset(g));
   }
   float* min_term(int g) const {
     return reinterpret_cast<float*>(row + Int8Activations::min_term_offset(g));
@@ -346,7 +367,7 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
         _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, inv), lo), hi));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i)), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i + 16)), _mm512_cvtepi32_epi8(q1));
-    std::fill_n(out.lane_scales(g), 8, scale);
+    *out.scale(g) = scale;
     *out.min_term(g) =
         scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
     // −128 · (the sum of each lane's 4 codes): the 128s against the codes, as the products do.
@@ -400,7 +421,7 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
         row.lane_offsets(g)[i / 4] -= 128 * q;
         sum += q;
       }
-      std::fill_n(row.lane_scales(g), 8, scale);
+      *row.scale(g) = scale;
       *row.min_term(g) = scale * static_cast<float>(sum);
     }
   }
@@ -416,7 +437,7 @@ int Int8Activations::lane_offset(int t, int g, int j) const {
 }
 float Int8Activations::scale(int t, int i) const {
   float s;
-  std::memcpy(&s, row(t) + scales_offset(i / kGroup), 4);
+  std::memcpy(&s, row(t) + scale_offset(i / kGroup), 4);
   return s;
 }
 float Int8Activations::min_term(int t, int g) const {
