@@ -2,7 +2,9 @@
 // architecture and weight type, and clear one-line errors for bad input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <set>
 
 #include "base/npy.h"
 #include "model/config.h"
@@ -160,6 +162,34 @@ TEST(Cli, BadInputGetsOneLineErrorAndExitCodeOne) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("model.safetensors"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(tmp / "o.npy"));
+}
+
+TEST(Cli, BenchKernelsReportsEveryFormatAndTokenCount) {
+  // Small streamed passes keep it quick; the figures only have to be measured, not fast.
+  auto r = run_whale("bench --kernels --json --stream-mib 16 --repeats 1 --threads 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_GT(j["bandwidth_gbps"].get<double>(), 0);
+  std::set<std::pair<std::string, int>> seen;
+  for (const auto& k : j["kernels"]) {
+    seen.insert({k["format"].get<std::string>(), k["rows"].get<int>()});
+    for (const char* key : {"cache_gbps", "memory_gbps", "bandwidth_gbps"}) {
+      const double v = k[key].get<double>();
+      EXPECT_TRUE(std::isfinite(v) && v > 0) << key << " " << k.dump();
+    }
+    EXPECT_NEAR(k["memory_fraction"].get<double>(),
+                k["memory_gbps"].get<double>() / k["bandwidth_gbps"].get<double>(), 1e-9);
+  }
+  for (const char* format : {"f32", "bf16", "fp8", "q8", "q4"})
+    for (int rows : {1, 2, 4}) EXPECT_TRUE(seen.count({format, rows})) << format << " " << rows;
+  EXPECT_EQ(seen.size(), 15u);
+
+  r = run_whale("bench --kernels --model /nonexistent");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("drop --model"), std::string::npos) << r.output;
+  r = run_whale("bench");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--model DIR is required"), std::string::npos) << r.output;
 }
 
 }  // namespace

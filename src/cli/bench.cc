@@ -1,6 +1,8 @@
 // whale bench: inference speed of one model on this machine — prefill, time to first token,
 // decode, peak memory, and decode against the memory-bandwidth ceiling (decode is memory-bound:
 // each token reads every weight it touches once).
+#include "cli/bench.h"
+
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -33,8 +35,8 @@ double peak_rss_mib() {
   return usage.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-// Streaming read of a buffer much larger than the caches, split over the threads; best of
-// `repeats` runs, in GB/s (1e9 bytes).
+}  // namespace
+
 double measure_bandwidth(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> buffer(n);
@@ -59,6 +61,8 @@ double measure_bandwidth(size_t bytes, int repeats) {
   return best;
 }
 
+namespace {
+
 size_t ffn_bytes(const FeedForward& f) {
   return f.gate_proj.bytes() + f.up_proj.bytes() + f.down_proj.bytes();
 }
@@ -74,6 +78,24 @@ size_t attention_bytes(const Layer& l) {
   return b;
 }
 
+// The kernel table: GB/s of weights per format and token count.
+void print_kernels(const nlohmann::json& j, bool as_json) {
+  if (as_json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("kernels            %d threads, %s; %s\n", j["threads"].get<int>(),
+              j["simd"].get<std::string>().c_str(),
+              "rows of 2048 weights dotted with 1, 2 or 4 tokens (GB/s of weights read)");
+  std::printf("%-6s %6s %18s %22s %13s\n", "format", "tokens", "in L2, 1 thread",
+              "from memory, all", "of the probe");
+  for (const auto& k : j["kernels"])
+    std::printf("%-6s %6d %13.1f GB/s %17.1f GB/s %11.0f%% (%.1f GB/s)\n",
+                k["format"].get<std::string>().c_str(), k["rows"].get<int>(),
+                k["cache_gbps"].get<double>(), k["memory_gbps"].get<double>(),
+                100 * k["memory_fraction"].get<double>(), k["bandwidth_gbps"].get<double>());
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -85,9 +107,16 @@ void add_bench_command(CLI::App& app) {
   static int threads = 0, decode_tokens = 64, decode_prompt = 128, repeats = 3;
   static std::vector<int> prompt_lengths = {128, 512};
   static std::vector<int> batch_sizes;
-  static double bandwidth_mib = 1024;
-  static bool as_json = false;
-  cmd->add_option("--model", model_dir, "Model folder")->required();
+  static double bandwidth_mib = 1024, stream_mib = 512;
+  static bool as_json = false, kernels = false;
+  cmd->add_option("--model", model_dir, "Model folder (not with --kernels)");
+  cmd->add_flag("--kernels", kernels,
+                "Instead of a model: decode's matrix-vector kernels per weight format (f32, bf16, "
+                "fp8, q8, q4) for 1, 2 and 4 tokens, in GB/s of weights — one thread with the "
+                "matrix in L2, and every thread streaming from memory against the bandwidth probe");
+  cmd->add_option("--stream-mib", stream_mib,
+                  "With --kernels: MiB of weights each streamed pass reads (default 512)")
+      ->check(CLI::Range(16.0, 65536.0));
   cmd->add_option("--threads", threads, "Worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--prompt-lengths", prompt_lengths, "Prefill prompt lengths (default 128 512)")
@@ -108,6 +137,12 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", as_json, "Print one JSON object");
   cmd->callback([] {
     if (threads > 0) omp_set_num_threads(threads);
+    if (kernels) {
+      check(model_dir.empty(), "bench: --kernels measures the kernels alone; drop --model");
+      print_kernels(bench_kernels(stream_mib, repeats), as_json);
+      return;
+    }
+    check(!model_dir.empty(), "bench: --model DIR is required (or --kernels)");
     const int used_threads = omp_get_max_threads();
     auto t0 = std::chrono::steady_clock::now();
     auto model = Model::load(model_dir);
