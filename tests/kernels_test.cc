@@ -45,8 +45,16 @@ TEST(Kernels, DotProductsMatchScalarReferences) {
     std::vector<float> halves(n);
     f16_to_f32(a_half.data(), halves.data(), n);
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(halves[i], whale::f16_to_f32(a_half[i]));
-    EXPECT_NEAR(dot_e4m3(a8.data(), b.data(), n), dot_e4m3_reference(a8.data(), b.data(), n),
-                tol * 50)
+    const float unit = 1.0f;
+    EXPECT_NEAR(dot_e4m3(a8.data(), &unit, n, b.data(), n),
+                dot_e4m3_reference(a8.data(), &unit, n, b.data(), n), tol * 50)
+        << n;
+    // 128-wide blocks with their own scales (DeepSeek-V3's layout along a row).
+    std::vector<float> block_scales((n + 127) / 128);
+    for (size_t k = 0; k < block_scales.size(); ++k) block_scales[k] = 0.25f + 0.5f * k;
+    EXPECT_NEAR(dot_e4m3(a8.data(), block_scales.data(), 128, b.data(), n),
+                dot_e4m3_reference(a8.data(), block_scales.data(), 128, b.data(), n),
+                tol * 50 * (0.25f + 0.5f * block_scales.size()))
         << n;
     std::vector<float> converted(n), y = b, y_ref = b;
     bf16_to_f32(a16.data(), converted.data(), n);
@@ -227,6 +235,29 @@ void for_every_target(const std::function<void()>& body) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
+// The fp8 kernels widen e4m3 codes by bit manipulation (kernels.cc's LoadE4M3): every one of the
+// 256 codes — zeros, subnormals, the largest, the two NaNs — must come out as the table's value.
+TEST(Kernels, EveryE4M3CodeConvertsExactly) {
+  for_every_target([] {
+    for (int code = 0; code < 256; ++code) {
+      // 37 copies: a full vector pair, a single vector and a scalar tail on AVX-512 and AVX2.
+      const size_t n = 37;
+      const std::vector<uint8_t> w(n, static_cast<uint8_t>(code));
+      const float scale = 0.5f;
+      for (size_t at : {size_t{0}, size_t{17}, size_t{36}}) {
+        std::vector<float> x(n, 0.0f);
+        x[at] = 1.0f;
+        const float got = dot_e4m3(w.data(), &scale, n, x.data(), n);
+        const float want = e4m3_to_f32(static_cast<uint8_t>(code)) * scale;
+        if (std::isnan(want))
+          EXPECT_TRUE(std::isnan(got)) << "code " << code << " at " << at;
+        else
+          EXPECT_EQ(got, want) << "code " << code << " at " << at;
+      }
+    }
+  });
+}
+
 // The SIMD exponentials of the activation and softmax against std::exp, for every target, over
 // lengths with and without a tail and arguments far into both ends of the range.
 TEST(Kernels, SiluAndShiftedExpMatchScalar) {
@@ -269,6 +300,8 @@ TEST(Kernels, MultiRowDotsAreBitIdenticalToSingleRow) {
       for (float& v : w) v += 0.3f;  // not centred, as the quantization tests do
       std::vector<uint16_t> w_bf16(n), w_f16(n);
       std::vector<uint8_t> w_e4m3(n);
+      std::vector<float> e4m3_scales((n + 63) / 64);  // blocks of 64 along the row
+      for (size_t k = 0; k < e4m3_scales.size(); ++k) e4m3_scales[k] = 1.0f / (1 + k % 3);
       for (size_t i = 0; i < n; ++i) {
         w_bf16[i] = f32_to_bf16(w[i]);
         w_f16[i] = f32_to_f16(w[i]);
@@ -305,10 +338,11 @@ TEST(Kernels, MultiRowDotsAreBitIdenticalToSingleRow) {
            [&](auto x) { return dot_f16_reference(w_f16.data(), x, n); }, 4e-5f},
           {"e4m3",
            [&](auto x, auto ldx, auto T, auto out) {
-             dot_e4m3_rows(w_e4m3.data(), x, ldx, T, n, out);
+             dot_e4m3_rows(w_e4m3.data(), e4m3_scales.data(), 64, x, ldx, T, n, out);
            },
-           [&](auto x) { return dot_e4m3(w_e4m3.data(), x, n); },
-           [&](auto x) { return dot_e4m3_reference(w_e4m3.data(), x, n); }, 2e-3f},
+           [&](auto x) { return dot_e4m3(w_e4m3.data(), e4m3_scales.data(), 64, x, n); },
+           [&](auto x) { return dot_e4m3_reference(w_e4m3.data(), e4m3_scales.data(), 64, x, n); },
+           2e-3f},
           {"q8",
            [&](auto x, auto ldx, auto T, auto out) {
              dot_q8_rows(q8.data(), q8_scales.data(), x, ldx, T, n, out);

@@ -10,8 +10,10 @@ namespace whale {
 
 float dot_f32(const float* a, const float* b, size_t n);
 float dot_bf16(const uint16_t* w, const float* x, size_t n);  // w bf16
-float dot_e4m3(const uint8_t* w, const float* x, size_t n);   // w fp8 e4m3 codes (unscaled)
-float dot_f16(const uint16_t* w, const float* x, size_t n);   // w IEEE half
+// w fp8 e4m3 codes with one scale per `block` codes (DeepSeek-V3's 128-wide blocks along a row):
+// Σ_b block_scales[b] · Σ_{i in block b} w[i] · x[i].
+float dot_e4m3(const uint8_t* w, const float* block_scales, size_t block, const float* x, size_t n);
+float dot_f16(const uint16_t* w, const float* x, size_t n);  // w IEEE half
 void bf16_to_f32(const uint16_t* in, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
@@ -50,7 +52,8 @@ constexpr size_t kWeightPrefetchBytes = 4096;
 void dot_f32_rows(const float* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
 void dot_bf16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
 void dot_f16_rows(const uint16_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
-void dot_e4m3_rows(const uint8_t* w, const float* x, size_t ldx, size_t T, size_t n, float* out);
+void dot_e4m3_rows(const uint8_t* w, const float* block_scales, size_t block, const float* x,
+                   size_t ldx, size_t T, size_t n, float* out);
 void dot_q8_rows(const int8_t* codes, const uint16_t* scales, const float* x, size_t ldx, size_t T,
                  size_t n, float* out);
 void dot_q4_rows(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t ldx,
@@ -58,7 +61,8 @@ void dot_q4_rows(const uint8_t* packed, const uint16_t* scale_min, const float* 
 
 float dot_f32_reference(const float* a, const float* b, size_t n);
 float dot_bf16_reference(const uint16_t* w, const float* x, size_t n);
-float dot_e4m3_reference(const uint8_t* w, const float* x, size_t n);
+float dot_e4m3_reference(const uint8_t* w, const float* block_scales, size_t block, const float* x,
+                         size_t n);
 float dot_f16_reference(const uint16_t* w, const float* x, size_t n);
 float dot_q8_reference(const int8_t* codes, const uint16_t* scales, const float* x, size_t n);
 float dot_q4_reference(const uint8_t* packed, const uint16_t* scale_min, const float* x, size_t n);

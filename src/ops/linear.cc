@@ -44,8 +44,7 @@ void Linear::row_to_f32(int r, float* out) const {
       break;
     case DType::F8_E4M3: {
       const uint8_t* w = data + offset;
-      const float* scales =
-          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+      const float* scales = row_block_scales(r);
       for (int c = 0; c < cols; ++c) out[c] = kE4M3ToF32[w[c]] * scales[c / block_cols];
       break;
     }
@@ -69,17 +68,8 @@ float Linear::row_dot(int r, const float* x) const {
       return dot_bf16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
     case DType::F16:
       return dot_f16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
-    case DType::F8_E4M3: {
-      const uint8_t* w = data + offset;
-      const float* scales =
-          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
-      float sum = 0;
-      for (int c = 0, b = 0; c < cols; c += block_cols, ++b) {
-        int len = cols - c < block_cols ? cols - c : block_cols;
-        sum += scales[b] * dot_e4m3(w + c, x + c, len);
-      }
-      return sum;
-    }
+    case DType::F8_E4M3:
+      return dot_e4m3(data + offset, row_block_scales(r), block_cols, x, cols);
     default:
       return 0;
   }
@@ -104,24 +94,9 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
     case DType::F16:
       dot_f16_rows(reinterpret_cast<const uint16_t*>(data) + offset, x, ldx, T, n, out);
       return;
-    case DType::F8_E4M3: {
-      // As row_dot: Σ over blocks of scale · (block's dot), for up to 8 rows of x at a time.
-      const uint8_t* w = data + offset;
-      const float* scales =
-          block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
-      constexpr int kChunk = 8;
-      for (int t0 = 0; t0 < T; t0 += kChunk) {
-        const int m = std::min(kChunk, T - t0);
-        float sum[kChunk] = {}, part[kChunk];
-        for (int c = 0, b = 0; c < cols; c += block_cols, ++b) {
-          int len = cols - c < block_cols ? cols - c : block_cols;
-          dot_e4m3_rows(w + c, x + static_cast<size_t>(t0) * ldx + c, ldx, m, len, part);
-          for (int t = 0; t < m; ++t) sum[t] += scales[b] * part[t];
-        }
-        std::copy_n(sum, m, out + t0);
-      }
+    case DType::F8_E4M3:
+      dot_e4m3_rows(data + offset, row_block_scales(r), block_cols, x, ldx, T, n, out);
       return;
-    }
     default:
       std::fill_n(out, T, 0.0f);
   }

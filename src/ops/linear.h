@@ -26,6 +26,10 @@ struct Linear {
   const uint16_t* qscale = nullptr;
 
   bool empty() const { return data == nullptr; }
+  // fp8: the scales of row r's blocks along the row (ceil(cols / block_cols) of them).
+  const float* row_block_scales(int r) const {
+    return block_scale.data() + (r / block_rows) * ((cols + block_cols - 1) / block_cols);
+  }
   bool quantized() const { return dtype == DType::I8 || dtype == DType::U8; }
   size_t groups() const { return (static_cast<size_t>(cols) + 31) / 32; }
   // Bytes of one row's codes: cols (q8), groups · 16 (q4), cols · element size otherwise.
