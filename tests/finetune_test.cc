@@ -1,7 +1,6 @@
 // Fine-tuning objectives (rl/sft.h, rl/dpo.h): each loss's gradient against central differences,
 // the loss values against direct computations from the logits, and the loops end to end.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -148,8 +147,8 @@ TEST(Dpo, LossAndGradientMatchTheirDefinition) {
 // The R1 recipe's data path: sample → keep correct → SFT, and pairs → DPO, through the CLI.
 TEST(FinetuneCli, SampleSftAndDpoRunEndToEnd) {
   namespace fs = std::filesystem;
-  const std::string dir = ::testing::TempDir() + "/whale_finetune_cli_" + std::to_string(getpid());
-  fs::remove_all(dir);
+  const testing::TempDir tmp;  // removed at the end, pass or fail
+  const std::string dir = tmp.path.string();
   fs::create_directories(dir + "/model");
   ModelConfig c = preset_config("tiny");
   c.vocab_size = kByteVocabSize;
@@ -200,9 +199,10 @@ namespace {
 // names (the accuracy figures themselves are the demos' business, not a unit test's).
 TEST(Demo, R1ZeroAndR1WriteTheirReports) {
   namespace fs = std::filesystem;
-  // Own folder per process: two checkouts may run this test at once.
-  const std::string dir = ::testing::TempDir() + "/whale_demos_" + std::to_string(getpid());
-  fs::remove_all(dir);
+  // Own folder (mkdtemp: two checkouts may run this test at once), removed at the end: the demos
+  // write ~250 MB.
+  const testing::TempDir tmp;
+  const std::string dir = tmp.path.string();
   auto r = testing::run_whale("demo r1-zero --budget 0.01 --out " + dir + "/r1-zero");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto s = nlohmann::json::parse(read_file(dir + "/r1-zero/summary.json"));
