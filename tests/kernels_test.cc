@@ -255,6 +255,20 @@ TEST(Kernels, EveryE4M3CodeConvertsExactly) {
           EXPECT_EQ(got, want) << "code " << code << " at " << at;
       }
     }
+    // Prefill's row conversion: all 256 codes in one row of blocks of 40 (full vectors, and
+    // short ends on every target), each block its own scale.
+    std::vector<uint8_t> row(256 + 7);
+    for (size_t i = 0; i < row.size(); ++i) row[i] = static_cast<uint8_t>(i * 97 % 256);
+    std::vector<float> scales((row.size() + 39) / 40), out(row.size());
+    for (size_t b = 0; b < scales.size(); ++b) scales[b] = 0.125f * static_cast<float>(b + 1);
+    e4m3_to_f32(row.data(), scales.data(), 40, out.data(), row.size());
+    for (size_t i = 0; i < row.size(); ++i) {
+      const float want = e4m3_to_f32(row[i]) * scales[i / 40];
+      if (std::isnan(want))
+        EXPECT_TRUE(std::isnan(out[i])) << i;
+      else
+        EXPECT_EQ(out[i], want) << "code " << int{row[i]} << " at " << i;
+    }
   });
 }
 

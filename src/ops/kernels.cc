@@ -244,6 +244,22 @@ HWY_INLINE void DotE4M3Rows(const uint8_t* w, const float* scales, size_t block,
   });
 }
 
+// A row of e4m3 codes → f32 with its block scales (prefill's dequantized tiles).
+void E4M3ToF32(const uint8_t* w, const float* scales, size_t block, float* out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t c = 0, b = 0; c < n; c += block, ++b) {
+    const size_t len = n - c < block ? n - c : block;
+    const auto scale = hn::Set(d, scales[b] * 256.0f);
+    size_t i = 0;
+    for (; i + N <= len; i += N) hn::StoreU(hn::Mul(LoadE4M3(d, w + c + i), scale), d, out + c + i);
+    for (; i < len; ++i) out[c + i] = kE4M3ToF32[w[c + i]] * scales[b];
+  }
+  if (HasE4M3Nan(w, n))  // LoadE4M3 reads the NaN codes as numbers
+    for (size_t i = 0; i < n; ++i)
+      if ((w[i] & 0x7F) == 0x7F) out[i] = kE4M3ToF32[w[i]];
+}
+
 // Quantized rows. At most 16 f32 lanes, so a lane count always divides a group (32) and a q4
 // half-group (16). Scales are converted a chunk of groups at a time with the f16 promotion.
 using QTag = hn::CappedTag<float, 16>;
@@ -631,6 +647,7 @@ HWY_EXPORT(DotF32);
 HWY_EXPORT(DotBf16);
 HWY_EXPORT(DotE4M3);
 HWY_EXPORT(Bf16ToF32);
+HWY_EXPORT(E4M3ToF32);
 HWY_EXPORT(Axpy);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(ExpShifted);
@@ -724,6 +741,9 @@ float dot_bf16(const uint16_t* w, const float* x, size_t n) {
 float dot_e4m3(const uint8_t* w, const float* block_scales, size_t block, const float* x,
                size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotE4M3)(w, block_scales, block, x, n);
+}
+void e4m3_to_f32(const uint8_t* w, const float* block_scales, size_t block, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(E4M3ToF32)(w, block_scales, block, out, n);
 }
 void bf16_to_f32(const uint16_t* in, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(Bf16ToF32)(in, out, n);

@@ -15,6 +15,8 @@ float dot_bf16(const uint16_t* w, const float* x, size_t n);  // w bf16
 float dot_e4m3(const uint8_t* w, const float* block_scales, size_t block, const float* x, size_t n);
 float dot_f16(const uint16_t* w, const float* x, size_t n);  // w IEEE half
 void bf16_to_f32(const uint16_t* in, float* out, size_t n);
+// out[i] = e4m3 code w[i] · block_scales[i / block] (NaN codes give NaN).
+void e4m3_to_f32(const uint8_t* w, const float* block_scales, size_t block, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
 // gate[i] = silu(gate[i]) · up[i], and x[i] = e^(x[i] - shift) returning Σ x[i] (e^-inf = 0):

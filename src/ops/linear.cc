@@ -42,12 +42,9 @@ void Linear::row_to_f32(int r, float* out) const {
     case DType::F16:
       f16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
       break;
-    case DType::F8_E4M3: {
-      const uint8_t* w = data + offset;
-      const float* scales = row_block_scales(r);
-      for (int c = 0; c < cols; ++c) out[c] = kE4M3ToF32[w[c]] * scales[c / block_cols];
+    case DType::F8_E4M3:
+      e4m3_to_f32(data + offset, row_block_scales(r), block_cols, out, cols);
       break;
-    }
     default:
       break;
   }
