@@ -172,7 +172,7 @@ TEST(Cli, BenchKernelsReportsEveryFormatAndTokenCount) {
   EXPECT_GT(j["bandwidth_gbps"].get<double>(), 0);
   std::set<std::pair<std::string, int>> seen;
   for (const auto& k : j["kernels"]) {
-    seen.insert({k["format"].get<std::string>(), k["rows"].get<int>()});
+    seen.insert({k["format"].get<std::string>(), k["tokens"].get<int>()});
     for (const char* key : {"cache_gbps", "memory_gbps", "bandwidth_gbps"}) {
       const double v = k[key].get<double>();
       EXPECT_TRUE(std::isfinite(v) && v > 0) << key << " " << k.dump();
@@ -181,12 +181,17 @@ TEST(Cli, BenchKernelsReportsEveryFormatAndTokenCount) {
                 k["memory_gbps"].get<double>() / k["bandwidth_gbps"].get<double>(), 1e-9);
   }
   for (const char* format : {"f32", "bf16", "fp8", "q8", "q4"})
-    for (int rows : {1, 2, 4}) EXPECT_TRUE(seen.count({format, rows})) << format << " " << rows;
+    for (int tokens : {1, 2, 4})
+      EXPECT_TRUE(seen.count({format, tokens})) << format << " " << tokens;
   EXPECT_EQ(seen.size(), 15u);
 
-  r = run_whale("bench --kernels --model /nonexistent");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.output.find("drop --model"), std::string::npos) << r.output;
+  // Options of a model's benchmark are errors with --kernels, and --stream-mib without it.
+  for (const char* bad : {"bench --kernels --model /nonexistent", "bench --kernels --batch 4",
+                          "bench --model /nonexistent --stream-mib 64"}) {
+    r = run_whale(bad);
+    EXPECT_NE(r.exit_code, 0) << bad;
+    EXPECT_NE(r.output.find("--"), std::string::npos) << bad << "\n" << r.output;
+  }
   r = run_whale("bench");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("--model DIR is required"), std::string::npos) << r.output;

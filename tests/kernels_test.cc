@@ -240,8 +240,9 @@ void for_every_target(const std::function<void()>& body) {
 TEST(Kernels, EveryE4M3CodeConvertsExactly) {
   for_every_target([] {
     for (int code = 0; code < 256; ++code) {
-      // 37 copies: a full vector pair, a single vector and a scalar tail on AVX-512 and AVX2.
-      const size_t n = 37;
+      // 61 copies: pairs of vectors, a single vector and a scalar tail on every target (16, 8
+      // and 4 lanes: 32 + 16 + 13, 48 + 8 + 5, 56 + 4 + 1).
+      const size_t n = 61;
       const std::vector<uint8_t> w(n, static_cast<uint8_t>(code));
       const float scale = 0.5f;
       for (size_t at : {size_t{0}, size_t{17}, size_t{36}}) {
@@ -255,6 +256,23 @@ TEST(Kernels, EveryE4M3CodeConvertsExactly) {
           EXPECT_EQ(got, want) << "code " << code << " at " << at;
       }
     }
+    // One NaN code among ordinary ones makes the row NaN wherever it is (the NaN scan's vector
+    // loop and its tail; the dot's vector and scalar parts), and only then.
+    const size_t n = 200;
+    std::vector<uint8_t> w(n, 0x38);  // 1.0
+    const std::vector<float> x(n, 0.5f);
+    const float unit = 1.0f;
+    EXPECT_EQ(dot_e4m3(w.data(), &unit, n, x.data(), n), 100.0f);
+    for (size_t at : {size_t{0}, size_t{70}, size_t{190}, size_t{199}})
+      for (uint8_t code : {uint8_t{0x7F}, uint8_t{0xFF}}) {
+        std::vector<uint8_t> v = w;
+        v[at] = code;
+        EXPECT_TRUE(std::isnan(dot_e4m3(v.data(), &unit, n, x.data(), n))) << at;
+        float out[3];
+        std::vector<float> xs(3 * n, 0.5f);
+        dot_e4m3_rows(v.data(), &unit, n, xs.data(), n, 3, n, out);
+        for (float o : out) EXPECT_TRUE(std::isnan(o)) << at;
+      }
     // Prefill's row conversion: all 256 codes in one row of blocks of 40 (full vectors, and
     // short ends on every target), each block its own scale.
     std::vector<uint8_t> row(256 + 7);

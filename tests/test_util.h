@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,9 @@ struct TempDir {
   std::filesystem::path path;
   TempDir() {
     char tmpl[] = "/tmp/whale-test-XXXXXX";
-    path = mkdtemp(tmpl);
+    const char* made = mkdtemp(tmpl);
+    if (!made) throw std::runtime_error("mkdtemp failed for /tmp/whale-test-XXXXXX");
+    path = made;
   }
   ~TempDir() { std::filesystem::remove_all(path); }
   std::string operator/(const std::string& name) const { return (path / name).string(); }

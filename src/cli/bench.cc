@@ -91,7 +91,7 @@ void print_kernels(const nlohmann::json& j, bool as_json) {
               "from memory, all", "of the probe");
   for (const auto& k : j["kernels"])
     std::printf("%-6s %6d %13.1f GB/s %17.1f GB/s %11.0f%% (%.1f GB/s)\n",
-                k["format"].get<std::string>().c_str(), k["rows"].get<int>(),
+                k["format"].get<std::string>().c_str(), k["tokens"].get<int>(),
                 k["cache_gbps"].get<double>(), k["memory_gbps"].get<double>(),
                 100 * k["memory_fraction"].get<double>(), k["bandwidth_gbps"].get<double>());
 }
@@ -109,14 +109,16 @@ void add_bench_command(CLI::App& app) {
   static std::vector<int> batch_sizes;
   static double bandwidth_mib = 1024, stream_mib = 512;
   static bool as_json = false, kernels = false;
-  cmd->add_option("--model", model_dir, "Model folder (not with --kernels)");
-  cmd->add_flag("--kernels", kernels,
-                "Instead of a model: decode's matrix-vector kernels per weight format (f32, bf16, "
-                "fp8, q8, q4) for 1, 2 and 4 tokens, in GB/s of weights — one thread with the "
-                "matrix in L2, and every thread streaming from memory against the bandwidth probe");
+  auto* model_option = cmd->add_option("--model", model_dir, "Model folder (not with --kernels)");
+  auto* kernels_flag = cmd->add_flag(
+      "--kernels", kernels,
+      "Instead of a model: decode's matrix-vector kernels per weight format (f32, bf16, "
+      "fp8, q8, q4) for 1, 2 and 4 tokens, in GB/s of weights — one thread with the "
+      "matrix in L2, and every thread streaming from memory against the bandwidth probe");
   cmd->add_option("--stream-mib", stream_mib,
                   "With --kernels: MiB of weights each streamed pass reads (default 512)")
-      ->check(CLI::Range(16.0, 65536.0));
+      ->check(CLI::Range(16.0, 65536.0))
+      ->needs(kernels_flag);
   cmd->add_option("--threads", threads, "Worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--prompt-lengths", prompt_lengths, "Prefill prompt lengths (default 128 512)")
@@ -127,7 +129,8 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--bandwidth-mib", bandwidth_mib, "Buffer of the bandwidth test (default 1024)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--repeats", repeats, "Best of this many bandwidth runs (default 3)")
+  cmd->add_option("--repeats", repeats,
+                  "Best of this many bandwidth runs (with --kernels: streamed passes; default 3)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", batch_sizes,
                   "Also decode N sequences together (as a server's continuous batch does), e.g. "
@@ -135,10 +138,14 @@ void add_bench_command(CLI::App& app) {
       ->delimiter(',')
       ->check(CLI::Range(1, 256));
   cmd->add_flag("--json", as_json, "Print one JSON object");
+  // What only a model's benchmark uses is an error with --kernels, not silently ignored.
+  for (const char* name :
+       {"--prompt-lengths", "--decode-tokens", "--decode-prompt", "--bandwidth-mib", "--batch"})
+    kernels_flag->excludes(cmd->get_option(name));
+  kernels_flag->excludes(model_option);
   cmd->callback([] {
     if (threads > 0) omp_set_num_threads(threads);
     if (kernels) {
-      check(model_dir.empty(), "bench: --kernels measures the kernels alone; drop --model");
       print_kernels(bench_kernels(stream_mib, repeats), as_json);
       return;
     }

@@ -14,8 +14,9 @@ double measure_bandwidth(size_t bytes, int repeats);
 // 512 KiB matrix that stays in L2 (what the arithmetic allows) and on every thread over
 // `stream_mib` MiB of 2816 × 2048 matrices read from memory (what decode gets), the latter also
 // as a fraction of the streaming-read probe measured right after it. Returns {"threads", "simd",
-// "bandwidth_gbps", "kernels": [{"format", "rows", "cache_gbps", "memory_gbps",
-// "memory_fraction"}, …]}; GB/s count the weight bytes read (codes and scales).
+// "bandwidth_gbps", "kernels": [{"format", "tokens", "cache_gbps", "memory_gbps",
+// "memory_fraction", "bandwidth_gbps"}, …]}; GB/s count the weight bytes read (codes and
+// scales).
 nlohmann::json bench_kernels(double stream_mib, int repeats);
 
 }  // namespace whale

@@ -156,7 +156,7 @@ nlohmann::json bench_kernels(double stream_mib, int repeats) {
       bandwidth =
           measure_bandwidth(static_cast<size_t>(std::max(256.0, stream_mib) * (1 << 20) / 2), 2);
       rows.push_back({{"format", f.name},
-                      {"rows", T},
+                      {"tokens", T},
                       {"cache_gbps", cache},
                       {"memory_gbps", memory},
                       {"memory_fraction", memory / bandwidth},

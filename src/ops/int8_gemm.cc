@@ -191,9 +191,9 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
     const __m512i wv = weight_chunk<Q4, true>(w, c, cols);
     const __m512 weight_scales = group_weight_scales<Q4>(pair);
     const size_t at = Int8Activations::chunk_offset(c);
-    const size_t block = static_cast<size_t>(c / kStep) * kBlockBytes;
-    const size_t group_scales = block + Int8Activations::kGroupScalesOffset + (c % kStep) * 8;
-    const size_t terms = block + Int8Activations::kMinTermsOffset + (c % kStep) * 16;
+    const size_t group_scales = Int8Activations::scale_offset(2 * c);
+    const size_t terms = static_cast<size_t>(c / kStep) * kBlockBytes +
+                         Int8Activations::kMinTermsOffset + (c % kStep) * 16;
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) {
       const __m512 lane_scales =
@@ -249,8 +249,7 @@ WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
       ws[a] = spread_pair(group_weight_scales<Q4>(step_scales<Q4>(s[a], c, 2 * c + here)), 0, 1);
     }
     const size_t at = Int8Activations::chunk_offset(c);
-    const size_t group_scales = static_cast<size_t>(c / kStep) * Int8Activations::kBlockBytes +
-                                Int8Activations::kGroupScalesOffset + (c % kStep) * 8;
+    const size_t group_scales = Int8Activations::scale_offset(2 * c);
 #pragma GCC unroll 4
     for (int b = 0; b < RX; ++b)
       xs[b] = spread_pair(
@@ -333,8 +332,8 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
                  [&](int r0, int r1) { panel<Q4>(w, scales, cols, r0, r1, xq, y, ldy); });
 }
 
-// Where the quantizers write: value i's code, group g's lane scales and min term, in a row of the
-// activations.
+// Where the quantizers write: value i's code, group g's scale, min term and lane offsets, in a row
+// of the activations.
 struct RowWriter {
   uint8_t* row;
   uint8_t* code(int i) const { return row + Int8Activations::code_offset(i); }
@@ -380,8 +379,8 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
   }
 }
 
-// Sizes out for T rows, all zeros: the padding after a row's last group (codes, scales and min
-// terms) stays 0.
+// Sizes out for T rows, all zeros: the padding after a row's last group (codes, lane offsets,
+// scales and min terms) stays 0, which the kernels rely on.
 void prepare(int T, int cols, Int8Activations* out) {
   out->T = T;
   out->cols = cols;

@@ -4,8 +4,9 @@
 // instruction multiplies 64 unsigned × signed byte pairs and adds them in fours into 16 int32
 // sums, so a 64-weight chunk — two groups — takes one instruction per activation row, where
 // widening the weights to f32 takes a dozen. Per chunk and row the two groups' integer sums are
-// converted and added with one FMA by their (weight scale × activation scale), the products of 8
-// groups formed once per 256 values and spread to the lanes by one permute.
+// converted and added with one FMA by their (weight scale × activation scale): decode's row dots
+// form the products of 8 groups once per 256 values and spread them to the lanes by a permute,
+// prefill's tiles multiply the two spread scales per chunk and pair of rows.
 //
 // vpdpbusd's unsigned operand is the weights, its signed one the activation codes. q4's nibbles
 // (0–15) are unsigned already; their minimum contributes min · Σ x̂ per group, from the
@@ -36,10 +37,11 @@ namespace whale {
 //   64 codes         signed bytes
 //   16 lane offsets  −128 · the sum of each int32 lane's 4 codes (vpdpbusd adds 4 products per
 //                    lane; lanes 0–7 are group 2c's, 8–15 group 2c + 1's): q8's sums start there
-// then the block's 8 group scales (f32, and 8 zeros), and 16 min terms: per group the pair
-// (0, scale · Σ codes), which multiplied with the 8 groups' (scale, min) pairs of a q4 row gives
-// min · Σ x̂ in the odd lanes and 0 in the even ones. The kernels keep one pointer per activation
-// row; 4 rows of 2048 values (20 KiB) stay in L1 beside the weights.
+// then the block's 8 group scales (f32, and 8 unused zeros that keep a block 640 bytes, ten cache
+// lines), and 16 min terms: per group the pair (0, scale · Σ codes), which multiplied with the 8
+// groups' (scale, min) pairs of a q4 row gives min · Σ x̂ in the odd lanes and 0 in the even ones.
+// The kernels keep one pointer per activation row; decode's passes of up to 6 rows of 2048 values
+// take 30 KiB, about a Zen 4 core's L1 (32 KiB).
 struct Int8Activations {
   static constexpr int kLaneOffsetsOffset = 64;
   static constexpr int kChunkBytes = 64 + 16 * 4;

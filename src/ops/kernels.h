@@ -11,7 +11,8 @@ namespace whale {
 float dot_f32(const float* a, const float* b, size_t n);
 float dot_bf16(const uint16_t* w, const float* x, size_t n);  // w bf16
 // w fp8 e4m3 codes with one scale per `block` codes (DeepSeek-V3's 128-wide blocks along a row):
-// Σ_b block_scales[b] · Σ_{i in block b} w[i] · x[i].
+// Σ_b block_scales[b] · Σ_{i in block b} w[i] · x[i]; NaN if any code is a NaN (0x7F, 0xFF), as
+// the sum would be.
 float dot_e4m3(const uint8_t* w, const float* block_scales, size_t block, const float* x, size_t n);
 float dot_f16(const uint16_t* w, const float* x, size_t n);  // w IEEE half
 void bf16_to_f32(const uint16_t* in, float* out, size_t n);

@@ -206,8 +206,7 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
           std::memcpy(&b, w.data + i * 2, 2);
           v = w.dtype == DType::BF16 ? bf16_to_f32(b) : whale::f16_to_f32(b);
         } else {
-          int nb = (w.cols + w.block_cols - 1) / w.block_cols;
-          v = e4m3_to_f32(w.data[i]) * w.block_scale[(r / w.block_rows) * nb + c / w.block_cols];
+          v = e4m3_to_f32(w.data[i]) * w.row_block_scales(r)[c / w.block_cols];
         }
         sum += static_cast<double>(v) * x[static_cast<size_t>(t) * w.cols + c];
       }
