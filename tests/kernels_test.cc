@@ -224,6 +224,44 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
   set_exact_activations(true);
 }
 
+// fp8 weights of many rows: with AVX512-BF16 (the default) each weight × its block scale rounded
+// to bf16 and x rounded to bf16 (e4m3_gemm: 2⁻⁹ of a product each), in exact mode widened tiles
+// by sgemm; blocks of 128 × 128 with their own scales, shapes crossing row and column blocks.
+TEST(Kernels, LinearForwardManyRowsOfFp8) {
+  std::mt19937 rng(5);
+  for (bool fast : {false, true})
+    for (int T : {kGemmMinTokens, 19, 70}) {
+      set_exact_activations(!fast);
+      const int rows = 150, cols = 301;
+      const auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
+      std::vector<uint8_t> codes(w.size());
+      Linear lin;
+      lin.dtype = DType::F8_E4M3;
+      lin.rows = rows;
+      lin.cols = cols;
+      for (int i = 0; i < 2 * 3; ++i) lin.block_scale.push_back(0.01f * (i + 1));
+      for (size_t i = 0; i < w.size(); ++i) codes[i] = f32_to_e4m3(w[i] * 100);
+      lin.data = codes.data();
+      std::vector<float> dequantized(cols);
+      auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+      std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
+      linear_forward(lin, x.data(), T, y.data());
+      linear_forward_reference(lin, x.data(), T, y_ref.data());
+      for (int r = 0; r < rows; ++r) {
+        lin.row_to_f32(r, dequantized.data());
+        for (int t = 0; t < T; ++t) {
+          const size_t i = static_cast<size_t>(t) * rows + r;
+          float scale = 0;
+          for (int c = 0; c < cols; ++c)
+            scale += std::fabs(dequantized[c] * x[static_cast<size_t>(t) * cols + c]);
+          ASSERT_NEAR(y[i], y_ref[i], (fast ? scale / 256 : scale * 1e-6f) + 1e-5f)
+              << "fast " << fast << " T " << T << " at " << t << "," << r;
+        }
+      }
+    }
+  set_exact_activations(true);
+}
+
 // Runs body once per instruction set compiled in and supported here (AVX-512, AVX2, SSE4, ...),
 // so the kernels of every target are held to the same rules, then restores the dispatcher.
 void for_every_target(const std::function<void()>& body) {

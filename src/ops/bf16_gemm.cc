@@ -163,6 +163,30 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
                  [&](int r0, int r1) { panel(w, cols, r0, r1, xb.data(), ldx, T, y, ldy); });
 }
 
+void e4m3_gemm(const uint8_t* w, const float* block_scale, int block_rows, int block_cols, int rows,
+               int cols, const float* x, int T, float* y, int ldy) {
+  const int ldx = bf16_row_stride(cols);
+  std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
+  round_to_bf16(x, T, cols, ldx, xb.data());
+  const size_t blocks_per_row = (cols + block_cols - 1) / block_cols;
+  for_each_panel(
+      rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows, [&](int r0, int r1) {
+        // The panel's rows in bf16, cols apart (panel's layout); each row through a
+        // padded f32 and bf16 buffer (round_to_bf16 writes whole vectors).
+        std::vector<uint16_t> tile(static_cast<size_t>(r1 - r0) * cols);
+        std::vector<float> row(ldx, 0.0f);
+        std::vector<uint16_t> rounded(ldx);
+        for (int r = r0; r < r1; ++r) {
+          e4m3_to_f32(w + static_cast<size_t>(r) * cols,
+                      block_scale + (r / block_rows) * blocks_per_row, block_cols, row.data(),
+                      cols);
+          round_to_bf16(row.data(), 1, cols, ldx, rounded.data());
+          std::copy_n(rounded.data(), cols, tile.data() + static_cast<size_t>(r - r0) * cols);
+        }
+        panel(tile.data(), cols, 0, r1 - r0, xb.data(), ldx, T, y + r0, ldy);
+      });
+}
+
 int bf16_row_stride(int cols) {
   return (cols + kBf16PerVector - 1) / kBf16PerVector * kBf16PerVector;
 }

@@ -28,6 +28,13 @@ int bf16_row_stride(int cols);
 void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb);
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out);
 
+// fp8 e4m3 weights (w [rows, cols] codes, block_scale [ceil(rows / block_rows), ceil(cols /
+// block_cols)] as Linear keeps them) by the same tiles: each panel's rows first widened, multiplied
+// by their block scales and rounded to bf16 — DeepSeek's fp8_cast_bf16 arithmetic, 2⁻⁹ of a
+// weight — then as bf16_gemm (x rounded to bf16 once). Prefill of fp8 checkpoints.
+void e4m3_gemm(const uint8_t* w, const float* block_scale, int block_rows, int block_cols, int rows,
+               int cols, const float* x, int T, float* y, int ldy);
+
 // The same products summed in double, row by row (x rounded to bf16 the same way).
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,
                          int ldy);

@@ -160,6 +160,10 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     bf16_gemm(reinterpret_cast<const uint16_t*>(w.data), rows, cols, x, T, y, rows);
     return;
   }
+  if (w.dtype == DType::F8_E4M3 && use_bf16_gemm()) {
+    e4m3_gemm(w.data, w.block_scale.data(), w.block_rows, w.block_cols, rows, cols, x, T, y, rows);
+    return;
+  }
   if (w.dtype == DType::I8 && use_vnni()) {
     q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows);
     return;
