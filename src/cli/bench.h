@@ -1,9 +1,14 @@
 // What `whale bench` (cli/bench.cc) and `whale bench --kernels` (cli/bench_kernels.cc) share.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <nlohmann/json.hpp>
 
 namespace whale {
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 // Streaming read of a buffer much larger than the caches, split over the threads; best of
 // `repeats` runs, in GB/s (1e9 bytes): the ceiling decode's weight reads are held against.

@@ -33,10 +33,6 @@ constexpr Format kFormats[] = {{"f32", DType::F32},
                                {"q8", DType::I8},
                                {"q4", DType::U8}};
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // `count` matrices of rows × kCols in one format, random codes, as Linear views over storage
 // owned here.
 struct Matrices {

@@ -163,12 +163,10 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
                  [&](int r0, int r1) { panel(w, cols, r0, r1, xb.data(), ldx, T, y, ldy); });
 }
 
-void e4m3_gemm(const uint8_t* w, const float* block_scale, int block_rows, int block_cols, int rows,
-               int cols, const float* x, int T, float* y, int ldy) {
-  const int ldx = bf16_row_stride(cols);
+void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
+  const int rows = w.rows, cols = w.cols, ldx = bf16_row_stride(cols);
   std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
   round_to_bf16(x, T, cols, ldx, xb.data());
-  const size_t blocks_per_row = (cols + block_cols - 1) / block_cols;
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows, [&](int r0, int r1) {
         // The panel's rows in bf16, cols apart (panel's layout); each row through a
@@ -177,9 +175,7 @@ void e4m3_gemm(const uint8_t* w, const float* block_scale, int block_rows, int b
         std::vector<float> row(ldx, 0.0f);
         std::vector<uint16_t> rounded(ldx);
         for (int r = r0; r < r1; ++r) {
-          e4m3_to_f32(w + static_cast<size_t>(r) * cols,
-                      block_scale + (r / block_rows) * blocks_per_row, block_cols, row.data(),
-                      cols);
+          w.row_to_f32(r, row.data());
           round_to_bf16(row.data(), 1, cols, ldx, rounded.data());
           std::copy_n(rounded.data(), cols, tile.data() + static_cast<size_t>(r - r0) * cols);
         }

@@ -10,6 +10,8 @@
 
 namespace whale {
 
+struct Linear;
+
 // Whether the CPU has it and the path is on: ops/precision.h (bf16_gemm_available(),
 // use_bf16_gemm()).
 
@@ -28,12 +30,11 @@ int bf16_row_stride(int cols);
 void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb);
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out);
 
-// fp8 e4m3 weights (w [rows, cols] codes, block_scale [ceil(rows / block_rows), ceil(cols /
-// block_cols)] as Linear keeps them) by the same tiles: each panel's rows first widened, multiplied
-// by their block scales and rounded to bf16 — DeepSeek's fp8_cast_bf16 arithmetic, 2⁻⁹ of a
-// weight — then as bf16_gemm (x rounded to bf16 once). Prefill of fp8 checkpoints.
-void e4m3_gemm(const uint8_t* w, const float* block_scale, int block_rows, int block_cols, int rows,
-               int cols, const float* x, int T, float* y, int ldy);
+// An fp8 e4m3 Linear (codes with 128 × 128 block scales) by the same tiles: each panel's rows
+// first widened by Linear::row_to_f32 (block scales applied) and rounded to bf16 — DeepSeek's
+// fp8_cast_bf16 arithmetic, 2⁻⁹ of a weight — then as bf16_gemm (x [T, w.cols] rounded to bf16
+// once). Prefill of fp8 checkpoints.
+void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy);
 
 // The same products summed in double, row by row (x rounded to bf16 the same way).
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,

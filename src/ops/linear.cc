@@ -161,7 +161,7 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     return;
   }
   if (w.dtype == DType::F8_E4M3 && use_bf16_gemm()) {
-    e4m3_gemm(w.data, w.block_scale.data(), w.block_rows, w.block_cols, rows, cols, x, T, y, rows);
+    e4m3_gemm(w, x, T, y, rows);
     return;
   }
   if (w.dtype == DType::I8 && use_vnni()) {
