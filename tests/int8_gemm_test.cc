@@ -152,6 +152,7 @@ TEST(Int8Gemm, ActivationQuantizationMatchesReferenceAndItsBound) {
         int sum = 0;
         for (int c = g * 32; c < std::min(cols, g * 32 + 32); ++c) sum += fast.code(t, c);
         ASSERT_EQ(fast.min_term(t, g), fast.scale(t, g * 32) * sum);
+        ASSERT_EQ(fast.group_offset(t, g), -128 * sum);  // q8's start in prefill
         for (int j = 0; j < 8; ++j) {  // −128 · Σ of each int32 lane's 4 codes (q8's start)
           int lane = 0;
           for (int c = g * 32 + 4 * j; c < std::min(cols, g * 32 + 4 * j + 4); ++c)

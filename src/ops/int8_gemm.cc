@@ -25,16 +25,9 @@ namespace whale {
 
 namespace {
 
-constexpr int kGroup = 32;        // values per quantization group
-constexpr int kChunk = 64;        // values per vpdpbusd: two groups
-constexpr int kStep = 4;          // chunks per step of the row loops: 8 groups' scales at once
-constexpr int kTileRows = 4;      // weight rows in one tile of 4 × 4 sums
-constexpr int kTileTokens = 4;    // activation rows in one tile
-constexpr int kPanelRows = 64;    // weight rows one thread takes at a time
-constexpr int kBlockTokens = 64;  // activation rows kept in L2 while a panel passes over them
-constexpr int kBlockCols = 4096;  // values per pass: a q8 panel's slice is 256 KiB
-
-static_assert(kBlockCols % (kStep * kChunk) == 0, "only the last column block may be partial");
+constexpr int kGroup = 32;  // values per quantization group
+constexpr int kChunk = 64;  // values per vpdpbusd: two groups
+constexpr int kStep = 4;    // chunks per step of the row loops: 8 groups' scales at once
 
 int groups_of(int cols) {
   return (cols + kGroup - 1) / kGroup;
@@ -217,110 +210,195 @@ void dot_rows_all(const uint8_t* w, const uint16_t* scales, int cols, const Int8
     kRows[std::min(kPass, x.T - t0) - 1](w, scales, cols, x, t0, out + t0);
 }
 
-// out[a][b] = Σ over chunks [c0, c1) of kTileRows weight rows against RX activation rows from
-// t0; the sums stay in registers. prefetch: the next tile's weight rows, a line each per chunk.
-template <bool Q4, int RX>
-WHALE_VNNI_TARGET void tile_sums(const uint8_t* const (&w)[kTileRows],
-                                 const uint16_t* const (&s)[kTileRows], int cols,
-                                 const Int8Activations& x, int t0, int c0, int c1,
-                                 float (&out)[kTileRows][kTileTokens], const uint8_t* prefetch) {
-  const int groups = groups_of(cols);
-  const size_t row_bytes = Format<Q4>::row_bytes(cols);
-  const uint8_t* xr[RX];
-  __m512 sum[kTileRows][RX];
-#pragma GCC unroll 4
-  for (int b = 0; b < RX; ++b) xr[b] = x.row(t0 + b);
-#pragma GCC unroll 4
-  for (int a = 0; a < kTileRows; ++a)
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_setzero_ps();
-  for (int c = c0; c < c1; ++c) {
-    __m512i wv[kTileRows];
-    __m512 ws[kTileRows], xs[RX];
-    if (prefetch)
-      for (int a = 0; a < kTileRows; ++a)
-        _mm_prefetch(
-            reinterpret_cast<const char*>(prefetch + a * row_bytes + Format<Q4>::byte_of_chunk(c)),
-            _MM_HINT_T0);
-    const int here = std::min(2, groups - 2 * c);
-#pragma GCC unroll 4
-    for (int a = 0; a < kTileRows; ++a) {
-      wv[a] = weight_chunk<Q4, true>(w[a], c, cols);
-      ws[a] = spread_pair(group_weight_scales<Q4>(step_scales<Q4>(s[a], c, 2 * c + here)), 0, 1);
-    }
-    const size_t at = Int8Activations::chunk_offset(c);
-    const size_t group_scales = Int8Activations::scale_offset(2 * c);
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b)
-      xs[b] = spread_pair(
-          _mm512_maskz_loadu_ps(0x3, reinterpret_cast<const float*>(xr[b] + group_scales)), 0, 1);
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b)
-#pragma GCC unroll 4
-      for (int a = 0; a < kTileRows; ++a)
-        sum[a][b] = chunk_product<Q4>(wv[a], _mm512_mul_ps(ws[a], xs[b]), xr[b] + at, sum[a][b]);
+// Prefill's products, tokens across the lanes: the activation codes of 16 tokens are interleaved
+// group by group — vector k of a group holds in int32 lane i token i's codes 4k … 4k + 3 — and one
+// vpdpbusd multiplies them by 4 weights of one row broadcast to every lane. A group's 8
+// instructions add into the same 16 int32 sums, one per token, converted and scaled once per
+// group: 8 vpdpbusd per 2 FMA-unit operations (scale product, FMA), where decode's layout — lanes
+// are positions in one row, two groups per vector — needs 3 per vpdpbusd. The interleaving is one
+// pass over the activations, shared by all the weight rows; each thread copies its panel of
+// weight rows once as unsigned bytes (q8: code + 128, q4: one nibble per byte, zero-padded to
+// whole groups) with their scales as f32, so that the inner loop only loads and broadcasts them.
+constexpr int kLaneTokens = 16;            // tokens of one block: the 16 int32 lanes
+constexpr int kTileRows = 8;               // weight rows of a register tile: 8 + 8 sums
+constexpr size_t kPanelBytes = 256 << 10;  // bytes of the copy of a thread's weight rows
+constexpr int kMaxPanelRows = 64;
+
+// The activations of a GEMM as blocks of 16 tokens, group by group: 8 × 64 bytes of codes
+// (interleaved as above), then the 16 tokens' scales (f32), group offsets (int32 −128 · Σ codes,
+// where q8's sums start) and min terms (f32 scale · Σ codes, q4's). Tokens past T are zeros.
+struct TokenBlocks {
+  static constexpr int kScalesOffset = 8 * 64;
+  static constexpr int kOffsetsOffset = kScalesOffset + kLaneTokens * 4;
+  static constexpr int kMinTermsOffset = kOffsetsOffset + kLaneTokens * 4;
+  static constexpr int kGroupBytes = kMinTermsOffset + kLaneTokens * 4;
+  int blocks = 0, groups = 0;
+  std::vector<uint8_t> storage;
+  uint8_t* base = nullptr;  // storage aligned to 64 bytes
+  const uint8_t* group(int b, int g) const {
+    return base + (static_cast<size_t>(b) * groups + g) * kGroupBytes;
   }
-  if constexpr (Q4) {
-    // c0 starts a block (kBlockCols is a multiple of the 256-value blocks).
-    for (int c = c0; c < c1; c += kStep) {
-      const int here = std::min(2 * kStep, std::min(groups, 2 * c1) - 2 * c);
-      const size_t terms = static_cast<size_t>(c / kStep) * Int8Activations::kBlockBytes +
-                           Int8Activations::kMinTermsOffset;
-      __m512 pairs[kTileRows];
-#pragma GCC unroll 4
-      for (int a = 0; a < kTileRows; ++a) pairs[a] = step_scales<true>(s[a], c, 2 * c + here);
-#pragma GCC unroll 4
-      for (int b = 0; b < RX; ++b)
-#pragma GCC unroll 4
-        for (int a = 0; a < kTileRows; ++a)
-          sum[a][b] = min_product(pairs[a], xr[b] + terms, here, sum[a][b]);
+};
+
+// x's rows interleaved into out, by gathers from Int8Activations' layout.
+WHALE_VNNI_TARGET void interleave_tokens(const Int8Activations& x, TokenBlocks* out) {
+  out->groups = groups_of(x.cols);
+  out->blocks = (x.T + kLaneTokens - 1) / kLaneTokens;
+  out->storage.assign(
+      static_cast<size_t>(out->blocks) * out->groups * TokenBlocks::kGroupBytes + 64, 0);
+  out->base = out->storage.data() + (-reinterpret_cast<uintptr_t>(out->storage.data()) & 63);
+  const int row_bytes = x.blocks * Int8Activations::kBlockBytes;
+  for (int b = 0; b < out->blocks; ++b) {
+    const int tokens = std::min(kLaneTokens, x.T - b * kLaneTokens);
+    const __mmask16 valid = static_cast<__mmask16>((1u << tokens) - 1);
+    const __m512i rows =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(row_bytes));
+    const uint8_t* first = x.row(b * kLaneTokens);
+    for (int g = 0; g < out->groups; ++g) {
+      uint8_t* o =
+          out->base + (static_cast<size_t>(b) * out->groups + g) * TokenBlocks::kGroupBytes;
+      // Where each of the 11 vectors of the group comes from in a row of x.
+      const size_t from[11] = {Int8Activations::code_offset(g * kGroup),
+                               Int8Activations::code_offset(g * kGroup + 4),
+                               Int8Activations::code_offset(g * kGroup + 8),
+                               Int8Activations::code_offset(g * kGroup + 12),
+                               Int8Activations::code_offset(g * kGroup + 16),
+                               Int8Activations::code_offset(g * kGroup + 20),
+                               Int8Activations::code_offset(g * kGroup + 24),
+                               Int8Activations::code_offset(g * kGroup + 28),
+                               Int8Activations::scale_offset(g),
+                               Int8Activations::group_offset_offset(g),
+                               Int8Activations::min_term_offset(g)};
+      static_assert(TokenBlocks::kGroupBytes == 11 * 64, "8 code vectors and 3 of 16 values");
+      for (int v = 0; v < 11; ++v)
+        _mm512_store_si512(o + 64 * v, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
+                                                                   rows, first + from[v], 1));
     }
   }
-#pragma GCC unroll 4
-  for (int a = 0; a < kTileRows; ++a)
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b) out[a][b] = _mm512_reduce_add_ps(sum[a][b]);
 }
 
-// Weight rows [r0, r1) against every activation row, in blocks that stay in L2.
+// A thread's panel of weight rows as the tiles read them: per row, its groups' 32 values as
+// unsigned bytes (q8 code + 128, q4 nibble; zeros past the row's end, where the activation codes
+// are zeros too), and per row and group the weight scale (and q4's minimum) as f32.
+struct PanelCopy {
+  std::vector<uint8_t> values;
+  std::vector<float> scales, mins;
+  int groups = 0;
+  const uint8_t* row(int r) const {
+    return values.data() + static_cast<size_t>(r) * groups * kGroup;
+  }
+};
+
 template <bool Q4>
-void panel(const uint8_t* w, const uint16_t* scales, int cols, int r0, int r1,
-           const Int8Activations& x, float* y, int ldy) {
+WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int cols, int rows,
+                                  PanelCopy* out) {
+  const int groups = groups_of(cols);
   const size_t row_bytes = Format<Q4>::row_bytes(cols);
-  const size_t row_scales = static_cast<size_t>(groups_of(cols)) * Format<Q4>::kScalesPerGroup;
-  const int chunks = chunks_of(cols);
-  using Tile = void (*)(const uint8_t* const(&)[kTileRows], const uint16_t* const(&)[kTileRows],
-                        int, const Int8Activations&, int, int, int,
-                        float(&)[kTileRows][kTileTokens], const uint8_t*);
-  static constexpr Tile kTiles[kTileTokens] = {tile_sums<Q4, 1>, tile_sums<Q4, 2>, tile_sums<Q4, 3>,
-                                               tile_sums<Q4, 4>};
-  float sums[kTileRows][kTileTokens];
-  for (int cb = 0; cb < chunks; cb += kBlockCols / kChunk) {
-    const int ce = std::min(chunks, cb + kBlockCols / kChunk);
-    for (int t0 = 0; t0 < x.T; t0 += kBlockTokens) {
-      const int t1 = std::min(x.T, t0 + kBlockTokens);
-      for (int r = r0; r < r1; r += kTileRows) {
-        const int rows_here = std::min(kTileRows, r1 - r);
-        const uint8_t* wr[kTileRows];
-        const uint16_t* sr[kTileRows];
-        // Missing rows of a last partial tile repeat its last row; their sums are not stored.
-        for (int a = 0; a < kTileRows; ++a) {
-          const int row = r + std::min(a, rows_here - 1);
-          wr[a] = w + row * row_bytes;
-          sr[a] = scales + row * row_scales;
-        }
-        const uint8_t* next = r + kTileRows < r1 ? w + (r + kTileRows) * row_bytes : nullptr;
-        for (int t = t0; t < t1; t += kTileTokens) {
-          const int m = std::min(kTileTokens, t1 - t);
-          kTiles[m - 1](wr, sr, cols, x, t, cb, ce, sums, t == t0 ? next : nullptr);
-          for (int b = 0; b < m; ++b) {
-            float* yt = y + static_cast<size_t>(t + b) * ldy + r;
-            for (int a = 0; a < rows_here; ++a) yt[a] = cb == 0 ? sums[a][b] : yt[a] + sums[a][b];
-          }
-        }
+  const size_t row_scales = static_cast<size_t>(groups) * Format<Q4>::kScalesPerGroup;
+  out->groups = groups;
+  out->values.resize(static_cast<size_t>(rows) * groups * kGroup);
+  out->scales.resize(static_cast<size_t>(rows) * groups);
+  if (Q4) out->mins.resize(out->scales.size());
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* src = w + r * row_bytes;
+    uint8_t* dst = out->values.data() + static_cast<size_t>(r) * groups * kGroup;
+    if constexpr (Q4) {
+      // A group's 16 bytes hold its values i and 16 + i in byte i's low and high nibbles.
+      for (int g = 0; g < groups; ++g) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16));
+        const __m256i both =
+            _mm256_inserti128_si256(_mm256_castsi128_si256(bytes), _mm_srli_epi16(bytes, 4), 1);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + g * kGroup),
+                            _mm256_and_si256(both, _mm256_set1_epi8(0x0F)));
+      }
+    } else {
+      int c = 0;
+      for (; c + 64 <= cols; c += 64)
+        _mm512_storeu_si512(dst + c, _mm512_xor_si512(_mm512_loadu_si512(src + c), flip));
+      // The last values and the zeros that pad them to a whole group (at most 64 bytes).
+      const auto mask = [](int n) { return n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1; };
+      const __mmask64 valid = mask(cols - c);
+      _mm512_mask_storeu_epi8(dst + c, mask(groups * kGroup - c),
+                              _mm512_xor_si512(_mm512_maskz_loadu_epi8(valid, src + c),
+                                               _mm512_maskz_mov_epi8(valid, flip)));
+    }
+    // The f16 scales (q4: (scale, min) pairs, one int32 each) to f32, 16 groups at a time.
+    const uint16_t* s = scales + r * row_scales;
+    float* fs = out->scales.data() + static_cast<size_t>(r) * groups;
+    for (int g = 0; g < groups; g += 16) {
+      const __mmask16 m = static_cast<__mmask16>((1u << std::min(16, groups - g)) - 1);
+      if constexpr (Q4) {
+        const __m512i pairs = _mm512_maskz_loadu_epi32(m, s + 2 * g);
+        _mm512_mask_storeu_ps(fs + g, m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(pairs)));
+        _mm512_mask_storeu_ps(out->mins.data() + static_cast<size_t>(r) * groups + g, m,
+                              _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16))));
+      } else {
+        _mm512_mask_storeu_ps(fs + g, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)));
       }
     }
   }
+}
+
+// y[i·ldy + a] = Σ_c W[r + a][c] · x̂[token i of block b][c] for the R rows of the copy from r
+// and the block's first `tokens` tokens.
+template <bool Q4, int R>
+WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x, int b, int tokens,
+                                 float* y, int ldy) {
+  const uint8_t* rows[R];
+  const float* scales[R];
+  const float* mins[R];
+  __m512 sum[R];
+#pragma GCC unroll 8
+  for (int a = 0; a < R; ++a) {
+    rows[a] = w.row(r + a);
+    scales[a] = w.scales.data() + static_cast<size_t>(r + a) * w.groups;
+    mins[a] = Q4 ? w.mins.data() + static_cast<size_t>(r + a) * w.groups : nullptr;
+    sum[a] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < w.groups; ++g) {
+    const uint8_t* xg = x.group(b, g);
+    // q8's codes + 128 against x̂: the sums start from −128 · Σ x̂ of the group, per token.
+    const __m512i start =
+        Q4 ? _mm512_setzero_si512() : _mm512_load_si512(xg + TokenBlocks::kOffsetsOffset);
+    __m512i acc[R];
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a) acc[a] = start;
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      const __m512i codes = _mm512_load_si512(xg + 64 * k);
+#pragma GCC unroll 8
+      for (int a = 0; a < R; ++a) {
+        int32_t four;
+        std::memcpy(&four, rows[a] + g * kGroup + 4 * k, 4);
+        acc[a] = _mm512_dpbusd_epi32(acc[a], _mm512_set1_epi32(four), codes);
+      }
+    }
+    const __m512 token_scales = _mm512_load_ps(xg + TokenBlocks::kScalesOffset);
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a)
+      sum[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[a]),
+                               _mm512_mul_ps(token_scales, _mm512_set1_ps(scales[a][g])), sum[a]);
+    if constexpr (Q4) {  // min · Σ x̂ = min · (activation scale · Σ codes)
+      const __m512 terms = _mm512_load_ps(xg + TokenBlocks::kMinTermsOffset);
+#pragma GCC unroll 8
+      for (int a = 0; a < R; ++a)
+        sum[a] = _mm512_fmadd_ps(terms, _mm512_set1_ps(mins[a][g]), sum[a]);
+    }
+  }
+  // A token's R sums by one store: a scalar store per sum stalled on y's cold lines (6% of a q8
+  // prefill).
+  alignas(64) float sums[R][kLaneTokens];
+#pragma GCC unroll 8
+  for (int a = 0; a < R; ++a) _mm512_store_ps(sums[a], sum[a]);
+  const __m256i lanes =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kLaneTokens));
+  const __mmask8 rows_mask = static_cast<__mmask8>((1u << R) - 1);
+  for (int i = 0; i < tokens; ++i)
+    _mm256_mask_storeu_ps(
+        y + static_cast<size_t>(i) * ldy, rows_mask,
+        _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rows_mask, lanes, &sums[0][i], 4));
 }
 
 template <bool Q4>
@@ -328,12 +406,36 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
           float* y, int ldy) {
   Int8Activations xq;
   quantize_activations(x, T, cols, &xq);
-  for_each_panel(rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
-                 [&](int r0, int r1) { panel<Q4>(w, scales, cols, r0, r1, xq, y, ldy); });
+  TokenBlocks blocks;
+  interleave_tokens(xq, &blocks);
+  const size_t row_bytes = Format<Q4>::row_bytes(cols);
+  const size_t row_scales = static_cast<size_t>(groups_of(cols)) * Format<Q4>::kScalesPerGroup;
+  using Tile = void (*)(const PanelCopy&, int, const TokenBlocks&, int, int, float*, int);
+  static constexpr Tile kTiles[kTileRows] = {tile_sums<Q4, 1>, tile_sums<Q4, 2>, tile_sums<Q4, 3>,
+                                             tile_sums<Q4, 4>, tile_sums<Q4, 5>, tile_sums<Q4, 6>,
+                                             tile_sums<Q4, 7>, tile_sums<Q4, 8>};
+  const int max_rows =
+      std::clamp(static_cast<int>(kPanelBytes / (groups_of(cols) * kGroup)) / kTileRows * kTileRows,
+                 kTileRows, kMaxPanelRows);
+  for_each_panel(
+      rows, static_cast<size_t>(rows) * cols * T, kTileRows, max_rows, [&](int r0, int r1) {
+        thread_local PanelCopy panel;  // reused: no allocation per panel
+        copy_panel<Q4>(w + r0 * row_bytes, scales + r0 * row_scales, cols, r1 - r0, &panel);
+        // Token blocks outer: a block's codes (45 KiB for 2048 columns) stay near while
+        // the panel's tiles pass over them.
+        for (int b = 0; b < blocks.blocks; ++b) {
+          const int tokens = std::min(kLaneTokens, T - b * kLaneTokens);
+          for (int r = r0; r < r1; r += kTileRows) {
+            const int here = std::min(kTileRows, r1 - r);
+            kTiles[here - 1](panel, r - r0, blocks, b, tokens,
+                             y + static_cast<size_t>(b) * kLaneTokens * ldy + r, ldy);
+          }
+        }
+      });
 }
 
-// Where the quantizers write: value i's code, group g's scale, min term and lane offsets, in a row
-// of the activations.
+// Where the quantizers write: value i's code, group g's scale, min term, lane offsets and group
+// offset, in a row of the activations.
 struct RowWriter {
   uint8_t* row;
   uint8_t* code(int i) const { return row + Int8Activations::code_offset(i); }
@@ -342,6 +444,9 @@ struct RowWriter {
   }
   float* min_term(int g) const {
     return reinterpret_cast<float*>(row + Int8Activations::min_term_offset(g));
+  }
+  int32_t* group_offset(int g) const {
+    return reinterpret_cast<int32_t*>(row + Int8Activations::group_offset_offset(g));
   }
   // Group g's 8 lane offsets (the second half of its chunk's 16).
   int32_t* lane_offsets(int g) const {
@@ -366,9 +471,10 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
         _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, inv), lo), hi));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i)), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i + 16)), _mm512_cvtepi32_epi8(q1));
+    const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     *out.scale(g) = scale;
-    *out.min_term(g) =
-        scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    *out.min_term(g) = scale * static_cast<float>(sum);
+    *out.group_offset(g) = -128 * sum;
     // −128 · (the sum of each lane's 4 codes): the 128s against the codes, as the products do.
     const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.code(i)));
     const __m256i zero = _mm256_setzero_si256();
@@ -422,6 +528,7 @@ void quantize_activations_reference(const float* x, int T, int cols, Int8Activat
       }
       *row.scale(g) = scale;
       *row.min_term(g) = scale * static_cast<float>(sum);
+      *row.group_offset(g) = -128 * sum;
     }
   }
 }
@@ -432,6 +539,11 @@ int Int8Activations::code(int t, int i) const {
 int Int8Activations::lane_offset(int t, int g, int j) const {
   int32_t v;
   std::memcpy(&v, row(t) + lane_offsets_offset(g) + j * 4, 4);
+  return v;
+}
+int Int8Activations::group_offset(int t, int g) const {
+  int32_t v;
+  std::memcpy(&v, row(t) + group_offset_offset(g), 4);
   return v;
 }
 float Int8Activations::scale(int t, int i) const {

@@ -5,8 +5,8 @@
 // sums, so a 64-weight chunk — two groups — takes one instruction per activation row, where
 // widening the weights to f32 takes a dozen. Per chunk and row the two groups' integer sums are
 // converted and added with one FMA by their (weight scale × activation scale): decode's row dots
-// form the products of 8 groups once per 256 values and spread them to the lanes by a permute,
-// prefill's tiles multiply the two spread scales per chunk and pair of rows.
+// form the products of 8 groups once per 256 values and spread them to the lanes by a permute.
+// Prefill interleaves 16 tokens across the lanes instead (q8_gemm below).
 //
 // vpdpbusd's unsigned operand is the weights, its signed one the activation codes. q4's nibbles
 // (0–15) are unsigned already; their minimum contributes min · Σ x̂ per group, from the
@@ -37,15 +37,17 @@ namespace whale {
 //   64 codes         signed bytes
 //   16 lane offsets  −128 · the sum of each int32 lane's 4 codes (vpdpbusd adds 4 products per
 //                    lane; lanes 0–7 are group 2c's, 8–15 group 2c + 1's): q8's sums start there
-// then the block's 8 group scales (f32, and 8 unused zeros that keep a block 640 bytes, ten cache
-// lines), and 16 min terms: per group the pair (0, scale · Σ codes), which multiplied with the 8
-// groups' (scale, min) pairs of a q4 row gives min · Σ x̂ in the odd lanes and 0 in the even ones.
+// then the block's 8 group scales (f32), its 8 group offsets (int32 −128 · Σ codes of the group:
+// where prefill's q8 sums start, a group at a time), and 16 min terms: per group the pair
+// (0, scale · Σ codes), which multiplied with the 8 groups' (scale, min) pairs of a q4 row gives
+// min · Σ x̂ in the odd lanes and 0 in the even ones. A block is 640 bytes, ten cache lines.
 // The kernels keep one pointer per activation row; decode's passes of up to 6 rows of 2048 values
 // take 30 KiB, about a Zen 4 core's L1 (32 KiB).
 struct Int8Activations {
   static constexpr int kLaneOffsetsOffset = 64;
   static constexpr int kChunkBytes = 64 + 16 * 4;
   static constexpr int kGroupScalesOffset = 4 * kChunkBytes;
+  static constexpr int kGroupOffsetsOffset = kGroupScalesOffset + 8 * 4;
   static constexpr int kMinTermsOffset = kGroupScalesOffset + 16 * 4;
   static constexpr int kBlockBytes = kMinTermsOffset + 16 * 4;
   int T = 0, cols = 0, blocks = 0;  // blocks of 256 values per row
@@ -55,7 +57,7 @@ struct Int8Activations {
     return data.data() + static_cast<size_t>(t) * blocks * kBlockBytes;
   }
   // Byte offsets within a row: chunk c; value i's code; group g's scale, its 8 lane offsets, its
-  // min term (the second float of its pair).
+  // group offset, its min term (the second float of its pair).
   static size_t chunk_offset(int c) {
     return static_cast<size_t>(c / 4) * kBlockBytes + (c % 4) * kChunkBytes;
   }
@@ -66,13 +68,17 @@ struct Int8Activations {
   static size_t lane_offsets_offset(int g) {
     return chunk_offset(g / 2) + kLaneOffsetsOffset + (g % 2) * 8 * 4;
   }
+  static size_t group_offset_offset(int g) {
+    return static_cast<size_t>(g / 8) * kBlockBytes + kGroupOffsetsOffset + (g % 8) * 4;
+  }
   static size_t min_term_offset(int g) {
     return static_cast<size_t>(g / 8) * kBlockBytes + kMinTermsOffset + (2 * (g % 8) + 1) * 4;
   }
-  // Value i of row t, its group's scale, group g's min term (scale · Σ codes), and group g's
-  // lane j offset (−128 · Σ of codes 4j … 4j + 3 of the group).
+  // Value i of row t, its group's scale, group g's min term (scale · Σ codes), group g's lane j
+  // offset (−128 · Σ of codes 4j … 4j + 3 of the group) and its group offset (−128 · Σ codes).
   int code(int t, int i) const;
   int lane_offset(int t, int g, int j) const;
+  int group_offset(int t, int g) const;
   float scale(int t, int i) const;
   float min_term(int t, int g) const;
 };
@@ -92,7 +98,10 @@ void q4_dot_rows(const uint8_t* packed, const uint16_t* scale_min, int cols,
 
 // Prefill and batches: y[t·ldy + r] = Σ_c W[r][c] · x̂[t][c] for r < rows, t < T, with x [T, cols]
 // f32 quantized here; W is rows of q8 codes + scales or q4 packed bytes + (scale, min) pairs.
-// Register tiles of 4 weight rows × 4 activation rows, threads over panels of weight rows.
+// The activations are interleaved 16 tokens to a vector, so that one vpdpbusd multiplies 4 values
+// of 16 tokens by the same 4 weights (broadcast) and the 8 of a group add into the same sums —
+// one conversion and FMA per group and token (int8_gemm.cc); threads over panels of weight rows,
+// register tiles of 8 rows × 16 tokens. Single-core q8 512 × 2048 × 2048: 109 → 311 GOPS.
 void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, const float* x, int T,
              float* y, int ldy);
 void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,
