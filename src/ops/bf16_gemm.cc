@@ -24,52 +24,111 @@ namespace whale {
 
 namespace {
 
-constexpr int kTileRows = 4;      // weight rows in one tile of 4 × 4 sums (16 registers)
-constexpr int kTileTokens = 4;    // activation rows in one tile
-constexpr int kPanelRows = 64;    // weight rows one thread takes at a time
-constexpr int kBlockTokens = 64;  // activation rows kept in L2 while a panel passes over them
-constexpr int kBlockCols = 2048;  // columns per pass: a panel's slice and x's slice are 256 KiB
 constexpr int kBf16PerVector = 32;
 
-static_assert(kBlockCols % kBf16PerVector == 0, "only the last column block may be partial");
+// Prefill's products, tokens across the lanes (as int8_gemm.cc's): the activations of 16 tokens
+// are interleaved a pair of columns at a time — lane i of vector p holds token i's values 2p and
+// 2p + 1 — and each vdpbf16ps multiplies one such vector by a pair of one weight row's values
+// broadcast from memory, adding into that row's 16 per-token sums. No horizontal sums, no passes
+// over column blocks, and the weight rows are read in place: 8 rows × 16 tokens per tile.
+constexpr int kLaneTokens = 16;
+constexpr int kTileRows = 8;
+constexpr int kPanelRows = 64;  // weight rows one thread takes at a time
 
-// out[a][b] = Σ_{i < n} w[a][i] · x[b][i] for kTileRows weight rows and RX activation rows, 32
-// columns per step, a last partial step loaded under a mask (zeros). The sums stay in registers:
-// kept behind a reference they would be stored at every step (vector types may alias anything).
-template <int RX>
-WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], const uint16_t* x, int ldx,
-                                 int n, float (&out)[kTileRows][kTileTokens],
-                                 const uint16_t* prefetch, int ldw) {
-  __m512 sum[kTileRows][RX];
-#pragma GCC unroll 4
-  for (int a = 0; a < kTileRows; ++a)
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_setzero_ps();
-  for (int i = 0; i < n; i += kBf16PerVector) {
-    const __mmask32 mask =
-        n - i >= kBf16PerVector ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (n - i)) - 1);
-    __m512bh wv[kTileRows], xv[RX];
-    if (prefetch)  // the next tile's weight rows, one line each per step: there when it starts
-      for (int a = 0; a < kTileRows; ++a)
-        _mm_prefetch(reinterpret_cast<const char*>(prefetch + static_cast<size_t>(a) * ldw + i),
-                     _MM_HINT_T0);
-#pragma GCC unroll 4
-    for (int a = 0; a < kTileRows; ++a)
-      wv[a] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w[a] + i));
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b)
-      xv[b] = reinterpret_cast<__m512bh>(
-          _mm512_maskz_loadu_epi16(mask, x + static_cast<size_t>(b) * ldx + i));
-#pragma GCC unroll 4
-    for (int a = 0; a < kTileRows; ++a)
-#pragma GCC unroll 4
-      for (int b = 0; b < RX; ++b) sum[a][b] = _mm512_dpbf16_ps(sum[a][b], wv[a], xv[b]);
+// x [T, cols] rounded to bf16 and interleaved: block b (tokens 16b …), pair p at
+// blocks[(b · pairs + p) · 32 …] (32 bf16 = 16 lanes of 2); tokens past T and the column past an
+// odd cols are zeros.
+WHALE_BF16_TARGET void interleave_tokens(const float* x, int T, int cols, int pairs,
+                                         uint16_t* blocks) {
+  for (int t = 0; t < T; ++t) {
+    const float* src = x + static_cast<size_t>(t) * cols;
+    const int b = t / kLaneTokens, lane = t % kLaneTokens;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(blocks) + static_cast<size_t>(b) * pairs * 16;
+    // 16 values (8 pairs) at a time: rounded, then each pair to its lane of its vector.
+    for (int c = 0; c < 2 * pairs; c += 16) {
+      const int valid = std::clamp(cols - c, 0, 16);
+      const __m256i rounded = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << valid) - 1), src + c)));
+      alignas(32) uint32_t two[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(two), rounded);
+      for (int j = 0; j < 8 && c / 2 + j < pairs; ++j)
+        dst[static_cast<size_t>(c / 2 + j) * 16 + lane] = two[j];
+    }
   }
-#pragma GCC unroll 4
-  for (int a = 0; a < kTileRows; ++a)
-#pragma GCC unroll 4
-    for (int b = 0; b < RX; ++b) out[a][b] = _mm512_reduce_add_ps(sum[a][b]);
 }
+
+// y[i·ldy + a] for a < R rows (w[a], cols values each) and the block's first `tokens` tokens.
+// An odd cols' last pair reads its one weight alone (the pair would reach past the row).
+template <int R>
+WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], int cols,
+                                 const uint16_t* block, int tokens, float* y, int ldy) {
+  __m512 sum[R];
+#pragma GCC unroll 8
+  for (int a = 0; a < R; ++a) sum[a] = _mm512_setzero_ps();
+  const int full = cols / 2;
+  for (int p = 0; p < full; ++p) {
+    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_load_si512(block + 32 * p));
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a) {
+      uint32_t pair;
+      std::memcpy(&pair, w[a] + 2 * p, 4);
+      sum[a] = _mm512_dpbf16_ps(sum[a], x, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)));
+    }
+  }
+  if (cols % 2) {
+    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_load_si512(block + 32 * full));
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a)
+      sum[a] = _mm512_dpbf16_ps(sum[a], x,
+                                reinterpret_cast<__m512bh>(_mm512_set1_epi32(w[a][2 * full])));
+  }
+  // A token's R sums by one store (a scalar store per sum stalls on y's cold lines).
+  alignas(64) float sums[R][kLaneTokens];
+#pragma GCC unroll 8
+  for (int a = 0; a < R; ++a) _mm512_store_ps(sums[a], sum[a]);
+  const __m256i lanes =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kLaneTokens));
+  const __mmask8 rows = static_cast<__mmask8>((1u << R) - 1);
+  for (int i = 0; i < tokens; ++i)
+    _mm256_mask_storeu_ps(
+        y + static_cast<size_t>(i) * ldy, rows,
+        _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rows, lanes, &sums[0][i], 4));
+}
+
+// Weight rows [r0, r1) (w: rows cols apart) against every block of tokens.
+void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* blocks, int pairs, int T,
+           float* y, int ldy) {
+  using Tile =
+      void (*)(const uint16_t* const(&)[kTileRows], int, const uint16_t*, int, float*, int);
+  static constexpr Tile kTiles[kTileRows] = {tile_sums<1>, tile_sums<2>, tile_sums<3>,
+                                             tile_sums<4>, tile_sums<5>, tile_sums<6>,
+                                             tile_sums<7>, tile_sums<8>};
+  // Token blocks outer: a block (64 KiB for 2048 columns) stays near while the panel passes.
+  for (int b = 0; b * kLaneTokens < T; ++b) {
+    const int tokens = std::min(kLaneTokens, T - b * kLaneTokens);
+    for (int r = r0; r < r1; r += kTileRows) {
+      const int here = std::min(kTileRows, r1 - r);
+      const uint16_t* rows[kTileRows];
+      for (int a = 0; a < kTileRows; ++a)
+        rows[a] = w + static_cast<size_t>(r + std::min(a, here - 1)) * cols;
+      kTiles[here - 1](rows, cols, blocks + static_cast<size_t>(b) * pairs * 32, tokens,
+                       y + static_cast<size_t>(b) * kLaneTokens * ldy + r, ldy);
+    }
+  }
+}
+
+// The activations interleaved, in 64-byte aligned storage.
+struct TokenBlocks {
+  int pairs = 0;
+  std::vector<uint16_t> storage;
+  uint16_t* data = nullptr;
+  TokenBlocks(const float* x, int T, int cols) : pairs((cols + 1) / 2) {
+    const size_t blocks = (T + kLaneTokens - 1) / kLaneTokens;
+    storage.assign(blocks * pairs * 32 + 32, 0);
+    data = storage.data() + (-reinterpret_cast<uintptr_t>(storage.data()) / 2 & 31);
+    interleave_tokens(x, T, cols, pairs, data);
+  }
+};
 
 // out[t] = Σ_{i < n} w[i] · x[t][i] for R activation rows: four partial sums per row (i / 32
 // mod 4), a masked last partial step, one reduction — the same for every R.
@@ -115,58 +174,18 @@ WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, i
         _mm512_add_ps(_mm512_add_ps(sum[t][0], sum[t][1]), _mm512_add_ps(sum[t][2], sum[t][3])));
 }
 
-// Weight rows [r0, r1) against every activation row, in blocks that stay in L2.
-WHALE_BF16_TARGET void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* xb,
-                             int ldx, int T, float* y, int ldy) {
-  using Tile = void (*)(const uint16_t* const(&)[kTileRows], const uint16_t*, int, int,
-                        float(&)[kTileRows][kTileTokens], const uint16_t*, int);
-  static constexpr Tile kTiles[kTileTokens] = {tile_sums<1>, tile_sums<2>, tile_sums<3>,
-                                               tile_sums<4>};
-  float sums[kTileRows][kTileTokens];
-  for (int c0 = 0; c0 < cols; c0 += kBlockCols) {
-    const int n = std::min(kBlockCols, cols - c0);
-    for (int t0 = 0; t0 < T; t0 += kBlockTokens) {
-      const int t1 = std::min(T, t0 + kBlockTokens);
-      for (int r = r0; r < r1; r += kTileRows) {
-        const int rows_here = std::min(kTileRows, r1 - r);
-        const uint16_t* wr[kTileRows];
-        // Missing rows of a last partial tile repeat its last row; their sums are not stored.
-        for (int a = 0; a < kTileRows; ++a)
-          wr[a] = w + static_cast<size_t>(r + std::min(a, rows_here - 1)) * cols + c0;
-        // While the first activation tile passes over this tile's weights, the next tile's are
-        // prefetched (from memory they would otherwise stall the first pass of every tile).
-        const uint16_t* next =
-            r + kTileRows < r1 ? wr[0] + static_cast<size_t>(kTileRows) * cols : nullptr;
-        for (int t = t0; t < t1; t += kTileTokens) {
-          const int m = std::min(kTileTokens, t1 - t);
-          const uint16_t* xt = xb + static_cast<size_t>(t) * ldx + c0;
-          kTiles[m - 1](wr, xt, ldx, n, sums, t == t0 ? next : nullptr, cols);
-          for (int b = 0; b < m; ++b) {
-            float* yt = y + static_cast<size_t>(t + b) * ldy + r;
-            for (int a = 0; a < rows_here; ++a) {
-              yt[a] = c0 == 0 ? sums[a][b] : yt[a] + sums[a][b];
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
-  const int ldx = bf16_row_stride(cols);
-  std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
-  round_to_bf16(x, T, cols, ldx, xb.data());
-  for_each_panel(rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
-                 [&](int r0, int r1) { panel(w, cols, r0, r1, xb.data(), ldx, T, y, ldy); });
+  const TokenBlocks blocks(x, T, cols);
+  for_each_panel(
+      rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
+      [&](int r0, int r1) { panel(w, cols, r0, r1, blocks.data, blocks.pairs, T, y, ldy); });
 }
 
 void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
   const int rows = w.rows, cols = w.cols, ldx = bf16_row_stride(cols);
-  std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
-  round_to_bf16(x, T, cols, ldx, xb.data());
+  const TokenBlocks blocks(x, T, cols);
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows, [&](int r0, int r1) {
         // The panel's rows in bf16, cols apart (panel's layout); each row through a
@@ -179,7 +198,7 @@ void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
           round_to_bf16(row.data(), 1, cols, ldx, rounded.data());
           std::copy_n(rounded.data(), cols, tile.data() + static_cast<size_t>(r - r0) * cols);
         }
-        panel(tile.data(), cols, 0, r1 - r0, xb.data(), ldx, T, y + r0, ldy);
+        panel(tile.data(), cols, 0, r1 - r0, blocks.data, blocks.pairs, T, y + r0, ldy);
       });
 }
 
