@@ -9,6 +9,7 @@
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
+#include "ops/token_lanes.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -26,13 +27,11 @@ namespace {
 
 constexpr int kBf16PerVector = 32;
 
-// Prefill's products, tokens across the lanes (as int8_gemm.cc's): the activations of 16 tokens
+// Prefill's products, tokens across the lanes (ops/token_lanes.h): the activations of 16 tokens
 // are interleaved a pair of columns at a time — lane i of vector p holds token i's values 2p and
 // 2p + 1 — and each vdpbf16ps multiplies one such vector by a pair of one weight row's values
 // broadcast from memory, adding into that row's 16 per-token sums. No horizontal sums, no passes
 // over column blocks, and the weight rows are read in place: 8 rows × 16 tokens per tile.
-constexpr int kLaneTokens = 16;
-constexpr int kTileRows = 8;
 constexpr int kPanelRows = 64;  // weight rows one thread takes at a time
 
 // x [T, cols] rounded to bf16 and interleaved: block b (tokens 16b …), pair p at
@@ -82,17 +81,7 @@ WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], int cols
       sum[a] = _mm512_dpbf16_ps(sum[a], x,
                                 reinterpret_cast<__m512bh>(_mm512_set1_epi32(w[a][2 * full])));
   }
-  // A token's R sums by one store (a scalar store per sum stalls on y's cold lines).
-  alignas(64) float sums[R][kLaneTokens];
-#pragma GCC unroll 8
-  for (int a = 0; a < R; ++a) _mm512_store_ps(sums[a], sum[a]);
-  const __m256i lanes =
-      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kLaneTokens));
-  const __mmask8 rows = static_cast<__mmask8>((1u << R) - 1);
-  for (int i = 0; i < tokens; ++i)
-    _mm256_mask_storeu_ps(
-        y + static_cast<size_t>(i) * ldy, rows,
-        _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rows, lanes, &sums[0][i], 4));
+  store_token_sums(sum, tokens, y, ldy);
 }
 
 // Weight rows [r0, r1) (w: rows cols apart) against every block of tokens.

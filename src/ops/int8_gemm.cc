@@ -9,6 +9,7 @@
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
+#include "ops/token_lanes.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -219,8 +220,6 @@ void dot_rows_all(const uint8_t* w, const uint16_t* scales, int cols, const Int8
 // pass over the activations, shared by all the weight rows; each thread copies its panel of
 // weight rows once as unsigned bytes (q8: code + 128, q4: one nibble per byte, zero-padded to
 // whole groups) with their scales as f32, so that the inner loop only loads and broadcasts them.
-constexpr int kLaneTokens = 16;            // tokens of one block: the 16 int32 lanes
-constexpr int kTileRows = 8;               // weight rows of a register tile: 8 + 8 sums
 constexpr size_t kPanelBytes = 256 << 10;  // bytes of the copy of a thread's weight rows
 constexpr int kMaxPanelRows = 64;
 
@@ -387,18 +386,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
         sum[a] = _mm512_fmadd_ps(terms, _mm512_set1_ps(mins[a][g]), sum[a]);
     }
   }
-  // A token's R sums by one store: a scalar store per sum stalled on y's cold lines (6% of a q8
-  // prefill).
-  alignas(64) float sums[R][kLaneTokens];
-#pragma GCC unroll 8
-  for (int a = 0; a < R; ++a) _mm512_store_ps(sums[a], sum[a]);
-  const __m256i lanes =
-      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kLaneTokens));
-  const __mmask8 rows_mask = static_cast<__mmask8>((1u << R) - 1);
-  for (int i = 0; i < tokens; ++i)
-    _mm256_mask_storeu_ps(
-        y + static_cast<size_t>(i) * ldy, rows_mask,
-        _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rows_mask, lanes, &sums[0][i], 4));
+  store_token_sums(sum, tokens, y, ldy);
 }
 
 template <bool Q4>
