@@ -1,7 +1,7 @@
-// MLA's two forms on prompts long enough that the naive form works in several blocks of rows
-// (model/mla.cc: sgemm per head and block): its logits against the absorbed form's, in one pass
-// and with the prompt split into two chunks (the second starting at a cached position), with
-// V3.2's sparse masks too.
+// A prompt's attention by sgemm per head and block of rows (model/attention_block.cc), on prompts
+// long enough for several blocks, in one pass and split into two chunks (the second starting at a
+// cached position): MLA's naive form against its absorbed form (V3.2's sparse masks too), the
+// dense students' against their one-token steps.
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -40,6 +40,28 @@ TEST(Attention, NaivePrefillInRowBlocksMatchesAbsorbed) {
     for (const std::vector<int>& chunks : {std::vector<int>{150}, std::vector<int>{90, 60}}) {
       const auto naive = prefill(*model, tokens, chunks, AttentionPath::kNaive);
       EXPECT_LT(whale::testing::relative_max_error(naive, absorbed), 1e-4)
+          << preset << " in " << chunks.size() << " chunk(s)";
+    }
+  }
+}
+
+// The dense students (Qwen2, Llama): a prompt's attention by blocks of rows against the same
+// tokens one at a time (each a single row, attended position by position).
+TEST(Attention, DensePrefillInRowBlocksMatchesStepByStep) {
+  whale::testing::TempDir dir;
+  for (const char* preset : {"tiny-qwen2", "tiny-llama"}) {
+    auto r = whale::testing::run_whale(std::string("init --preset ") + preset +
+                                       " --dtype f32 --out " + dir / preset);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto model = Model::load(dir / preset);
+    const int V = model->config().vocab_size;
+    std::vector<int> tokens;
+    for (int i = 0; i < 150; ++i) tokens.push_back((i * 37 + 11) % V);
+    const auto stepped =
+        prefill(*model, tokens, std::vector<int>(tokens.size(), 1), AttentionPath::kAuto);
+    for (const std::vector<int>& chunks : {std::vector<int>{150}, std::vector<int>{90, 60}}) {
+      const auto blocks = prefill(*model, tokens, chunks, AttentionPath::kAuto);
+      EXPECT_LT(whale::testing::relative_max_error(blocks, stepped), 1e-4)
           << preset << " in " << chunks.size() << " chunk(s)";
     }
   }

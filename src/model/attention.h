@@ -60,6 +60,25 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
 void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& w, const Rope& rope,
                              const float* h, const std::vector<Segment>& segments, float* out);
 
+// A prompt's attention for one head by sgemm, a block of rows at a time (MLA's naive form, the
+// dense students' prefill): a dot and an axpy per position and head would cost 5× more at 512
+// tokens. Rows [t0, t0 + n) of a segment whose first row sits at position pos0 see positions
+// < pos0 + t + 1 (and only those `mask` allows, when given): scores = scale · Σ over the terms of
+// q kᵀ, softmax per row, out = P V. Row j of a term's q is at q + j·ldq, position s's key at
+// k + s·ldk (dim values); position s's value at v + s·ldv (dv values); row j's output at
+// out + j·ldo. scores holds n · (pos0 + t0 + n) floats.
+struct ScoreTerm {
+  const float* q;
+  int ldq;
+  const float* k;
+  int ldk, dim;
+};
+void attention_block(const std::vector<ScoreTerm>& terms, float scale, const float* v, int ldv,
+                     int dv, int pos0, int t0, int n, const AttentionMask& mask, float* scores,
+                     float* out, int ldo);
+// Rows per block for a segment of L positions: at most 1 MiB of scores, 8 to 64 rows.
+int attention_block_rows(int L);
+
 // Total rows of a batch, and each row's segment and position.
 struct RowMap {
   int rows = 0;

@@ -4,6 +4,7 @@
 
 #include "model/attention.h"
 #include "ops/kernels.h"
+#include "ops/linear.h"
 
 namespace whale {
 
@@ -45,12 +46,42 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
   for (const Segment& seg : segments) max_len = std::max(max_len, seg.pos0 + seg.rows);
 
   std::vector<float> attn(static_cast<size_t>(N) * q_dim);
+  // A prompt (a segment of kGemmMinTokens rows or more): per head and block of rows by sgemm
+  // (attention_block) over the segment's keys and values copied out of the cache.
+  std::vector<char> by_blocks(segments.size());
+  for (size_t si = 0, row0 = 0; si < segments.size(); row0 += segments[si].rows, ++si) {
+    const Segment& seg = segments[si];
+    if (seg.rows < kGemmMinTokens) continue;
+    by_blocks[si] = 1;
+    const int L = seg.pos0 + seg.rows;
+    std::vector<float> keys(static_cast<size_t>(L) * kv_dim), values(keys.size());
+    for (int s = 0; s < L; ++s) {
+      const float* entry = seg.cache->entry(s, width);
+      std::copy_n(entry, kv_dim, keys.data() + static_cast<size_t>(s) * kv_dim);
+      std::copy_n(entry + kv_dim, kv_dim, values.data() + static_cast<size_t>(s) * kv_dim);
+    }
+    const int block = attention_block_rows(L), blocks = (seg.rows + block - 1) / block;
+#pragma omp parallel
+    {
+      std::vector<float> scores(static_cast<size_t>(block) * L);
+#pragma omp for schedule(dynamic)
+      for (int item = 0; item < heads * blocks; ++item) {
+        const int i = item % heads, kvh = i / group, t0 = item / heads * block;
+        const size_t first = (row0 + t0) * q_dim + i * hd;
+        attention_block({{q.data() + first, q_dim, keys.data() + kvh * hd, kv_dim, hd}}, scale,
+                        values.data() + kvh * hd, kv_dim, hd, seg.pos0, t0,
+                        std::min(block, seg.rows - t0), {}, scores.data(), attn.data() + first,
+                        q_dim);
+      }
+    }
+  }
 #pragma omp parallel
   {
     std::vector<float> scores(max_len);
 #pragma omp for collapse(2) schedule(static)
     for (int r = 0; r < N; ++r)
       for (int i = 0; i < heads; ++i) {
+        if (by_blocks[map.segment[r]]) continue;
         const LayerCache& cache = *segments[map.segment[r]].cache;
         const int kvh = i / group;
         const float* qi = q.data() + static_cast<size_t>(r) * q_dim + i * hd;

@@ -6,7 +6,6 @@
 #include <limits>
 
 #include "model/attention.h"
-#include "ops/gemm.h"
 #include "ops/kernels.h"
 
 namespace whale {
@@ -94,50 +93,35 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   for (const Segment& seg : segments) max_len = std::max(max_len, seg.pos0 + seg.rows);
   std::vector<float> attn(static_cast<size_t>(N) * heads * vdim);
 
-  // Naive segments, per head and block of rows by sgemm: scores = Q_nope K_nopeᵀ + Q_rope K_ropeᵀ
-  // over the block's visible positions, softmax per row, out = P V (a dot and an axpy per
-  // position and head cost 5× more at 512 tokens: their vectors are 128 and 64 floats).
+  // Naive segments: per head and block of rows by sgemm (attention_block), the scores
+  // q_nope · k_nope + q_rope · k_rope, the values from the expanded latents.
   for (size_t i = 0; i < segments.size(); ++i) {
     if (expanded[i].empty()) continue;
     const Segment& seg = segments[i];
     const int L = seg.pos0 + seg.rows, row0 = first_row[i];
-    const AttentionMask& mask = allowed[i];
     std::vector<float> rope_keys(static_cast<size_t>(L) * rope_dim);
     for (int s = 0; s < L; ++s)
       std::copy_n(seg.cache->entry(s, width) + kvr, rope_dim,
                   rope_keys.data() + static_cast<size_t>(s) * rope_dim);
-    const float* kv = expanded[i].data();
-    const int ld_q = heads * qk, ld_kv = heads * kv_b_rows_per_head, ld_out = heads * vdim;
-    const int block = std::clamp((1 << 18) / L, 8, 64);  // rows: ≤ 1 MiB of scores per thread
-    const int blocks = (seg.rows + block - 1) / block;
+    const int ld_q = heads * qk, ld_kv = heads * kv_b_rows_per_head;
+    const int block = attention_block_rows(L), blocks = (seg.rows + block - 1) / block;
 #pragma omp parallel
     {
       std::vector<float> scores(static_cast<size_t>(block) * L);
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < heads * blocks; ++item) {
         const int hd = item % heads, t0 = item / heads * block;
-        const int n = std::min(block, seg.rows - t0), visible_max = seg.pos0 + t0 + n;
         const float* qh = q.data() + (static_cast<size_t>(row0 + t0) * heads + hd) * qk;
-        float* S = scores.data();
-        gemm(false, true, n, visible_max, nope, scale, qh, ld_q,
-             kv + static_cast<size_t>(hd) * kv_b_rows_per_head, ld_kv, 0.0f, S, visible_max);
-        gemm(false, true, n, visible_max, rope_dim, scale, qh + nope, ld_q, rope_keys.data(),
-             rope_dim, 1.0f, S, visible_max);
-        for (int j = 0; j < n; ++j) {
-          float* row = S + static_cast<size_t>(j) * visible_max;
-          const int t = t0 + j, visible = seg.pos0 + t + 1;
-          if (!mask.empty())
-            for (int s = 0; s < visible; ++s)
-              if (!mask[t][s]) row[s] = kNegInf;
-          softmax(row, visible);
-          std::fill(row + visible, row + visible_max, 0.0f);
-        }
-        gemm(false, false, n, vdim, visible_max, 1.0f, S, visible_max,
-             kv + static_cast<size_t>(hd) * kv_b_rows_per_head + nope, ld_kv, 0.0f,
-             attn.data() + (static_cast<size_t>(row0 + t0) * heads + hd) * vdim, ld_out);
+        const float* kv = expanded[i].data() + static_cast<size_t>(hd) * kv_b_rows_per_head;
+        attention_block(
+            {{qh, ld_q, kv, ld_kv, nope}, {qh + nope, ld_q, rope_keys.data(), rope_dim, rope_dim}},
+            scale, kv + nope, ld_kv, vdim, seg.pos0, t0, std::min(block, seg.rows - t0), allowed[i],
+            scores.data(), attn.data() + (static_cast<size_t>(row0 + t0) * heads + hd) * vdim,
+            heads * vdim);
       }
     }
   }
+
   // Work items: a row and a group of its heads. The absorbed form reads each cached latent once
   // for the whole group (MQA: every head attends to the same latents); a row's heads are split
   // into several groups only when there are too few rows to keep every thread busy (decode).
