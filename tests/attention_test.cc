@@ -1,7 +1,8 @@
 // A prompt's attention by sgemm per head and block of rows (model/attention_block.cc), on prompts
 // long enough for several blocks, in one pass and split into two chunks (the second starting at a
-// cached position): MLA's naive form against its absorbed form (V3.2's sparse masks too), the
-// dense students' against their one-token steps.
+// cached position): MLA's naive form against its absorbed form — whose rows see up to three of
+// its chunks of positions — with V3.2's sparse masks too; the dense students' against their
+// one-token steps.
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -34,10 +35,11 @@ TEST(Attention, NaivePrefillInRowBlocksMatchesAbsorbed) {
     auto model = Model::load(dir / preset);
     const int V = model->config().vocab_size;
     std::vector<int> tokens;
-    for (int i = 0; i < 150; ++i) tokens.push_back((i * 37 + 11) % V);
-    // 150 rows: blocks of 64, 64 and 22; chunks of 90 and 60 (blocks start at cached position 90).
-    const auto absorbed = prefill(*model, tokens, {150}, AttentionPath::kAbsorbed);
-    for (const std::vector<int>& chunks : {std::vector<int>{150}, std::vector<int>{90, 60}}) {
+    for (int i = 0; i < 600; ++i) tokens.push_back((i * 37 + 11) % V);
+    // 600 rows: naive blocks of 64 rows; the absorbed form's chunks of 256 positions (up to 3 per
+    // row, combined); in two chunks of the prompt the second's blocks start at position 350.
+    const auto absorbed = prefill(*model, tokens, {600}, AttentionPath::kAbsorbed);
+    for (const std::vector<int>& chunks : {std::vector<int>{600}, std::vector<int>{350, 250}}) {
       const auto naive = prefill(*model, tokens, chunks, AttentionPath::kNaive);
       EXPECT_LT(whale::testing::relative_max_error(naive, absorbed), 1e-4)
           << preset << " in " << chunks.size() << " chunk(s)";

@@ -358,6 +358,62 @@ TEST(Kernels, SiluAndShiftedExpMatchScalar) {
   });
 }
 
+// Attention's weighted sums of the cached values (decode's chunks of positions): each row the
+// reference's FMAs (on the targets with FMA, bit for bit), and a row's bits the same whatever
+// the number of rows beside it — speculative verification groups heads differently from decode.
+TEST(Kernels, WeightedRowsSumMatchesReferenceAndIsRowIndependent) {
+  for_every_target([] {
+    std::mt19937 rng(8);
+    for (size_t D : {1, 15, 16, 17, 512}) {
+      const size_t G = 13, n = 37, ldp = 40, ldv = D + 3, ldo = D + 1;
+      const auto p = random_vector(G * ldp, rng), v = random_vector(n * ldv, rng);
+      const auto start = random_vector(G * ldo, rng);
+      std::vector<float> all = start, ref = start;
+      weighted_rows_sum(p.data(), ldp, G, v.data(), ldv, n, D, all.data(), ldo);
+      weighted_rows_sum_reference(p.data(), ldp, G, v.data(), ldv, n, D, ref.data(), ldo);
+      for (size_t i = 0; i < all.size(); ++i) {
+        double scale = 1;
+        for (size_t s = 0; s < n; ++s) scale += std::fabs(p[i / ldo * ldp + s]) * 3;
+        ASSERT_NEAR(all[i], ref[i], 1e-6 * scale) << "D " << D << " at " << i;
+      }
+      for (size_t g = 0; g < G; ++g) {  // each row alone
+        std::vector<float> one(start.begin() + g * ldo, start.begin() + (g + 1) * ldo);
+        weighted_rows_sum(p.data() + g * ldp, ldp, 1, v.data(), ldv, n, D, one.data(), ldo);
+        ASSERT_EQ(std::memcmp(one.data(), all.data() + g * ldo, D * sizeof(float)), 0)
+            << "D " << D << " row " << g;
+      }
+    }
+  });
+}
+
+// Attention's scores with the queries across the lanes (MLA's absorbed form): the reference's
+// FMAs, and a query's bits the same whatever the number of queries computed with it.
+TEST(Kernels, TransposedScoresMatchReferenceAndAreQueryIndependent) {
+  for_every_target([] {
+    std::mt19937 rng(9);
+    for (size_t H : {1, 2, 13, 16}) {
+      const size_t K = 37, n = 11, ldq = 32, lde = K + 2, lds = 16;  // q read 16 wide from h
+      const auto q = random_vector(K * ldq, rng), e = random_vector(n * lde, rng);
+      std::vector<float> s(n * lds), ref(n * lds);
+      transposed_scores(q.data(), ldq, H, e.data(), lde, n, K, s.data(), lds);
+      transposed_scores_reference(q.data(), ldq, H, e.data(), lde, n, K, ref.data(), lds);
+      for (size_t j = 0; j < n; ++j)
+        for (size_t h = 0; h < H; ++h) {
+          double scale = 0;
+          for (size_t k = 0; k < K; ++k) scale += std::fabs(q[k * ldq + h] * e[j * lde + k]);
+          ASSERT_NEAR(s[j * lds + h], ref[j * lds + h], 1e-6 * scale) << "H " << H;
+        }
+      for (size_t h = 0; h < H; ++h) {  // each query alone
+        std::vector<float> alone(n * lds);
+        transposed_scores(q.data() + h, ldq, 1, e.data(), lde, n, K, alone.data(), lds);
+        for (size_t j = 0; j < n; ++j)
+          ASSERT_EQ(std::memcmp(&alone[j * lds], &s[j * lds + h], sizeof(float)), 0)
+              << "H " << H << " query " << h << " entry " << j;
+      }
+    }
+  });
+}
+
 // The multi-row kernels (one weight row against T activation rows; speculative decoding's
 // verification, small batches) must give every row exactly the bits of the single-row kernel,
 // whatever its batch-mates, and agree with the scalar references.

@@ -28,6 +28,12 @@ struct LayerCache {
     const int mask = (1 << page_shift) - 1;
     return pages[s >> page_shift] + static_cast<size_t>(s & mask) * width;
   }
+  // How many of the n entries from s lie one after another in memory (the rest of s's page).
+  int contiguous_entries(int s, int n) const {
+    if (pages.empty()) return n;
+    const int page_left = (1 << page_shift) - (s & ((1 << page_shift) - 1));
+    return n < page_left ? n : page_left;
+  }
   // Stores n entries for positions pos0 … pos0 + n − 1, the next ones of the sequence:
   // contiguous, appended to kv; paged, written into pages already attached.
   void store(const float* entries, int n, int pos0, int width);

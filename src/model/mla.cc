@@ -89,8 +89,6 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     }
   }
 
-  int max_len = 0;
-  for (const Segment& seg : segments) max_len = std::max(max_len, seg.pos0 + seg.rows);
   std::vector<float> attn(static_cast<size_t>(N) * heads * vdim);
 
   // Naive segments: per head and block of rows by sgemm (attention_block), the scores
@@ -122,74 +120,125 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     }
   }
 
-  // Work items: a row and a group of its heads. The absorbed form reads each cached latent once
-  // for the whole group (MQA: every head attends to the same latents); a row's heads are split
-  // into several groups only when there are too few rows to keep every thread busy (decode).
-  const int groups = std::clamp((4 * omp_get_max_threads() + N - 1) / N, 1, heads);
-  const int group_size = (heads + groups - 1) / groups;
+  // Absorbed rows (decode, speculative verification, the MTP rows after it): each head's query
+  // against the latents is [W_UKᵀ q_nope ; q_rope], so score = query · [c_KV ; k_rope] and
+  // out = W_UV (Σ p c_KV) — MQA over the cached entries. The positions go in chunks of
+  // kChunkPositions, each chunk's softmax kept unnormalized with its own maximum and combined at
+  // the end (split-K attention, as flash-decoding does), so that the threads split a long
+  // context between them and read every cached entry once for all the heads; splitting by heads
+  // instead had each thread read the whole cache (16 reads of 19 MB a layer at 8K positions).
+  // Every step is per head and in a fixed order (fixed chunks; transposed_scores and
+  // weighted_rows_sum give each head the same bits whatever its group), so a row's result does
+  // not depend on the batch: speculative verification reproduces plain decoding.
+  constexpr int kChunkPositions = 256;
+  std::vector<int> absorbed_rows, chunk_base;  // row, and its first chunk among all rows' chunks
+  int chunks_total = 0;
+  for (int r = 0; r < N; ++r) {
+    if (!expanded[map.segment[r]].empty()) continue;  // naive: above
+    absorbed_rows.push_back(r);
+    chunk_base.push_back(chunks_total);
+    chunks_total += (map.position[r] + kChunkPositions) / kChunkPositions;  // ⌈visible / chunk⌉
+  }
+  const int A = static_cast<int>(absorbed_rows.size());
+  if (A > 0) {
+    // The queries transposed, per row [width][heads_padded]: the heads across the lanes of
+    // transposed_scores (zeros past the last head).
+    const int heads_padded = (heads + 15) / 16 * 16;
+    const size_t row_queries = static_cast<size_t>(width) * heads_padded;
+    std::vector<float> queries(A * row_queries, 0.0f);
+    // Per chunk and head: its latent sum Σ e^(score − m) c_KV, then m and Σ e^(score − m).
+    const int partial = kvr + 2;
+    std::vector<float> partials(static_cast<size_t>(chunks_total) * heads * partial);
+    // Chunk items by groups of 16 heads (a vector of scores).
+    const int group_size = std::min(heads, 16), groups = (heads + group_size - 1) / group_size;
+    std::vector<std::pair<int, int>> chunk_items;  // (absorbed row, chunk)
+    for (int a = 0; a < A; ++a)
+      for (int c = 0; c < (map.position[absorbed_rows[a]] + kChunkPositions) / kChunkPositions; ++c)
+        chunk_items.push_back({a, c});
 #pragma omp parallel
-  {
-    std::vector<float> scores(static_cast<size_t>(group_size) * max_len);
-    std::vector<float> queries(static_cast<size_t>(group_size) * width);
-    std::vector<float> o_latent(static_cast<size_t>(group_size) * kvr), row(kvr);
-    float part[8];
+    {
+      std::vector<float> row(kvr), query(width);
+      std::vector<float> scores_t(static_cast<size_t>(kChunkPositions) * 16);  // [position][head]
+      std::vector<float> scores(static_cast<size_t>(group_size) * kChunkPositions);
 #pragma omp for schedule(dynamic)
-    for (int item = 0; item < N * groups; ++item) {
-      const int r = item / groups, h0 = (item % groups) * group_size;
-      const int h1 = std::min(heads, h0 + group_size), G = h1 - h0;
-      if (G <= 0) continue;
-      const int si = map.segment[r], t = r - first_row[si];
-      if (!expanded[si].empty()) continue;  // naive: above
-      const LayerCache& cache = *segments[si].cache;
-      const AttentionMask& mask = allowed[si];
-      const int visible = map.position[r] + 1;
-      const auto query = [&](int hd) {
-        return q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
-      };
-      const auto output = [&](int hd) {
-        return attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
-      };
-      // Absorbed: each head's query against the latents is [W_UKᵀ q_nope ; q_rope], so
-      // score = query · [c_KV ; k_rope] and out = W_UV (Σ p c_KV).
-      for (int g = 0; g < G; ++g) {
-        const float* qh = query(h0 + g);
-        float* qg = queries.data() + static_cast<size_t>(g) * width;
-        std::fill(qg, qg + kvr, 0.0f);
+      for (int item = 0; item < A * heads; ++item) {
+        const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
+        const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
+        std::fill(query.begin(), query.begin() + kvr, 0.0f);
         for (int d = 0; d < nope; ++d) {
-          w.kv_b_proj.row_to_f32((h0 + g) * kv_b_rows_per_head + d, row.data());
-          axpy(qh[d], row.data(), qg, kvr);
+          w.kv_b_proj.row_to_f32(hd * kv_b_rows_per_head + d, row.data());
+          axpy(qh[d], row.data(), query.data(), kvr);
         }
-        std::copy_n(qh + nope, rope_dim, qg + kvr);
+        std::copy_n(qh + nope, rope_dim, query.data() + kvr);
+        float* qt = queries.data() + a * row_queries + hd;
+        for (int k = 0; k < width; ++k) qt[static_cast<size_t>(k) * heads_padded] = query[k];
       }
-      for (int s = 0; s < visible; ++s) {
-        if (!mask.empty() && !mask[t][s]) {
-          for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * max_len + s] = kNegInf;
-          continue;
+#pragma omp for schedule(dynamic)
+      for (int item = 0; item < static_cast<int>(chunk_items.size()) * groups; ++item) {
+        const auto [a, c] = chunk_items[item / groups];
+        const int h0 = item % groups * group_size, G = std::min(heads, h0 + group_size) - h0;
+        const int r = absorbed_rows[a], si = map.segment[r], t = r - first_row[si];
+        const LayerCache& cache = *segments[si].cache;
+        const AttentionMask& mask = allowed[si];
+        const int s0 = c * kChunkPositions;
+        const int n = std::min(kChunkPositions, map.position[r] + 1 - s0);
+        // Scores of the group's heads at every position of the chunk, over runs of entries
+        // contiguous in the cache (pages), then per head (scaled, masked).
+        for (int j = 0; j < n;) {
+          const int run = cache.contiguous_entries(s0 + j, n - j);
+          transposed_scores(queries.data() + a * row_queries + h0, heads_padded, G,
+                            cache.entry(s0 + j, width), width, run, width,
+                            scores_t.data() + static_cast<size_t>(j) * 16, 16);
+          j += run;
         }
-        // One cached entry against every query of the group (read once, up to 8 at a time).
-        for (int g0 = 0; g0 < G; g0 += 8) {
-          const int n = std::min(8, G - g0);
-          dot_f32_rows(cache.entry(s, width), queries.data() + static_cast<size_t>(g0) * width,
-                       width, n, width, part);
-          for (int g = 0; g < n; ++g)
-            scores[static_cast<size_t>(g0 + g) * max_len + s] = part[g] * scale;
-        }
-      }
-      for (int g = 0; g < G; ++g)
-        softmax(scores.data() + static_cast<size_t>(g) * max_len, visible);
-      std::fill(o_latent.begin(), o_latent.begin() + static_cast<size_t>(G) * kvr, 0.0f);
-      for (int s = 0; s < visible; ++s) {
-        const float* latent = cache.entry(s, width);
+        for (int g = 0; g < G; ++g)
+          for (int j = 0; j < n; ++j)
+            scores[static_cast<size_t>(g) * kChunkPositions + j] =
+                !mask.empty() && !mask[t][s0 + j]
+                    ? kNegInf
+                    : scores_t[static_cast<size_t>(j) * 16 + g] * scale;
+        float* out_c =
+            partials.data() + ((static_cast<size_t>(chunk_base[a]) + c) * heads + h0) * partial;
         for (int g = 0; g < G; ++g) {
-          const float p = scores[static_cast<size_t>(g) * max_len + s];
-          if (p != 0.0f) axpy(p, latent, o_latent.data() + static_cast<size_t>(g) * kvr, kvr);
+          float* sg = scores.data() + static_cast<size_t>(g) * kChunkPositions;
+          float* o = out_c + static_cast<size_t>(g) * partial;
+          const float m = *std::max_element(sg, sg + n);
+          std::fill(o, o + kvr, 0.0f);
+          o[kvr] = m;
+          // A chunk whose positions are all masked out weighs nothing (e^-inf).
+          o[kvr + 1] = m == kNegInf ? 0.0f : exp_shifted(sg, n, m);
+          if (m == kNegInf) std::fill(sg, sg + n, 0.0f);
+        }
+        // Σ_j p[g][j] · c_KV(s0 + j), over the same runs.
+        for (int j = 0; j < n;) {
+          const int run = cache.contiguous_entries(s0 + j, n - j);
+          weighted_rows_sum(scores.data() + j, kChunkPositions, G, cache.entry(s0 + j, width),
+                            width, run, kvr, out_c, partial);
+          j += run;
         }
       }
-      for (int g = 0; g < G; ++g) {
-        float* o = output(h0 + g);
+#pragma omp for schedule(dynamic)
+      for (int item = 0; item < A * heads; ++item) {
+        const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
+        const int chunks = (map.position[r] + kChunkPositions) / kChunkPositions;
+        const float* first =
+            partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
+        const size_t stride = static_cast<size_t>(heads) * partial;  // chunk to chunk
+        float m = kNegInf;
+        for (int c = 0; c < chunks; ++c) m = std::max(m, first[c * stride + kvr]);
+        std::fill(row.begin(), row.end(), 0.0f);
+        float total = 0;
+        for (int c = 0; c < chunks; ++c) {
+          const float* o = first + c * stride;
+          if (o[kvr + 1] == 0.0f) continue;
+          const float weight = std::exp(o[kvr] - m);
+          axpy(weight, o, row.data(), kvr);
+          total += weight * o[kvr + 1];
+        }
+        for (float& v : row) v /= total;
+        float* out_h = attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
         for (int d = 0; d < vdim; ++d)
-          o[d] = w.kv_b_proj.row_dot((h0 + g) * kv_b_rows_per_head + nope + d,
-                                     o_latent.data() + static_cast<size_t>(g) * kvr);
+          out_h[d] = w.kv_b_proj.row_dot(hd * kv_b_rows_per_head + nope + d, row.data());
       }
     }
   }

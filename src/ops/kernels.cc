@@ -4,6 +4,7 @@
 #include "ops/kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <utility>
 
@@ -583,6 +584,75 @@ void Axpy(float a, const float* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+// out[g·ldo + d] += Σ_s p[g·ldp + s] · v[s·ldv + d] for R rows (a compile-time count, so that
+// their sums stay in registers), each value vector loaded once for all of them; every element one
+// FMA per s in order (the tail lanes by std::fma, the same single rounding), so a row's result
+// does not depend on how many rows are beside it.
+template <size_t R>
+HWY_INLINE void WeightedRows(const float* p, size_t ldp, const float* v, size_t ldv, size_t n,
+                             size_t D, float* out, size_t ldo) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= D; i += N) {
+    hn::Vec<decltype(d)> acc[R];
+    for (size_t g = 0; g < R; ++g) acc[g] = hn::LoadU(d, out + g * ldo + i);
+    for (size_t s = 0; s < n; ++s) {
+      const auto vs = hn::LoadU(d, v + s * ldv + i);
+      for (size_t g = 0; g < R; ++g) acc[g] = hn::MulAdd(hn::Set(d, p[g * ldp + s]), vs, acc[g]);
+    }
+    for (size_t g = 0; g < R; ++g) hn::StoreU(acc[g], d, out + g * ldo + i);
+  }
+  for (; i < D; ++i)
+    for (size_t g = 0; g < R; ++g) {
+      float acc = out[g * ldo + i];
+      for (size_t s = 0; s < n; ++s) acc = std::fma(p[g * ldp + s], v[s * ldv + i], acc);
+      out[g * ldo + i] = acc;
+    }
+}
+void WeightedRowsSum(const float* p, size_t ldp, size_t G, const float* v, size_t ldv, size_t n,
+                     size_t D, float* out, size_t ldo) {
+  size_t g = 0;
+  for (; g + 8 <= G; g += 8) WeightedRows<8>(p + g * ldp, ldp, v, ldv, n, D, out + g * ldo, ldo);
+  if (G - g >= 4) {
+    WeightedRows<4>(p + g * ldp, ldp, v, ldv, n, D, out + g * ldo, ldo);
+    g += 4;
+  }
+  for (; g < G; ++g) WeightedRows<1>(p + g * ldp, ldp, v, ldv, n, D, out + g * ldo, ldo);
+}
+
+// s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 4 entries at a
+// time (one query vector load, 4 broadcasts, 4 FMAs per k); every lane one FMA per k in k order.
+void TransposedScores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
+                      size_t K, float* s, size_t lds) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t h = 0; h < H; h += N) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+      const float* e0 = e + j * lde;
+      for (size_t k = 0; k < K; ++k) {
+        const auto qk = hn::LoadU(d, q + k * ldq + h);
+        a0 = hn::MulAdd(hn::Set(d, e0[k]), qk, a0);
+        a1 = hn::MulAdd(hn::Set(d, e0[lde + k]), qk, a1);
+        a2 = hn::MulAdd(hn::Set(d, e0[2 * lde + k]), qk, a2);
+        a3 = hn::MulAdd(hn::Set(d, e0[3 * lde + k]), qk, a3);
+      }
+      hn::StoreU(a0, d, s + j * lds + h);
+      hn::StoreU(a1, d, s + (j + 1) * lds + h);
+      hn::StoreU(a2, d, s + (j + 2) * lds + h);
+      hn::StoreU(a3, d, s + (j + 3) * lds + h);
+    }
+    for (; j < n; ++j) {
+      auto a = hn::Zero(d);
+      for (size_t k = 0; k < K; ++k)
+        a = hn::MulAdd(hn::Set(d, e[j * lde + k]), hn::LoadU(d, q + k * ldq + h), a);
+      hn::StoreU(a, d, s + j * lds + h);
+    }
+  }
+}
+
 // e^x by Highway's polynomial (about 1 ulp), 0 below -104, inputs clamped to 88 (e^88 is
 // near the largest float) so that large arguments give a large value, not garbage.
 template <class D, class V>
@@ -649,6 +719,8 @@ HWY_EXPORT(DotE4M3);
 HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(E4M3ToF32);
 HWY_EXPORT(Axpy);
+HWY_EXPORT(WeightedRowsSum);
+HWY_EXPORT(TransposedScores);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(ExpShifted);
 HWY_EXPORT(DotF16);
@@ -756,6 +828,32 @@ void silu_mul_kernel(float* gate, const float* up, size_t n) {
 }
 float exp_shifted(float* x, size_t n, float shift) {
   return HWY_DYNAMIC_DISPATCH(ExpShifted)(x, n, shift);
+}
+void weighted_rows_sum(const float* p, size_t ldp, size_t G, const float* v, size_t ldv, size_t n,
+                       size_t D, float* out, size_t ldo) {
+  HWY_DYNAMIC_DISPATCH(WeightedRowsSum)(p, ldp, G, v, ldv, n, D, out, ldo);
+}
+void transposed_scores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
+                       size_t K, float* s, size_t lds) {
+  HWY_DYNAMIC_DISPATCH(TransposedScores)(q, ldq, H, e, lde, n, K, s, lds);
+}
+void transposed_scores_reference(const float* q, size_t ldq, size_t H, const float* e, size_t lde,
+                                 size_t n, size_t K, float* s, size_t lds) {
+  for (size_t j = 0; j < n; ++j)
+    for (size_t h = 0; h < H; ++h) {
+      float acc = 0;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(e[j * lde + k], q[k * ldq + h], acc);
+      s[j * lds + h] = acc;
+    }
+}
+void weighted_rows_sum_reference(const float* p, size_t ldp, size_t G, const float* v, size_t ldv,
+                                 size_t n, size_t D, float* out, size_t ldo) {
+  for (size_t g = 0; g < G; ++g)
+    for (size_t i = 0; i < D; ++i) {
+      float acc = out[g * ldo + i];
+      for (size_t s = 0; s < n; ++s) acc = std::fma(p[g * ldp + s], v[s * ldv + i], acc);
+      out[g * ldo + i] = acc;
+    }
 }
 
 float dot_f32_reference(const float* a, const float* b, size_t n) {

@@ -20,6 +20,23 @@ void bf16_to_f32(const uint16_t* in, float* out, size_t n);
 void e4m3_to_f32(const uint8_t* w, const float* block_scales, size_t block, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
+// out[g·ldo + d] += Σ_{s < n} p[g·ldp + s] · v[s·ldv + d] for g < G, d < D: G weighted sums of
+// the same n vectors (attention's probabilities times its values), each vector read once for up
+// to 8 of them. Every element is one FMA per s, in s order, whatever G: a row's result does not
+// depend on its batch-mates. The reference does the same FMAs one element at a time.
+void weighted_rows_sum(const float* p, size_t ldp, size_t G, const float* v, size_t ldv, size_t n,
+                       size_t D, float* out, size_t ldo);
+// s[j·lds + h] = Σ_{k < K} q[k·ldq + h] · e[j·lde + k] for h < H, j < n: H queries stored
+// transposed (k-major, the queries across a vector's lanes) against n entries — attention's
+// scores of several heads sharing the entries (MLA's absorbed form) with no horizontal sums. The
+// SIMD version computes and stores whole vectors: q's rows and s's rows must hold H rounded up
+// to 16 floats. Every score is one FMA per k in k order, whatever H (the reference likewise).
+void transposed_scores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
+                       size_t K, float* s, size_t lds);
+void transposed_scores_reference(const float* q, size_t ldq, size_t H, const float* e, size_t lde,
+                                 size_t n, size_t K, float* s, size_t lds);
+void weighted_rows_sum_reference(const float* p, size_t ldp, size_t G, const float* v,
+                                 size_t ldv, size_t n, size_t D, float* out, size_t ldo);
 // gate[i] = silu(gate[i]) · up[i], and x[i] = e^(x[i] - shift) returning Σ x[i] (e^-inf = 0):
 // SIMD exponentials (Highway's, about 1 ulp) for the FFN activation and softmax.
 void silu_mul_kernel(float* gate, const float* up, size_t n);
