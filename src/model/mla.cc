@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -130,14 +131,25 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   // Every step is per head and in a fixed order (fixed chunks; transposed_scores and
   // weighted_rows_sum give each head the same bits whatever its group), so a row's result does
   // not depend on the batch: speculative verification reproduces plain decoding.
-  constexpr int kChunkPositions = 256;
+  static constexpr int kChunkPositions =
+      256;  // the largest chunk; a short context takes smaller ones
+  // A row's chunk: about an eighth of what it sees (so that even one row keeps the threads
+  // busy), a power of two from 32 to 256 — a function of the row's position alone, so the same
+  // in plain decoding and in a verification pass, whatever the threads.
+  const auto chunk_of = [](int visible) {
+    return std::clamp(static_cast<int>(std::bit_ceil(static_cast<unsigned>(visible + 7) / 8)), 32,
+                      kChunkPositions);
+  };
+  const auto chunks_of = [&](int visible) {
+    return (visible + chunk_of(visible) - 1) / chunk_of(visible);
+  };
   std::vector<int> absorbed_rows, chunk_base;  // row, and its first chunk among all rows' chunks
   int chunks_total = 0;
   for (int r = 0; r < N; ++r) {
     if (!expanded[map.segment[r]].empty()) continue;  // naive: above
     absorbed_rows.push_back(r);
     chunk_base.push_back(chunks_total);
-    chunks_total += (map.position[r] + kChunkPositions) / kChunkPositions;  // ⌈visible / chunk⌉
+    chunks_total += chunks_of(map.position[r] + 1);
   }
   const int A = static_cast<int>(absorbed_rows.size());
   if (A > 0) {
@@ -153,7 +165,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     const int group_size = std::min(heads, 16), groups = (heads + group_size - 1) / group_size;
     std::vector<std::pair<int, int>> chunk_items;  // (absorbed row, chunk)
     for (int a = 0; a < A; ++a)
-      for (int c = 0; c < (map.position[absorbed_rows[a]] + kChunkPositions) / kChunkPositions; ++c)
+      for (int c = 0; c < chunks_of(map.position[absorbed_rows[a]] + 1); ++c)
         chunk_items.push_back({a, c});
 #pragma omp parallel
     {
@@ -180,8 +192,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         const int r = absorbed_rows[a], si = map.segment[r], t = r - first_row[si];
         const LayerCache& cache = *segments[si].cache;
         const AttentionMask& mask = allowed[si];
-        const int s0 = c * kChunkPositions;
-        const int n = std::min(kChunkPositions, map.position[r] + 1 - s0);
+        const int visible = map.position[r] + 1, chunk = chunk_of(visible), s0 = c * chunk;
+        const int n = std::min(chunk, visible - s0);
         // Scores of the group's heads at every position of the chunk, over runs of entries
         // contiguous in the cache (pages), then per head (scaled, masked).
         for (int j = 0; j < n;) {
@@ -220,7 +232,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < A * heads; ++item) {
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
-        const int chunks = (map.position[r] + kChunkPositions) / kChunkPositions;
+        const int chunks = chunks_of(map.position[r] + 1);
         const float* first =
             partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
         const size_t stride = static_cast<size_t>(heads) * partial;  // chunk to chunk
