@@ -26,16 +26,24 @@ std::vector<float> prefill(const Model& model, const std::vector<int>& tokens,
   return logits;
 }
 
+// A random f32 model of the preset (`whale init`, in dir) and a prompt of n tokens for it.
+struct Prompted {
+  decltype(Model::load("")) model;
+  std::vector<int> tokens;
+};
+Prompted init_with_prompt(const whale::testing::TempDir& dir, const char* preset, int n) {
+  auto r = whale::testing::run_whale(std::string("init --preset ") + preset +
+                                     " --dtype f32 --out " + dir / preset);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  Prompted p{Model::load(dir / preset), {}};
+  for (int i = 0; i < n; ++i) p.tokens.push_back((i * 37 + 11) % p.model->config().vocab_size);
+  return p;
+}
+
 TEST(Attention, NaivePrefillInRowBlocksMatchesAbsorbed) {
   whale::testing::TempDir dir;
   for (const char* preset : {"tiny", "tiny-v32"}) {
-    auto r = whale::testing::run_whale(std::string("init --preset ") + preset +
-                                       " --dtype f32 --out " + dir / preset);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    auto model = Model::load(dir / preset);
-    const int V = model->config().vocab_size;
-    std::vector<int> tokens;
-    for (int i = 0; i < 600; ++i) tokens.push_back((i * 37 + 11) % V);
+    const auto [model, tokens] = init_with_prompt(dir, preset, 600);
     // 600 rows: naive blocks of 64 rows; the absorbed form's chunks of 256 positions (up to 3 per
     // row, combined); in two chunks of the prompt the second's blocks start at position 350.
     const auto absorbed = prefill(*model, tokens, {600}, AttentionPath::kAbsorbed);
@@ -52,13 +60,7 @@ TEST(Attention, NaivePrefillInRowBlocksMatchesAbsorbed) {
 TEST(Attention, DensePrefillInRowBlocksMatchesStepByStep) {
   whale::testing::TempDir dir;
   for (const char* preset : {"tiny-qwen2", "tiny-llama"}) {
-    auto r = whale::testing::run_whale(std::string("init --preset ") + preset +
-                                       " --dtype f32 --out " + dir / preset);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    auto model = Model::load(dir / preset);
-    const int V = model->config().vocab_size;
-    std::vector<int> tokens;
-    for (int i = 0; i < 150; ++i) tokens.push_back((i * 37 + 11) % V);
+    const auto [model, tokens] = init_with_prompt(dir, preset, 150);
     const auto stepped =
         prefill(*model, tokens, std::vector<int>(tokens.size(), 1), AttentionPath::kAuto);
     for (const std::vector<int>& chunks : {std::vector<int>{150}, std::vector<int>{90, 60}}) {

@@ -123,19 +123,18 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
 
   // Absorbed rows (decode, speculative verification, the MTP rows after it): each head's query
   // against the latents is [W_UKᵀ q_nope ; q_rope], so score = query · [c_KV ; k_rope] and
-  // out = W_UV (Σ p c_KV) — MQA over the cached entries. The positions go in chunks of
-  // kChunkPositions, each chunk's softmax kept unnormalized with its own maximum and combined at
-  // the end (split-K attention, as flash-decoding does), so that the threads split a long
+  // out = W_UV (Σ p c_KV) — MQA over the cached entries. The positions go in chunks, each
+  // chunk's softmax kept unnormalized with its own maximum and combined at the end (split-K
+  // attention, as flash-decoding does), so that the threads split a long
   // context between them and read every cached entry once for all the heads; splitting by heads
   // instead had each thread read the whole cache (16 reads of 19 MB a layer at 8K positions).
   // Every step is per head and in a fixed order (fixed chunks; transposed_scores and
   // weighted_rows_sum give each head the same bits whatever its group), so a row's result does
   // not depend on the batch: speculative verification reproduces plain decoding.
-  static constexpr int kChunkPositions =
-      256;  // the largest chunk; a short context takes smaller ones
   // A row's chunk: about an eighth of what it sees (so that even one row keeps the threads
-  // busy), a power of two from 32 to 256 — a function of the row's position alone, so the same
-  // in plain decoding and in a verification pass, whatever the threads.
+  // busy), a power of two from 32 to kChunkPositions — a function of the row's position alone,
+  // so the same in plain decoding and in a verification pass, whatever the threads.
+  static constexpr int kChunkPositions = 256;
   const auto chunk_of = [](int visible) {
     return std::clamp(static_cast<int>(std::bit_ceil(static_cast<unsigned>(visible + 7) / 8)), 32,
                       kChunkPositions);
