@@ -44,8 +44,8 @@ TEST(Attention, NaivePrefillInRowBlocksMatchesAbsorbed) {
   whale::testing::TempDir dir;
   for (const char* preset : {"tiny", "tiny-v32"}) {
     const auto [model, tokens] = init_with_prompt(dir, preset, 600);
-    // 600 rows: naive blocks of 64 rows; the absorbed form's chunks of 256 positions (up to 3 per
-    // row, combined); in two chunks of the prompt the second's blocks start at position 350.
+    // 600 rows: naive blocks of 64 rows; the absorbed form's rows see up to 5 chunks of 128
+    // positions (combined); in two chunks of the prompt the second's blocks start at position 350.
     const auto absorbed = prefill(*model, tokens, {600}, AttentionPath::kAbsorbed);
     for (const std::vector<int>& chunks : {std::vector<int>{600}, std::vector<int>{350, 250}}) {
       const auto naive = prefill(*model, tokens, chunks, AttentionPath::kNaive);

@@ -132,12 +132,14 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   // weighted_rows_sum give each head the same bits whatever its group), so a row's result does
   // not depend on the batch: speculative verification reproduces plain decoding.
   // A row's chunk: about an eighth of what it sees (so that even one row keeps the threads
-  // busy), a power of two from 32 to kChunkPositions — a function of the row's position alone,
-  // so the same in plain decoding and in a verification pass, whatever the threads.
-  static constexpr int kChunkPositions = 256;
-  const auto chunk_of = [](int visible) {
+  // busy), a power of two from 32 to max_chunk — a function of the row's position alone, so the
+  // same in plain decoding and in a verification pass, whatever the threads. max_chunk grows with
+  // the heads (256 for V2-Lite's 16, 2048 for V3's 128), so that the chunks' partial sums
+  // (heads × kv_lora_rank floats each) stay about 6% of the cache entries they summarize.
+  const int max_chunk = 16 * std::max(16, heads);
+  const auto chunk_of = [max_chunk](int visible) {
     return std::clamp(static_cast<int>(std::bit_ceil(static_cast<unsigned>(visible + 7) / 8)), 32,
-                      kChunkPositions);
+                      max_chunk);
   };
   const auto chunks_of = [&](int visible) {
     return (visible + chunk_of(visible) - 1) / chunk_of(visible);
@@ -169,8 +171,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
 #pragma omp parallel
     {
       std::vector<float> row(kvr), query(width);
-      std::vector<float> scores_t(static_cast<size_t>(kChunkPositions) * 16);  // [position][head]
-      std::vector<float> scores(static_cast<size_t>(group_size) * kChunkPositions);
+      std::vector<float> scores_t(static_cast<size_t>(max_chunk) * 16);  // [position][head]
+      std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < A * heads; ++item) {
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
@@ -204,14 +206,14 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         }
         for (int g = 0; g < G; ++g)
           for (int j = 0; j < n; ++j)
-            scores[static_cast<size_t>(g) * kChunkPositions + j] =
+            scores[static_cast<size_t>(g) * max_chunk + j] =
                 !mask.empty() && !mask[t][s0 + j]
                     ? kNegInf
                     : scores_t[static_cast<size_t>(j) * 16 + g] * scale;
         float* out_c =
             partials.data() + ((static_cast<size_t>(chunk_base[a]) + c) * heads + h0) * partial;
         for (int g = 0; g < G; ++g) {
-          float* sg = scores.data() + static_cast<size_t>(g) * kChunkPositions;
+          float* sg = scores.data() + static_cast<size_t>(g) * max_chunk;
           float* o = out_c + static_cast<size_t>(g) * partial;
           const float m = *std::max_element(sg, sg + n);
           std::fill(o, o + kvr, 0.0f);
@@ -223,8 +225,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         // Σ_j p[g][j] · c_KV(s0 + j), over the same runs.
         for (int j = 0; j < n;) {
           const int run = cache.contiguous_entries(s0 + j, n - j);
-          weighted_rows_sum(scores.data() + j, kChunkPositions, G, cache.entry(s0 + j, width),
-                            width, run, kvr, out_c, partial);
+          weighted_rows_sum(scores.data() + j, max_chunk, G, cache.entry(s0 + j, width), width, run,
+                            kvr, out_c, partial);
           j += run;
         }
       }

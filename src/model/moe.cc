@@ -263,25 +263,40 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
   // thread (largest first, handed out dynamically): a prompt of 512 tokens gives each of 64
   // experts about 48, and splitting every one of their matrices over the threads instead costs
   // a fork/join per matrix with the gathers, activations and sums between them serial.
-  std::vector<int> order;
+  // The experts go in waves of consecutive experts whose outputs fit in 64 MiB (all of them for
+  // v2-lite-8l's 512 tokens; a long prompt of a V3-sized model would otherwise hold T·K·H floats
+  // at once), each wave's sums added in expert order: they do not depend on the threads.
+  constexpr size_t kWaveFloats = (size_t{64} << 20) / sizeof(float);
+  std::vector<int> active;
   for (int e = 0; e < E; ++e)
-    if (!slots[e].empty()) order.push_back(e);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int a, int b) { return slots[a].size() > slots[b].size(); });
+    if (!slots[e].empty()) active.push_back(e);
   std::vector<std::vector<float>> y(E);
+  for (size_t w0 = 0, w1 = 0; w0 < active.size(); w0 = w1) {
+    size_t floats = 0;
+    for (w1 = w0; w1 < active.size(); ++w1) {
+      const size_t more = slots[active[w1]].size() * H;
+      if (w1 > w0 && floats + more > kWaveFloats) break;
+      floats += more;
+    }
+    std::vector<int> order(active.begin() + w0, active.begin() + w1);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return slots[a].size() > slots[b].size(); });
 #pragma omp parallel
-  {
-    std::vector<float> x;
+    {
+      std::vector<float> x;
 #pragma omp for schedule(dynamic)
-    for (size_t i = 0; i < order.size(); ++i) {
-      const int e = order[i];
-      gather(e, x);
-      y[e].resize(x.size());
-      ffn_forward(moe.experts[e], x.data(), static_cast<int>(slots[e].size()), y[e].data());
+      for (size_t i = 0; i < order.size(); ++i) {
+        const int e = order[i];
+        gather(e, x);
+        y[e].resize(x.size());
+        ffn_forward(moe.experts[e], x.data(), static_cast<int>(slots[e].size()), y[e].data());
+      }
+    }
+    for (size_t i = w0; i < w1; ++i) {
+      combine(active[i], y[active[i]]);
+      std::vector<float>().swap(y[active[i]]);
     }
   }
-  for (int e = 0; e < E; ++e)  // in expert order: the sums do not depend on the threads
-    if (!slots[e].empty()) combine(e, y[e]);
   if (routing_out) *routing_out = std::move(r);
 }
 

@@ -474,7 +474,7 @@ WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& o
 }
 
 // Sizes out for T rows, all zeros: the padding after a row's last group (codes, lane offsets,
-// scales and min terms) stays 0, which the kernels rely on.
+// scales, group offsets and min terms) stays 0, which the kernels rely on.
 void prepare(int T, int cols, Int8Activations* out) {
   out->T = T;
   out->cols = cols;

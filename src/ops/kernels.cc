@@ -586,7 +586,8 @@ void Axpy(float a, const float* x, float* y, size_t n) {
 
 // out[g·ldo + d] += Σ_s p[g·ldp + s] · v[s·ldv + d] for R rows (a compile-time count, so that
 // their sums stay in registers), each value vector loaded once for all of them; every element one
-// FMA per s in order (the tail lanes by std::fma, the same single rounding), so a row's result
+// FMA per s in order (the tail lanes by std::fma: on the FMA targets the same single rounding;
+// elsewhere each element keeps its own arithmetic whatever G), so a row's result
 // does not depend on how many rows are beside it.
 template <size_t R>
 HWY_INLINE void WeightedRows(const float* p, size_t ldp, const float* v, size_t ldv, size_t n,
