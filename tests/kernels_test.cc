@@ -199,29 +199,37 @@ TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
 
 // Both paths linear_forward has for many rows of a bf16 matrix (AVX512-BF16 where the CPU has
 // it, dequantized tiles by sgemm) compute W·x to within x's rounding to bf16 (2⁻⁹ of a product).
-TEST(Kernels, LinearForwardManyRowsOfBf16) {
-  std::mt19937 rng(4);
+// body(fast, T) for both of linear_forward's paths for many rows (the fast one — AVX512-BF16 —
+// and exact mode) and three token counts from kGemmMinTokens on; exact mode restored after.
+void for_many_rows_paths(const std::function<void(bool fast, int T)>& body) {
   for (bool fast : {false, true})
     for (int T : {kGemmMinTokens, 19, 70}) {
       set_exact_activations(!fast);
-      const int rows = 37, cols = 301;
-      const Bf16Matrix m(rows, cols, rng);
-      const std::vector<uint16_t>& w = m.w;
-      const Linear& lin = m.lin;
-      auto x = random_vector(static_cast<size_t>(T) * cols, rng);
-      std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
-      linear_forward(lin, x.data(), T, y.data());
-      linear_forward_reference(lin, x.data(), T, y_ref.data());
-      for (int t = 0; t < T; ++t)
-        for (int r = 0; r < rows; ++r) {
-          const size_t i = static_cast<size_t>(t) * rows + r;
-          const float scale = abs_sum(w.data() + static_cast<size_t>(r) * cols,
-                                      x.data() + static_cast<size_t>(t) * cols, cols);
-          ASSERT_NEAR(y[i], y_ref[i], scale / 512 + 1e-5f)
-              << "fast " << fast << " T " << T << " at " << t << "," << r;
-        }
+      body(fast, T);
     }
   set_exact_activations(true);
+}
+
+TEST(Kernels, LinearForwardManyRowsOfBf16) {
+  std::mt19937 rng(4);
+  for_many_rows_paths([&](bool fast, int T) {
+    const int rows = 37, cols = 301;
+    const Bf16Matrix m(rows, cols, rng);
+    const std::vector<uint16_t>& w = m.w;
+    const Linear& lin = m.lin;
+    auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+    std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
+    linear_forward(lin, x.data(), T, y.data());
+    linear_forward_reference(lin, x.data(), T, y_ref.data());
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < rows; ++r) {
+        const size_t i = static_cast<size_t>(t) * rows + r;
+        const float scale = abs_sum(w.data() + static_cast<size_t>(r) * cols,
+                                    x.data() + static_cast<size_t>(t) * cols, cols);
+        ASSERT_NEAR(y[i], y_ref[i], scale / 512 + 1e-5f)
+            << "fast " << fast << " T " << T << " at " << t << "," << r;
+      }
+  });
 }
 
 // fp8 weights of many rows: with AVX512-BF16 (the default) each weight × its block scale rounded
@@ -229,37 +237,34 @@ TEST(Kernels, LinearForwardManyRowsOfBf16) {
 // by sgemm; blocks of 128 × 128 with their own scales, shapes crossing row and column blocks.
 TEST(Kernels, LinearForwardManyRowsOfFp8) {
   std::mt19937 rng(5);
-  for (bool fast : {false, true})
-    for (int T : {kGemmMinTokens, 19, 70}) {
-      set_exact_activations(!fast);
-      const int rows = 150, cols = 301;
-      const auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
-      std::vector<uint8_t> codes(w.size());
-      Linear lin;
-      lin.dtype = DType::F8_E4M3;
-      lin.rows = rows;
-      lin.cols = cols;
-      for (int i = 0; i < 2 * 3; ++i) lin.block_scale.push_back(0.01f * (i + 1));
-      for (size_t i = 0; i < w.size(); ++i) codes[i] = f32_to_e4m3(w[i] * 100);
-      lin.data = codes.data();
-      std::vector<float> dequantized(cols);
-      auto x = random_vector(static_cast<size_t>(T) * cols, rng);
-      std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
-      linear_forward(lin, x.data(), T, y.data());
-      linear_forward_reference(lin, x.data(), T, y_ref.data());
-      for (int r = 0; r < rows; ++r) {
-        lin.row_to_f32(r, dequantized.data());
-        for (int t = 0; t < T; ++t) {
-          const size_t i = static_cast<size_t>(t) * rows + r;
-          float scale = 0;
-          for (int c = 0; c < cols; ++c)
-            scale += std::fabs(dequantized[c] * x[static_cast<size_t>(t) * cols + c]);
-          ASSERT_NEAR(y[i], y_ref[i], (fast ? scale / 256 : scale * 1e-6f) + 1e-5f)
-              << "fast " << fast << " T " << T << " at " << t << "," << r;
-        }
+  for_many_rows_paths([&](bool fast, int T) {
+    const int rows = 150, cols = 301;
+    const auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
+    std::vector<uint8_t> codes(w.size());
+    Linear lin;
+    lin.dtype = DType::F8_E4M3;
+    lin.rows = rows;
+    lin.cols = cols;
+    for (int i = 0; i < 2 * 3; ++i) lin.block_scale.push_back(0.01f * (i + 1));
+    for (size_t i = 0; i < w.size(); ++i) codes[i] = f32_to_e4m3(w[i] * 100);
+    lin.data = codes.data();
+    std::vector<float> dequantized(cols);
+    auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+    std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
+    linear_forward(lin, x.data(), T, y.data());
+    linear_forward_reference(lin, x.data(), T, y_ref.data());
+    for (int r = 0; r < rows; ++r) {
+      lin.row_to_f32(r, dequantized.data());
+      for (int t = 0; t < T; ++t) {
+        const size_t i = static_cast<size_t>(t) * rows + r;
+        float scale = 0;
+        for (int c = 0; c < cols; ++c)
+          scale += std::fabs(dequantized[c] * x[static_cast<size_t>(t) * cols + c]);
+        ASSERT_NEAR(y[i], y_ref[i], (fast ? scale / 256 : scale * 1e-6f) + 1e-5f)
+            << "fast " << fast << " T " << T << " at " << t << "," << r;
       }
     }
-  set_exact_activations(true);
+  });
 }
 
 // Runs body once per instruction set compiled in and supported here (AVX-512, AVX2, SSE4, ...),

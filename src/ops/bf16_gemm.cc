@@ -84,9 +84,10 @@ WHALE_BF16_TARGET void tile_sums(const uint16_t* const (&w)[kTileRows], int cols
   store_token_sums(sum, tokens, y, ldy);
 }
 
-// Weight rows [r0, r1) (w: rows cols apart) against every block of tokens.
-void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* blocks, int pairs, int T,
-           float* y, int ldy) {
+// Weight rows [r0, r1) (w: rows ldw values apart, cols of them used) against every block of
+// tokens.
+void panel(const uint16_t* w, int ldw, int cols, int r0, int r1, const uint16_t* blocks, int pairs,
+           int T, float* y, int ldy) {
   using Tile =
       void (*)(const uint16_t* const(&)[kTileRows], int, const uint16_t*, int, float*, int);
   static constexpr Tile kTiles[kTileRows] = {tile_sums<1>, tile_sums<2>, tile_sums<3>,
@@ -99,7 +100,7 @@ void panel(const uint16_t* w, int cols, int r0, int r1, const uint16_t* blocks, 
       const int here = std::min(kTileRows, r1 - r);
       const uint16_t* rows[kTileRows];
       for (int a = 0; a < kTileRows; ++a)
-        rows[a] = w + static_cast<size_t>(r + std::min(a, here - 1)) * cols;
+        rows[a] = w + static_cast<size_t>(r + std::min(a, here - 1)) * ldw;
       kTiles[here - 1](rows, cols, blocks + static_cast<size_t>(b) * pairs * 32, tokens,
                        y + static_cast<size_t>(b) * kLaneTokens * ldy + r, ldy);
     }
@@ -169,7 +170,7 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
   const TokenBlocks blocks(x, T, cols);
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
-      [&](int r0, int r1) { panel(w, cols, r0, r1, blocks.data, blocks.pairs, T, y, ldy); });
+      [&](int r0, int r1) { panel(w, cols, cols, r0, r1, blocks.data, blocks.pairs, T, y, ldy); });
 }
 
 void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
@@ -177,17 +178,17 @@ void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
   const TokenBlocks blocks(x, T, cols);
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows, [&](int r0, int r1) {
-        // The panel's rows in bf16, cols apart (panel's layout); each row through a
-        // padded f32 and bf16 buffer (round_to_bf16 writes whole vectors).
-        std::vector<uint16_t> tile(static_cast<size_t>(r1 - r0) * cols);
-        std::vector<float> row(ldx, 0.0f);
-        std::vector<uint16_t> rounded(ldx);
+        // The panel's rows widened and rounded to bf16, ldx apart (round_to_bf16 writes whole
+        // vectors); the buffers are the thread's, reused from panel to panel.
+        thread_local std::vector<float> row;
+        thread_local std::vector<uint16_t> tile;
+        row.resize(ldx);
+        tile.resize(static_cast<size_t>(r1 - r0) * ldx);
         for (int r = r0; r < r1; ++r) {
           w.row_to_f32(r, row.data());
-          round_to_bf16(row.data(), 1, cols, ldx, rounded.data());
-          std::copy_n(rounded.data(), cols, tile.data() + static_cast<size_t>(r - r0) * cols);
+          round_to_bf16(row.data(), 1, cols, ldx, tile.data() + static_cast<size_t>(r - r0) * ldx);
         }
-        panel(tile.data(), cols, 0, r1 - r0, blocks.data, blocks.pairs, T, y + r0, ldy);
+        panel(tile.data(), ldx, cols, 0, r1 - r0, blocks.data, blocks.pairs, T, y + r0, ldy);
       });
 }
 
