@@ -133,6 +133,8 @@ TEST(Int8Gemm, ActivationQuantizationMatchesReferenceAndItsBound) {
     EXPECT_EQ(fast.blocks, (cols + 255) / 256);
     ASSERT_EQ(fast.data, ref.data) << "cols " << cols;  // codes, scales, sums, terms: all of it
     for (int t = 0; t < T; ++t) {
+      // Every row on a cache line: the row dots' 64-byte loads never straddle two.
+      ASSERT_EQ(reinterpret_cast<uintptr_t>(fast.row(t)) % 64, 0u) << "cols " << cols;
       for (int c = 0; c < fast.blocks * 256; ++c) {
         const int g = c / 32;
         const float scale = fast.scale(t, c);

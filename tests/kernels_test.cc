@@ -179,6 +179,10 @@ TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
     const Linear& lin = m.lin;
     for (int T = 1; T < kGemmMinTokens; ++T) {
       auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+      // The rounded activations start on a cache line, each row padded to whole vectors.
+      const Linear::RowsInput in = lin.prepare_rows(x.data(), T);
+      ASSERT_EQ(reinterpret_cast<uintptr_t>(in.bf16.data()) % 64, 0u);
+      ASSERT_EQ(in.ldx % 32, 0);
       std::vector<float> y(static_cast<size_t>(T) * rows), y_one(rows), y_ref(y.size());
       linear_forward(lin, x.data(), T, y.data());
       bf16_gemm_reference(w.data(), rows, cols, x.data(), T, y_ref.data(), rows);

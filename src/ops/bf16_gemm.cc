@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "base/aligned.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
@@ -107,15 +108,15 @@ void panel(const uint16_t* w, int ldw, int cols, int r0, int r1, const uint16_t*
   }
 }
 
-// The activations interleaved, in 64-byte aligned storage.
+// The activations interleaved, on cache lines.
 struct TokenBlocks {
   int pairs = 0;
-  std::vector<uint16_t> storage;
+  AlignedVector<uint16_t> storage;
   uint16_t* data = nullptr;
   TokenBlocks(const float* x, int T, int cols) : pairs((cols + 1) / 2) {
     const size_t blocks = (T + kLaneTokens - 1) / kLaneTokens;
-    storage.assign(blocks * pairs * 32 + 32, 0);
-    data = storage.data() + (-reinterpret_cast<uintptr_t>(storage.data()) / 2 & 31);
+    storage.assign(blocks * pairs * 32, 0);
+    data = storage.data();
     interleave_tokens(x, T, cols, pairs, data);
   }
 };

@@ -232,8 +232,8 @@ struct TokenBlocks {
   static constexpr int kMinTermsOffset = kOffsetsOffset + kLaneTokens * 4;
   static constexpr int kGroupBytes = kMinTermsOffset + kLaneTokens * 4;
   int blocks = 0, groups = 0;
-  std::vector<uint8_t> storage;
-  uint8_t* base = nullptr;  // storage aligned to 64 bytes
+  AlignedVector<uint8_t> storage;
+  uint8_t* base = nullptr;  // storage.data()
   const uint8_t* group(int b, int g) const {
     return base + (static_cast<size_t>(b) * groups + g) * kGroupBytes;
   }
@@ -243,9 +243,8 @@ struct TokenBlocks {
 WHALE_VNNI_TARGET void interleave_tokens(const Int8Activations& x, TokenBlocks* out) {
   out->groups = groups_of(x.cols);
   out->blocks = (x.T + kLaneTokens - 1) / kLaneTokens;
-  out->storage.assign(
-      static_cast<size_t>(out->blocks) * out->groups * TokenBlocks::kGroupBytes + 64, 0);
-  out->base = out->storage.data() + (-reinterpret_cast<uintptr_t>(out->storage.data()) & 63);
+  out->storage.assign(static_cast<size_t>(out->blocks) * out->groups * TokenBlocks::kGroupBytes, 0);
+  out->base = out->storage.data();
   const int row_bytes = x.blocks * Int8Activations::kBlockBytes;
   for (int b = 0; b < out->blocks; ++b) {
     const int tokens = std::min(kLaneTokens, x.T - b * kLaneTokens);

@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/aligned.h"
+
 namespace whale {
 
 // Whether the CPU has it and the path is on: ops/precision.h (vnni_available(), use_vnni()).
@@ -51,7 +53,7 @@ struct Int8Activations {
   static constexpr int kMinTermsOffset = kGroupScalesOffset + 16 * 4;
   static constexpr int kBlockBytes = kMinTermsOffset + 16 * 4;
   int T = 0, cols = 0, blocks = 0;  // blocks of 256 values per row
-  std::vector<uint8_t> data;        // [T, blocks, kBlockBytes]
+  AlignedVector<uint8_t> data;      // [T, blocks, kBlockBytes], rows on cache lines
 
   const uint8_t* row(int t) const {
     return data.data() + static_cast<size_t>(t) * blocks * kBlockBytes;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/aligned.h"
 #include "ops/int8_gemm.h"
 #include "tensor/dtype.h"
 
@@ -50,7 +51,7 @@ struct Linear {
   struct RowsInput {
     const float* x = nullptr;
     int T = 0;
-    std::vector<uint16_t> bf16;  // [T, bf16_row_stride(cols)] when on the bf16 path
+    AlignedVector<uint16_t> bf16;  // [T, bf16_row_stride(cols)] when on the bf16 path
     int ldx = 0;
     Int8Activations int8;  // when on the VNNI path
   };
