@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "model/moe.h"
 #include "model/transformer.h"
+#include "ops/bandwidth.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
@@ -29,49 +30,6 @@ double peak_rss_mib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
-}
-
-}  // namespace
-
-double measure_bandwidth(size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(float);
-  std::vector<float> buffer(n);
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(i & 1023) * 1e-3f;
-  double best = 0, sink = 0;
-  for (int r = 0; r < repeats; ++r) {
-    auto start = std::chrono::steady_clock::now();
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-      const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-      const size_t chunk = (n / threads + 15) / 16 * 16;
-      const size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
-      // dot(a, a) reads each element once, with the SIMD loads the kernels use.
-      total += dot_f32(buffer.data() + begin, buffer.data() + begin, end - begin);
-    }
-    best = std::max(best, static_cast<double>(n * sizeof(float)) / seconds_since(start) / 1e9);
-    sink += total;
-  }
-  if (sink == -1) std::printf(" ");  // keep the reads
-  return best;
-}
-
-namespace {
-
-size_t ffn_bytes(const FeedForward& f) {
-  return f.gate_proj.bytes() + f.up_proj.bytes() + f.down_proj.bytes();
-}
-
-size_t attention_bytes(const Layer& l) {
-  const MlaWeights& m = l.mla;
-  const DenseAttentionWeights& a = l.attn;
-  size_t b = 0;
-  for (const Linear* w : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj,
-                          &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj,
-                          &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
-    if (!w->empty()) b += w->bytes();
-  return b;
 }
 
 // The kernel table: GB/s of weights per format and token count.
@@ -217,17 +175,10 @@ void add_bench_command(CLI::App& app) {
     const double decode_s = seconds_since(start);
     const double decode_rate = decode_tokens / decode_s;
 
-    // Weight bytes per decoded token: the embedding row, every attention matrix, dense FFNs,
-    // router gates and shared experts, the routed experts chosen (averaged), the head.
-    size_t fixed = w.embed_tokens.row_bytes() + w.lm_head.bytes();
-    for (const Layer& l : w.layers) {
-      fixed += attention_bytes(l);
-      if (l.is_moe)
-        fixed += l.moe.router.weight.bytes() + (l.moe.has_shared ? ffn_bytes(l.moe.shared) : 0);
-      else
-        fixed += ffn_bytes(l.mlp);
-    }
-    const double bytes_per_token = fixed + static_cast<double>(routed_bytes) / decode_tokens;
+    // Weight bytes per decoded token: what every step reads, and the routed experts chosen
+    // (averaged).
+    const double bytes_per_token =
+        decode_fixed_bytes(w) + static_cast<double>(routed_bytes) / decode_tokens;
 
     // Batched decode: N sequences, each after its own copy of the decode prompt, one token each
     // per step through forward_batch — the ceiling a server's continuous batching can reach.

@@ -4,15 +4,13 @@
 #include <cstddef>
 #include <nlohmann/json.hpp>
 
+#include "ops/bandwidth.h"
+
 namespace whale {
 
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
-
-// Streaming read of a buffer much larger than the caches, split over the threads; best of
-// `repeats` runs, in GB/s (1e9 bytes): the ceiling decode's weight reads are held against.
-double measure_bandwidth(size_t bytes, int repeats);
 
 // The row-dot kernels of decode (linear_forward for 1, 2 and 4 tokens) per weight format — f32,
 // bf16, fp8 (e4m3, 128 × 128 block scales), q8, q4 — each measured two ways: on one thread over a

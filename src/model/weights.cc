@@ -214,4 +214,31 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& config) {
   return collector.specs;
 }
 
+size_t ffn_bytes(const FeedForward& f) {
+  return f.gate_proj.bytes() + f.up_proj.bytes() + f.down_proj.bytes();
+}
+
+size_t attention_bytes(const Layer& l) {
+  const MlaWeights& m = l.mla;
+  const DenseAttentionWeights& a = l.attn;
+  size_t b = 0;
+  for (const Linear* w : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj,
+                          &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj,
+                          &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
+    if (!w->empty()) b += w->bytes();
+  return b;
+}
+
+size_t decode_fixed_bytes(const Weights& w) {
+  size_t fixed = w.embed_tokens.row_bytes() + w.lm_head.bytes();
+  for (const Layer& l : w.layers) {
+    fixed += attention_bytes(l);
+    if (l.is_moe)
+      fixed += l.moe.router.weight.bytes() + (l.moe.has_shared ? ffn_bytes(l.moe.shared) : 0);
+    else
+      fixed += ffn_bytes(l.mlp);
+  }
+  return fixed;
+}
+
 }  // namespace whale

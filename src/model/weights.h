@@ -119,4 +119,12 @@ struct WeightSpec {
 };
 std::vector<WeightSpec> weight_specs(const ModelConfig& config);
 
+// Bytes a decode step reads: one FFN's three matrices; one layer's attention matrices (MLA with
+// V3.2's indexer, or dense attention); everything a step reads whatever the routing (the
+// embedding row, attention, router gates, shared experts and dense FFNs, the head) — the routed
+// experts chosen come on top, ffn_bytes each.
+size_t ffn_bytes(const FeedForward& f);
+size_t attention_bytes(const Layer& l);
+size_t decode_fixed_bytes(const Weights& w);
+
 }  // namespace whale
