@@ -133,10 +133,8 @@ WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, i
   int i = 0;
   for (; i + 4 * kBf16PerVector <= n; i += 4 * kBf16PerVector) {
     __m512bh wv[4];
-    // Several rows: the weights ahead into L2 (kernels.h's kWeightPrefetchBytes; the rows'
-    // activations crowd L1 and the hardware prefetcher falls behind).
-    if constexpr (R >= 2)
-      _mm_prefetch(reinterpret_cast<const char*>(w + i) + kWeightPrefetchBytes, _MM_HINT_T1);
+    // The weights ahead into L2 (kernels.h's kWeightPrefetchBytes).
+    _mm_prefetch(reinterpret_cast<const char*>(w + i) + kWeightPrefetchBytes, _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k)
       wv[k] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + i + k * kBf16PerVector));
