@@ -58,13 +58,7 @@ stamp=$(date +%Y%m%d-%H%M)
 out="$RESULTS/speed-$stamp.jsonl"
 : > "$out"
 
-base="$MODELS/v2-lite-8l"
-[ -f "$base/config.json" ] || nice -n 19 "$WHALE" init --preset v2-lite-8l --out "$base"
-for q in q8 q4; do
-  case " $FORMATS " in *" $q "*) ;; *) continue ;; esac
-  [ -f "$base-$q/config.json" ] ||
-    nice -n 19 "$WHALE" --threads "$THREADS" convert --model "$base" --quant "$q" --out "$base-$q"
-done
+prepare_models
 
 # Runs a command with its stdout into FILE and writes FILE.meta: wall seconds, the command's own
 # CPU seconds, and how many cores everything else on the machine kept busy meanwhile (from
@@ -103,20 +97,7 @@ PY
 }
 
 for fmt in $FORMATS; do
-  case "$fmt" in
-    q8) dir="$base-q8"; quant=q8_0 ;;
-    q4) dir="$base-q4"; quant=q4_1 ;;
-    bf16) dir="$base"; quant=bf16 ;;
-    *) echo "unknown format $fmt (q8, q4 or bf16)" >&2; exit 2 ;;
-  esac
-  gguf="$GGUF_DIR/v2-lite-8l-$quant.gguf"
-  if [ ! -f "$gguf" ]; then
-    echo "== exporting $dir -> $gguf" >&2
-    # No MTP block: llama.cpp does not load it by default and decode reads neither engine's.
-    nice -n 19 "$WHALE" --threads "$THREADS" convert --to gguf --model "$dir" --quant "$quant" \
-      --no-mtp --out "$gguf.tmp" > /dev/null
-    mv "$gguf.tmp" "$gguf"
-  fi
+  format_pair "$fmt"  # dir, gguf
   python3 "$here/gguf_bytes.py" "$gguf" > "$work/gguf-$fmt.json"
   for round in $(seq 1 "$ROUNDS"); do
     order="whale llama"
