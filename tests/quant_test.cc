@@ -351,6 +351,61 @@ TEST(Quant, HeadAsQ4OrKept) {
   EXPECT_EQ(GgufFile(tmp / "m.gguf").tensor("output.weight").type, GgmlType::kQ4_1);
 }
 
+// --mtp: the MTP module quantized apart from the rest — a q8 draft under a bf16 model (its block's
+// matrices, eh_proj and its head; its router gate and embedding as stored), recorded in the
+// config; speculative decoding on it still prints plain decoding's greedy tokens (the bf16 main
+// model verifies). --quant q8 --mtp bf16 keeps a bf16 MTP module as it is.
+TEST(Quant, MtpQuantizedApart) {
+  TempDir tmp;
+  auto r = run_whale("init --preset tiny --dtype bf16 --seed 5 --out " + (tmp / "bf16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_whale("convert --model " + (tmp / "bf16") + " --quant bf16 --mtp q8 --out " +
+                (tmp / "mtp-q8"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto config = nlohmann::json::parse(read_file((tmp / "mtp-q8") + "/config.json"));
+  EXPECT_EQ(config["whale_quantization"]["method"], "bf16");
+  EXPECT_EQ(config["whale_quantization"]["mtp"], "q8");
+  const ModelConfig c = ModelConfig::load(tmp / "bf16");
+  ASSERT_TRUE(c.has_mtp());
+  const std::string mtp = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  Checkpoint in(tmp / "bf16"), out(tmp / "mtp-q8");
+  int quantized = 0;
+  for (const WeightSpec& s : weight_specs(c)) {
+    const TensorView& o = out.get(s.name);
+    const bool drafts =
+        s.name.rfind(mtp, 0) == 0 && (s.quantizable || s.name == mtp + "eh_proj.weight" ||
+                                      s.name == mtp + "shared_head.head.weight");
+    if (drafts) {
+      ASSERT_EQ(o.dtype, DType::I8) << s.name;
+      EXPECT_NE(out.find(s.name + "_qscale"), nullptr) << s.name;
+      ++quantized;
+    } else {
+      EXPECT_EQ(o.dtype, in.get(s.name).dtype) << s.name;  // main model, router, embedding
+    }
+  }
+  EXPECT_GT(quantized, 8);
+  const std::string common = "--threads 1 generate --tokens 5,6,7 -n 24 --ignore-eos --model ";
+  auto plain = run_whale(common + (tmp / "bf16"));
+  auto spec = run_whale(common + (tmp / "mtp-q8") + " --speculative mtp --stats");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(spec.exit_code, 0) << spec.output;
+  EXPECT_EQ(spec.output.substr(0, spec.output.find('\n')),
+            plain.output.substr(0, plain.output.find('\n')));
+  EXPECT_NE(spec.output.find("speculative:"), std::string::npos) << spec.output;
+
+  r = run_whale("convert --model " + (tmp / "bf16") + " --quant q8 --mtp bf16 --out " +
+                (tmp / "q8-mtp-bf16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Checkpoint q8(tmp / "q8-mtp-bf16");
+  EXPECT_EQ(q8.get(mtp + "eh_proj.weight").dtype, DType::BF16);
+  EXPECT_EQ(q8.get(mtp + "self_attn.o_proj.weight").dtype, DType::BF16);
+  EXPECT_EQ(q8.get("model.layers.0.self_attn.o_proj.weight").dtype, DType::I8);
+  r = run_whale("convert --to gguf --model " + (tmp / "bf16") + " --mtp q8 --out " +
+                (tmp / "m.gguf"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--mtp"), std::string::npos) << r.output;
+}
+
 // A q8/q4 matrix whose scales are missing or misshapen is an error naming the tensor.
 TEST(Quant, BadScalesAreClearErrors) {
   TempDir tmp;

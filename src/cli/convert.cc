@@ -12,7 +12,7 @@ void add_convert_command(CLI::App& app) {
       "convert",
       "Write a group-quantized copy of a model (q8: int8, q4: 4-bit; 32 inputs per f16 scale), "
       "a bf16 copy, or with --to gguf a llama.cpp GGUF file (deepseek2)");
-  static std::string model_dir, out, quant, head = "q8", to = "whale";
+  static std::string model_dir, out, quant, head = "q8", mtp, to = "whale";
   static double shard_gb = 4.0;
   static bool no_mtp = false;
   cmd->add_option("--model", model_dir, "Model folder to read")->required();
@@ -28,11 +28,17 @@ void add_convert_command(CLI::App& app) {
                   "lm_head: q8 (default), q4 (fewer bytes per token, a larger accuracy cost), or "
                   "keep it as stored (whale only)")
       ->check(CLI::IsMember({"q8", "q4", "keep"}));
+  cmd->add_option("--mtp", mtp,
+                  "The MTP module's matrices as q8, q4 or bf16 instead of --quant (whale only): "
+                  "e.g. --quant bf16 --mtp q8, a draft for --speculative mtp that reads half "
+                  "the bytes; greedy output stays plain decoding's, as the main model verifies")
+      ->check(CLI::IsMember({"q8", "q4", "bf16"}));
   cmd->add_option("--shard-gb", shard_gb,
                   "Split weights into shards of at most this size (whale only)");
   cmd->add_flag("--no-mtp", no_mtp, "gguf: leave the MTP module out");
   cmd->callback([] {
     if (to == "gguf") {
+      check(mtp.empty(), "convert --to gguf: --mtp is for whale model folders");
       if (quant.empty()) quant = "bf16";
       check(quant == "f32" || quant == "bf16" || quant == "q8_0" || quant == "q4_1",
             "convert --to gguf: --quant is f32, bf16, q8_0 or q4_1");
@@ -57,13 +63,19 @@ void add_convert_command(CLI::App& app) {
     options.head = head == "q8"   ? std::optional(QuantMethod::kQ8)
                    : head == "q4" ? std::optional(QuantMethod::kQ4)
                                   : std::nullopt;
+    if (!mtp.empty())
+      options.mtp = mtp == "q8"   ? QuantMethod::kQ8
+                    : mtp == "q4" ? QuantMethod::kQ4
+                                  : QuantMethod::kBF16;
     options.shard_gb = shard_gb;
     options.progress = true;
     convert_model(model_dir, out, options);
+    const std::string mtp_note = mtp.empty() ? "" : ", MTP " + mtp;
     if (options.method == QuantMethod::kBF16)
-      std::printf("wrote %s (bf16)\n", out.c_str());
+      std::printf("wrote %s (bf16%s)\n", out.c_str(), mtp_note.c_str());
     else
-      std::printf("wrote %s (%s, lm_head %s)\n", out.c_str(), quant.c_str(), head.c_str());
+      std::printf("wrote %s (%s, lm_head %s%s)\n", out.c_str(), quant.c_str(), head.c_str(),
+                  mtp_note.c_str());
   });
 }
 

@@ -180,6 +180,21 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
   }
   if (!to_bf16 && options.head && !config.tie_word_embeddings)
     plan["lm_head.weight"] = *options.head;
+  if (options.mtp && config.has_mtp()) {
+    const std::string mtp = "model.layers." + std::to_string(config.num_hidden_layers) + ".";
+    // Its block's matrices that --quant would quantize (not the router gate), its input
+    // projection and its head (a vocabulary-wide matrix: a large share of a draft's bytes).
+    for (const WeightSpec& s : weight_specs(config)) {
+      if (s.name.rfind(mtp, 0) != 0 || !(s.quantizable || s.name == mtp + "eh_proj.weight" ||
+                                         s.name == mtp + "shared_head.head.weight"))
+        continue;
+      const TensorView* view = checkpoint.find(s.name);
+      if (*options.mtp == QuantMethod::kBF16 && view && view->dtype == DType::BF16)
+        plan.erase(s.name);  // bf16 already: copied as it is
+      else
+        plan[s.name] = *options.mtp;
+    }
+  }
 
   std::vector<Item> items;
   std::string source_dtype;
@@ -314,17 +329,23 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
     write_file_atomic((fs::path(out_dir) / file).string(), read_file(entry.path().string()));
   }
   config_json.erase("quantization_config");
-  if (to_bf16)  // a plain bf16 model, no quantization to record
-    config_json["torch_dtype"] = "bfloat16";
-  else
+  const auto method_name = [](QuantMethod m) {
+    return m == QuantMethod::kQ8 ? "q8" : m == QuantMethod::kQ4 ? "q4" : "bf16";
+  };
+  const bool quantized_mtp = options.mtp && config.has_mtp() && *options.mtp != QuantMethod::kBF16;
+  if (to_bf16) config_json["torch_dtype"] = "bfloat16";
+  if (!to_bf16 || quantized_mtp) {  // (a plain bf16 model has no quantization to record)
     config_json["whale_quantization"] = {
-        {"method", options.method == QuantMethod::kQ8 ? "q8" : "q4"},
+        {"method", method_name(options.method)},
         {"group_size", kGroup},
         {"scale_dtype", "F16"},
-        {"lm_head", !options.head || config.tie_word_embeddings ? "unchanged"
-                    : *options.head == QuantMethod::kQ8         ? "q8"
-                                                                : "q4"},
+        {"lm_head", to_bf16 || !options.head || config.tie_word_embeddings
+                        ? "unchanged"
+                        : method_name(*options.head)},
         {"source", source_dtype}};
+    if (options.mtp && config.has_mtp())
+      config_json["whale_quantization"]["mtp"] = method_name(*options.mtp);
+  }
   write_file_atomic((fs::path(out_dir) / "config.json").string(), config_json.dump(2) + "\n");
   progress.finish();
 }

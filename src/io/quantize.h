@@ -16,6 +16,7 @@
 // config.json records the scheme as
 //   "whale_quantization": {"method": "q8" | "q4", "group_size": 32, "scale_dtype": "F16",
 //                          "lm_head": "q8" | "q4" | "unchanged", "source": "<original dtype>"}
+// (method "bf16" with an "mtp" entry when only the MTP module is quantized; ConvertOptions::mtp)
 // and loses any "quantization_config" (an FP8 source's e4m3 weights are requantized from
 // their dequantized values; its `weight_scale_inv` companions are dropped). Other tensors
 // (embeddings, norms, router gates, routing biases) are copied unchanged.
@@ -42,6 +43,12 @@ struct ConvertOptions {
   // bytes and its errors land directly in the logits), q4, or kept as stored (nullopt). With
   // kBF16 the head is a matrix like the others.
   std::optional<QuantMethod> head = QuantMethod::kQ8;
+  // The MTP module's matrices (eh_proj, its block's as --quant picks them, its head; not its
+  // embedding, a row lookup, nor its router gate):
+  // nullopt = as the rest; otherwise that method, e.g. q8 under a bf16 model — a draft for
+  // speculative decoding that reads half the bytes, while the main model, which verifies every
+  // draft, keeps its arithmetic (recorded as whale_quantization's "mtp").
+  std::optional<QuantMethod> mtp;
   double shard_gb = 4.0;
   bool progress = false;
 };
