@@ -15,6 +15,7 @@
 #                corpus (TRAIN_STEPS, default 600; about 5 minutes).
 #   DTYPE      bf16 (default): benchmark a bf16 copy (`whale convert --quant bf16`) of an f32 model,
 #              as a trained model is deployed; asis: the model as it is
+#   MTP_QUANT  with DTYPE=bf16: also quantize the MTP module (`--mtp q8` or q4), a cheaper draft
 #   DRAFTS     drafts per verification pass to compare, e.g. "1 2" (default 1)
 #   WHALE      the whale binary (default: build/whale)
 #   N          tokens per generation (default 200)
@@ -61,8 +62,9 @@ JSON
 fi
 
 if [ "${DTYPE:-bf16}" = bf16 ]; then  # (a bf16 model's copy is the same model)
-  echo "== bf16 copy of $model (whale convert --quant bf16)"
-  "$WHALE" convert --model "$model" --quant bf16 --out "$work/bf16" > /dev/null 2>&1
+  mtp=(); [ -n "${MTP_QUANT:-}" ] && mtp=(--mtp "$MTP_QUANT")
+  echo "== bf16 copy of $model (whale convert --quant bf16 ${mtp[*]})"
+  "$WHALE" convert --model "$model" --quant bf16 "${mtp[@]}" --out "$work/bf16" > /dev/null 2>&1
   model="$work/bf16"
 fi
 

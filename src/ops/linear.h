@@ -51,7 +51,8 @@ struct Linear {
   struct RowsInput {
     const float* x = nullptr;
     int T = 0;
-    AlignedVector<uint16_t> bf16;  // [T, bf16_row_stride(cols)] when on the bf16 path
+    AlignedVector<uint16_t> bf16;  // storage of xb
+    const uint16_t* xb = nullptr;  // [T, ldx = bf16_row_stride(cols)] when on the bf16 path
     int ldx = 0;
     Int8Activations int8;  // when on the VNNI path
   };
