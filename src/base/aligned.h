@@ -3,8 +3,9 @@
 // (two-row bf16 dots 20% slower in L2 with the activations 16 bytes off; q8 decode of
 // v2-lite-8l 30–34 → 36–40 tok/s in fast minutes once its activation blocks sat on lines).
 // The weights stay where the file puts them (safetensors data is 8-byte aligned): weights and
-// bf16 activations both on lines made single-token steps slower here, so where a file's weights
-// happen to start on a line, Linear::prepare_rows puts the activations 16 bytes past one.
+// bf16 activations at the same offset modulo 32 made single-token steps slower here, so where a
+// file's weights start at a multiple of 32 bytes, Linear::prepare_rows puts the activations 16
+// bytes past a line.
 #pragma once
 #include <cstddef>
 #include <new>
