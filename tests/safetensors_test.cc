@@ -97,6 +97,19 @@ TEST(Safetensors, WritesAndReadsBack) {
   EXPECT_EQ(std::memcmp(va.data, values.data(), 24), 0);
   EXPECT_EQ(file.tensors().at("b.bias").dtype, DType::BF16);
   EXPECT_EQ(file.metadata().at("format"), "pt");
+  // The data starts 32 bytes past a 64-byte boundary of the file (the header padded with
+  // spaces), whatever the header's length.
+  for (const std::string name : {"a", "a_longer_name", "a.much.longer.name.than.before"}) {
+    a.spec.name = name;
+    write_safetensors(tmp / "y.safetensors", {a});
+    const std::string bytes = read_file(tmp / "y.safetensors");
+    uint64_t header = 0;
+    std::memcpy(&header, bytes.data(), 8);
+    EXPECT_EQ((8 + header) % 64, 32u) << name;
+    EXPECT_EQ(bytes.substr(8 + header),
+              std::string(reinterpret_cast<const char*>(values.data()), 24));
+    EXPECT_EQ(SafetensorsFile(tmp / "y.safetensors").tensors().at(name).shape, a.spec.shape);
+  }
 }
 
 // Copies a fixture model folder so a test can damage it.

@@ -208,7 +208,11 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Tensor
     offset += s.nbytes();
   }
   std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
+  // The data 32 bytes past a 64-byte boundary of the file (the header padded with spaces; the
+  // format asks for 8): where a file's weights sit relative to cache lines changed decode speed
+  // by 10–15% (the same 85M model with its data at 0, 32 and 40 bytes past a line: q8 282–343
+  // tok/s at 0, 344–381 at 32 or 40), so whale's files no longer leave it to the header length.
+  text.append((64 + 32 - (8 + text.size()) % 64) % 64, ' ');
   uint64_t len = text.size();
   impl_->file.write(&len, 8);
   impl_->file.write(text.data(), text.size());
