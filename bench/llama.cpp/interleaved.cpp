@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "llama_batch.h"
 #include "model/moe.h"
 #include "model/transformer.h"
 #include "ops/bandwidth.h"
@@ -119,15 +120,7 @@ struct LlamaEngine {
     llama_model_free(model);
   }
   void run(const llama_token* tokens, int n) {
-    for (int i = 0; i < n; ++i) {
-      batch.token[i] = tokens[i];
-      batch.pos[i] = position + i;
-      batch.n_seq_id[i] = 1;
-      batch.seq_id[i][0] = 0;
-      batch.logits[i] = i == n - 1;
-    }
-    batch.n_tokens = n;
-    if (llama_decode(ctx, batch) != 0) fail("llama_decode failed");
+    decode_batch(ctx, batch, tokens, n, position);
     position += n;
     const float* logits = llama_get_logits_ith(ctx, -1);
     next = static_cast<llama_token>(std::max_element(logits, logits + vocab) - logits);

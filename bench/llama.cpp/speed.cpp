@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "llama_batch.h"
+
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -136,18 +138,7 @@ int main(int argc, char** argv) {
   llama_batch batch = llama_batch_init(std::max(max_prompt, decode_prompt), 0, 1);
   // Tokens at positions from `pos`; logits of the last one only.
   auto run = [&](const llama_token* tokens, int n, int pos) {
-    for (int i = 0; i < n; ++i) {
-      batch.token[i] = tokens[i];
-      batch.pos[i] = pos + i;
-      batch.n_seq_id[i] = 1;
-      batch.seq_id[i][0] = 0;
-      batch.logits[i] = i == n - 1;
-    }
-    batch.n_tokens = n;
-    if (llama_decode(ctx, batch) != 0) {
-      std::fprintf(stderr, "llama_decode failed\n");
-      std::exit(1);
-    }
+    decode_batch(ctx, batch, tokens, n, pos);
   };
   auto argmax = [&] {
     const float* logits = llama_get_logits_ith(ctx, -1);  // waits for the computation
