@@ -354,7 +354,8 @@ TEST(Quant, HeadAsQ4OrKept) {
 // --mtp: the MTP module quantized apart from the rest — a q8 draft under a bf16 model (its block's
 // matrices, eh_proj and its head; its router gate and embedding as stored), recorded in the
 // config; speculative decoding on it still prints plain decoding's greedy tokens (the bf16 main
-// model verifies). --quant q8 --mtp bf16 keeps a bf16 MTP module as it is.
+// model verifies). --quant q8 --mtp bf16 keeps a bf16 MTP module as it is; without --mtp it
+// follows the main model.
 TEST(Quant, MtpQuantizedApart) {
   TempDir tmp;
   auto r = run_whale("init --preset tiny --dtype bf16 --seed 5 --out " + (tmp / "bf16"));
@@ -400,6 +401,18 @@ TEST(Quant, MtpQuantizedApart) {
   EXPECT_EQ(q8.get(mtp + "eh_proj.weight").dtype, DType::BF16);
   EXPECT_EQ(q8.get(mtp + "self_attn.o_proj.weight").dtype, DType::BF16);
   EXPECT_EQ(q8.get("model.layers.0.self_attn.o_proj.weight").dtype, DType::I8);
+  // Without --mtp the module follows the main model: eh_proj as --quant, its head as --head.
+  for (const std::string head : {"q8", "keep"}) {
+    const std::string dir = tmp / ("q4-head-" + head);
+    r = run_whale("convert --model " + (tmp / "bf16") + " --quant q4 --head " + head + " --out " +
+                  dir);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    Checkpoint q4(dir);
+    EXPECT_EQ(q4.get(mtp + "eh_proj.weight").dtype, DType::U8) << head;
+    EXPECT_EQ(q4.get(mtp + "shared_head.head.weight").dtype,
+              head == "q8" ? DType::I8 : DType::BF16);
+    EXPECT_EQ(q4.get(mtp + "embed_tokens.weight").dtype, DType::BF16);
+  }
   r = run_whale("convert --to gguf --model " + (tmp / "bf16") + " --mtp q8 --out " +
                 (tmp / "m.gguf"));
   EXPECT_NE(r.exit_code, 0);

@@ -29,9 +29,10 @@ void add_convert_command(CLI::App& app) {
                   "keep it as stored (whale only)")
       ->check(CLI::IsMember({"q8", "q4", "keep"}));
   cmd->add_option("--mtp", mtp,
-                  "The MTP module's matrices as q8, q4 or bf16 instead of --quant (whale only): "
-                  "e.g. --quant bf16 --mtp q8, a draft for --speculative mtp that reads half "
-                  "the bytes; greedy output stays plain decoding's, as the main model verifies")
+                  "The MTP module's matrices as q8, q4 or bf16 (whale only; default: as the "
+                  "main model, its head as --head): e.g. --quant bf16 --mtp q8, a draft for "
+                  "--speculative mtp that reads half the bytes; greedy output stays plain "
+                  "decoding's, as the main model verifies")
       ->check(CLI::IsMember({"q8", "q4", "bf16"}));
   cmd->add_option("--shard-gb", shard_gb,
                   "Split weights into shards of at most this size (whale only)");

@@ -180,19 +180,26 @@ void convert_model(const std::string& in_dir, const std::string& out_dir,
   }
   if (!to_bf16 && options.head && !config.tie_word_embeddings)
     plan["lm_head.weight"] = *options.head;
-  if (options.mtp && config.has_mtp()) {
+  if (config.has_mtp() && (options.mtp || !to_bf16)) {
     const std::string mtp = "model.layers." + std::to_string(config.num_hidden_layers) + ".";
+    // By default (q8, q4) the MTP module follows the main model: its input projection as the
+    // other matrices, its head as lm_head (else a draft reads a vocabulary-wide bf16 matrix).
+    const auto method_of = [&](const std::string& name) -> std::optional<QuantMethod> {
+      if (options.mtp) return options.mtp;
+      return name == mtp + "shared_head.head.weight" ? options.head : options.method;
+    };
     // Its block's matrices that --quant would quantize (not the router gate), its input
     // projection and its head (a vocabulary-wide matrix: a large share of a draft's bytes).
     for (const WeightSpec& s : weight_specs(config)) {
       if (s.name.rfind(mtp, 0) != 0 || !(s.quantizable || s.name == mtp + "eh_proj.weight" ||
                                          s.name == mtp + "shared_head.head.weight"))
         continue;
+      const std::optional<QuantMethod> method = method_of(s.name);
       const TensorView* view = checkpoint.find(s.name);
-      if (*options.mtp == QuantMethod::kBF16 && view && view->dtype == DType::BF16)
-        plan.erase(s.name);  // bf16 already: copied as it is
+      if (!method || (*method == QuantMethod::kBF16 && view && view->dtype == DType::BF16))
+        plan.erase(s.name);  // kept as stored (--head keep), or bf16 already
       else
-        plan[s.name] = *options.mtp;
+        plan[s.name] = *method;
     }
   }
 

@@ -44,10 +44,10 @@ struct ConvertOptions {
   // kBF16 the head is a matrix like the others.
   std::optional<QuantMethod> head = QuantMethod::kQ8;
   // The MTP module's matrices (eh_proj, its block's as --quant picks them, its head; not its
-  // embedding, a row lookup, nor its router gate):
-  // nullopt = as the rest; otherwise that method, e.g. q8 under a bf16 model — a draft for
-  // speculative decoding that reads half the bytes, while the main model, which verifies every
-  // draft, keeps its arithmetic (recorded as whale_quantization's "mtp").
+  // embedding, a row lookup, nor its router gate): nullopt = as the rest (q8/q4: eh_proj as the
+  // other matrices, its head as lm_head; bf16: as stored or widened); otherwise that method, e.g.
+  // q8 under a bf16 model — a draft for speculative decoding that reads half the bytes, while the
+  // main model, which verifies every draft, keeps its arithmetic (recorded as "mtp").
   std::optional<QuantMethod> mtp;
   double shard_gb = 4.0;
   bool progress = false;
