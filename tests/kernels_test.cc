@@ -216,7 +216,7 @@ TEST(Kernels, Bf16ActivationsAvoidTheWeightsOffset) {
     Linear lin = m.lin;
     lin.data = storage.data() + offset;
     const Linear::RowsInput in = lin.prepare_rows(x.data(), T);
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(in.xb) % 64, offset % 32 == 0 ? 16u : 0u) << offset;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(in.xb()) % 64, offset % 32 == 0 ? 16u : 0u) << offset;
     EXPECT_EQ(in.ldx % 32, 0);
     linear_forward(lin, x.data(), T, got.data());
     for (size_t i = 0; i < got.size(); ++i)

@@ -111,13 +111,11 @@ void panel(const uint16_t* w, int ldw, int cols, int r0, int r1, const uint16_t*
 // The activations interleaved, on cache lines.
 struct TokenBlocks {
   int pairs = 0;
-  AlignedVector<uint16_t> storage;
-  uint16_t* data = nullptr;
-  TokenBlocks(const float* x, int T, int cols) : pairs((cols + 1) / 2) {
-    const size_t blocks = (T + kLaneTokens - 1) / kLaneTokens;
-    storage.assign(blocks * pairs * 32, 0);
-    data = storage.data();
-    interleave_tokens(x, T, cols, pairs, data);
+  AlignedVector<uint16_t> data;
+  TokenBlocks(const float* x, int T, int cols)
+      : pairs((cols + 1) / 2),
+        data(static_cast<size_t>((T + kLaneTokens - 1) / kLaneTokens) * pairs * 32, 0) {
+    interleave_tokens(x, T, cols, pairs, data.data());
   }
 };
 
@@ -167,9 +165,10 @@ WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, i
 
 void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, float* y, int ldy) {
   const TokenBlocks blocks(x, T, cols);
-  for_each_panel(
-      rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
-      [&](int r0, int r1) { panel(w, cols, cols, r0, r1, blocks.data, blocks.pairs, T, y, ldy); });
+  for_each_panel(rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows,
+                 [&](int r0, int r1) {
+                   panel(w, cols, cols, r0, r1, blocks.data.data(), blocks.pairs, T, y, ldy);
+                 });
 }
 
 void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
@@ -187,7 +186,7 @@ void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
           w.row_to_f32(r, row.data());
           round_to_bf16(row.data(), 1, cols, ldx, tile.data() + static_cast<size_t>(r - r0) * ldx);
         }
-        panel(tile.data(), ldx, cols, 0, r1 - r0, blocks.data, blocks.pairs, T, y + r0, ldy);
+        panel(tile.data(), ldx, cols, 0, r1 - r0, blocks.data.data(), blocks.pairs, T, y + r0, ldy);
       });
 }
 

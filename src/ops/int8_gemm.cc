@@ -242,9 +242,8 @@ struct TokenBlocks {
   static constexpr int kGroupBytes = kMinTermsOffset + kLaneTokens * 4;
   int blocks = 0, groups = 0;
   AlignedVector<uint8_t> storage;
-  uint8_t* base = nullptr;  // storage.data()
   const uint8_t* group(int b, int g) const {
-    return base + (static_cast<size_t>(b) * groups + g) * kGroupBytes;
+    return storage.data() + (static_cast<size_t>(b) * groups + g) * kGroupBytes;
   }
 };
 
@@ -253,7 +252,6 @@ WHALE_VNNI_TARGET void interleave_tokens(const Int8Activations& x, TokenBlocks* 
   out->groups = groups_of(x.cols);
   out->blocks = (x.T + kLaneTokens - 1) / kLaneTokens;
   out->storage.assign(static_cast<size_t>(out->blocks) * out->groups * TokenBlocks::kGroupBytes, 0);
-  out->base = out->storage.data();
   const int row_bytes = x.blocks * Int8Activations::kBlockBytes;
   for (int b = 0; b < out->blocks; ++b) {
     const int tokens = std::min(kLaneTokens, x.T - b * kLaneTokens);
@@ -263,8 +261,8 @@ WHALE_VNNI_TARGET void interleave_tokens(const Int8Activations& x, TokenBlocks* 
                            _mm512_set1_epi32(row_bytes));
     const uint8_t* first = x.row(b * kLaneTokens);
     for (int g = 0; g < out->groups; ++g) {
-      uint8_t* o =
-          out->base + (static_cast<size_t>(b) * out->groups + g) * TokenBlocks::kGroupBytes;
+      uint8_t* o = out->storage.data() +
+                   (static_cast<size_t>(b) * out->groups + g) * TokenBlocks::kGroupBytes;
       // Where each of the 11 vectors of the group comes from in a row of x.
       const size_t from[11] = {Int8Activations::code_offset(g * kGroup),
                                Int8Activations::code_offset(g * kGroup + 4),

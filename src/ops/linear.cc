@@ -112,7 +112,7 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     const size_t shift = reinterpret_cast<uintptr_t>(data) % 32 == 0 ? 8 : 0;  // elements
     in.ldx = bf16_row_stride(cols);
     in.bf16.resize(shift + static_cast<size_t>(T) * in.ldx);
-    in.xb = in.bf16.data() + shift;
+    in.xb_shift = shift;
     round_to_bf16(x, T, cols, in.ldx, in.bf16.data() + shift);
   } else if (quantized() && use_vnni()) {
     quantize_activations(x, T, cols, &in.int8);
@@ -121,8 +121,8 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
 }
 
 void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
-  if (in.xb && dtype == DType::BF16) {
-    bf16_dot_rows(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r) * cols, in.xb,
+  if (in.xb() && dtype == DType::BF16) {
+    bf16_dot_rows(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r) * cols, in.xb(),
                   in.ldx, in.T, cols, out);
     return;
   }

@@ -51,10 +51,13 @@ struct Linear {
   struct RowsInput {
     const float* x = nullptr;
     int T = 0;
-    AlignedVector<uint16_t> bf16;  // storage of xb
-    const uint16_t* xb = nullptr;  // [T, ldx = bf16_row_stride(cols)] when on the bf16 path
-    int ldx = 0;
+    AlignedVector<uint16_t> bf16;  // on the bf16 path: xb_shift values, then the T rows
+    size_t xb_shift = 0;
+    int ldx = 0;           // bf16_row_stride(cols)
     Int8Activations int8;  // when on the VNNI path
+    // The rounded rows [T, ldx], or null off the bf16 path (an offset into bf16, not a pointer
+    // kept beside it, so that a copy stays valid).
+    const uint16_t* xb() const { return bf16.empty() ? nullptr : bf16.data() + xb_shift; }
   };
   RowsInput prepare_rows(const float* x, int T) const;
   // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
