@@ -88,6 +88,14 @@ MappedFile::MappedFile(const std::string& path, const std::string& format, size_
   mapping_ = mapping;
 }
 
+void release_mapped_pages(const void* p, size_t n) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  if (end > begin)
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advice: may fail
+}
+
 MappedFile::~MappedFile() {
   if (mapping_) ::munmap(mapping_, size_);
 }

@@ -31,6 +31,11 @@ class AtomicFileWriter {
 // unmapped on destruction. Errors name the file: "cannot open PATH: reason", likewise stat and
 // map, and a file shorter than min_size is "PATH: not a FORMAT file (N bytes, shorter than
 // WHAT)", e.g. MappedFile(path, "GGUF", 24, "the 24-byte header").
+// Drops the whole pages within [p, p + n) of a read-only file mapping from this process's memory
+// (MADV_DONTNEED): they stay in the page cache and load again if read. Only for file mappings:
+// on private anonymous memory it would zero them.
+void release_mapped_pages(const void* p, size_t n);
+
 class MappedFile {
  public:
   MappedFile(const std::string& path, const std::string& format, size_t min_size,

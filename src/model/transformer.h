@@ -14,7 +14,8 @@ namespace whale {
 
 class Model {
  public:
-  // Opens DIR/config.json and the safetensors weights (memory-mapped, nothing copied).
+  // Opens DIR/config.json and the safetensors weights (memory-mapped; on AVX512-VNNI CPUs the q8
+  // matrices are copied with their rows in decode's order, model/weights.h).
   static std::unique_ptr<Model> load(const std::string& dir);
   // A model over tensors held elsewhere (e.g. training's parameter store: the model then sees
   // every optimizer update, as its weights are views). The source must outlive the model.
@@ -64,6 +65,7 @@ class Model {
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
+  PageBuffer q8_lanes_;  // the reordered q8 matrices weights_ points into
   Rope rope_;
 };
 

@@ -1,10 +1,12 @@
 // The weights of every architecture whale runs, by Hugging Face tensor name, as views into the
 // memory-mapped checkpoint (small vectors — norms, biases, routing bias — are copied to f32).
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "base/page_buffer.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "ops/linear.h"
@@ -108,6 +110,13 @@ struct Weights {
 // is an Error naming it. The source (a checkpoint, or training's parameter store) must outlive
 // the weights: matrices are always views, f32 vectors too.
 Weights load_weights(const ModelConfig& config, const TensorSource& source);
+
+// On CPUs with AVX512-VNNI, every q8 matrix whose rows fit (ops/q8_lanes.h) copied into storage
+// with its rows in decode's group-lane order (on huge pages where the system allows), its Linear
+// pointed there. done_with is told of each source range the weights no longer read (Model::load
+// drops those pages of the mapped file from memory). storage must outlive the weights.
+void put_q8_rows_in_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
+                          const std::function<void(const void*, size_t)>& done_with);
 
 // Every tensor name and shape the config implies, in a stable order, with whether it is a
 // matrix that fp8 checkpoints store quantized (then a `_scale_inv` companion exists).

@@ -9,7 +9,9 @@
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
+#include "ops/q8_lanes.h"
 #include "ops/token_lanes.h"
+#include "ops/vnni_target.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -18,11 +20,6 @@ namespace whale {
 // discarded); its header then warns at every use.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-// Highway 1.0 has no VNNI-specific target to dispatch on, so these functions carry the
-// instruction set themselves and run only after the CPU check (ops/precision.cc).
-#define WHALE_VNNI_TARGET \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 
 namespace {
 
@@ -297,7 +294,7 @@ struct PanelCopy {
 
 template <bool Q4>
 WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int cols, int rows,
-                                  PanelCopy* out) {
+                                  bool lanes, PanelCopy* out) {
   const int groups = groups_of(cols);
   const size_t row_bytes = Format<Q4>::row_bytes(cols);
   const size_t row_scales = static_cast<size_t>(groups) * Format<Q4>::kScalesPerGroup;
@@ -306,8 +303,13 @@ WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int 
   out->scales.resize(static_cast<size_t>(rows) * groups);
   if (Q4) out->mins.resize(out->scales.size());
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  std::vector<int8_t> natural(lanes ? cols : 0);
   for (int r = 0; r < rows; ++r) {
     const uint8_t* src = w + r * row_bytes;
+    if (lanes) {  // q8 only
+      q8_row_from_lanes(reinterpret_cast<const int8_t*>(src), cols, natural.data());
+      src = reinterpret_cast<const uint8_t*>(natural.data());
+    }
     uint8_t* dst = out->values.data() + static_cast<size_t>(r) * groups * kGroup;
     if constexpr (Q4) {
       // A group's 16 bytes hold its values i and 16 + i in byte i's low and high nibbles.
@@ -397,7 +399,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
 
 template <bool Q4>
 void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const float* x, int T,
-          float* y, int ldy) {
+          float* y, int ldy, bool lanes) {
   Int8Activations xq;
   quantize_activations(x, T, cols, &xq);
   TokenBlocks blocks;
@@ -414,7 +416,7 @@ void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const fl
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, max_rows, [&](int r0, int r1) {
         thread_local PanelCopy panel;  // reused: no allocation per panel
-        copy_panel<Q4>(w + r0 * row_bytes, scales + r0 * row_scales, cols, r1 - r0, &panel);
+        copy_panel<Q4>(w + r0 * row_bytes, scales + r0 * row_scales, cols, r1 - r0, lanes, &panel);
         // Token blocks outer: a block's codes (45 KiB for 2048 columns) stay near while
         // the panel's tiles pass over them.
         for (int b = 0; b < blocks.blocks; ++b) {
@@ -561,12 +563,12 @@ void q4_dot_rows(const uint8_t* packed, const uint16_t* scale_min, int cols,
 }
 
 void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, const float* x, int T,
-             float* y, int ldy) {
-  gemm<false>(reinterpret_cast<const uint8_t*>(codes), scales, rows, cols, x, T, y, ldy);
+             float* y, int ldy, bool lanes) {
+  gemm<false>(reinterpret_cast<const uint8_t*>(codes), scales, rows, cols, x, T, y, ldy, lanes);
 }
 void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,
              int T, float* y, int ldy) {
-  gemm<true>(packed, scale_min, rows, cols, x, T, y, ldy);
+  gemm<true>(packed, scale_min, rows, cols, x, T, y, ldy, false);
 }
 
 namespace {

@@ -24,11 +24,24 @@ size_t Linear::bytes() const {
   return b;
 }
 
+namespace {
+// Row r's q8 codes in their stored order: the row itself, or for rows in group-lane order a copy
+// put back in order (this thread's scratch, valid until its next call).
+const int8_t* q8_codes(const Linear& w, int r) {
+  const int8_t* row = reinterpret_cast<const int8_t*>(w.data) + static_cast<size_t>(r) * w.cols;
+  if (!w.q8_lanes) return row;
+  thread_local std::vector<int8_t> natural;
+  natural.resize(w.cols);
+  q8_row_from_lanes(row, w.cols, natural.data());
+  return natural.data();
+}
+}  // namespace
+
 void Linear::row_to_f32(int r, float* out) const {
   size_t offset = static_cast<size_t>(r) * cols;
   switch (dtype) {
     case DType::I8:
-      q8_to_f32(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), out, cols);
+      q8_to_f32(q8_codes(*this, r), qscale + r * groups(), out, cols);
       break;
     case DType::U8:
       q4_to_f32(data + r * row_bytes(), qscale + 2 * r * groups(), out, cols);
@@ -54,7 +67,7 @@ float Linear::row_dot(int r, const float* x) const {
   size_t offset = static_cast<size_t>(r) * cols;
   switch (dtype) {
     case DType::I8:
-      return dot_q8(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), x, cols);
+      return dot_q8(q8_codes(*this, r), qscale + r * groups(), x, cols);
     case DType::U8:
       return dot_q4(data + r * row_bytes(), qscale + 2 * r * groups(), x, cols);
     case DType::F32: {
@@ -76,8 +89,7 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
   const size_t offset = static_cast<size_t>(r) * cols, n = cols, ldx = cols;
   switch (dtype) {
     case DType::I8:
-      dot_q8_rows(reinterpret_cast<const int8_t*>(data) + offset, qscale + r * groups(), x, ldx, T,
-                  n, out);
+      dot_q8_rows(q8_codes(*this, r), qscale + r * groups(), x, ldx, T, n, out);
       return;
     case DType::U8:
       dot_q4_rows(data + r * row_bytes(), qscale + 2 * r * groups(), x, ldx, T, n, out);
@@ -114,6 +126,8 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     in.bf16.resize(shift + static_cast<size_t>(T) * in.ldx);
     in.xb_shift = shift;
     round_to_bf16(x, T, cols, in.ldx, in.bf16.data() + shift);
+  } else if (q8_lanes && use_vnni()) {
+    quantize_lane_activations(x, T, cols, &in.lanes);
   } else if (quantized() && use_vnni()) {
     quantize_activations(x, T, cols, &in.int8);
   }
@@ -124,6 +138,11 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
   if (in.xb() && dtype == DType::BF16) {
     bf16_dot_rows(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r) * cols, in.xb(),
                   in.ldx, in.T, cols, out);
+    return;
+  }
+  if (in.lanes.T > 0 && q8_lanes) {
+    q8_lanes_dot_rows(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r) * cols,
+                      qscale + static_cast<size_t>(r) * groups(), cols, in.lanes, out);
     return;
   }
   if (in.int8.T > 0 && dtype == DType::I8) {
@@ -172,7 +191,8 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     return;
   }
   if (w.dtype == DType::I8 && use_vnni()) {
-    q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows);
+    q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows,
+            w.q8_lanes);
     return;
   }
   if (w.dtype == DType::U8 && use_vnni()) {
@@ -202,12 +222,12 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < w.rows; ++r) {
       double sum = 0;
+      const int8_t* codes = w.dtype == DType::I8 ? q8_codes(w, r) : nullptr;
       for (int c = 0; c < w.cols; ++c) {
         size_t i = static_cast<size_t>(r) * w.cols + c;
         float v;
         if (w.dtype == DType::I8)
-          v = q8_element(reinterpret_cast<const int8_t*>(w.data) + static_cast<size_t>(r) * w.cols,
-                         w.qscale + r * w.groups(), c);
+          v = q8_element(codes, w.qscale + r * w.groups(), c);
         else if (w.dtype == DType::U8)
           v = q4_element(w.data + r * w.row_bytes(), w.qscale + 2 * r * w.groups(), c);
         else if (w.dtype == DType::F32)

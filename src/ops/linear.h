@@ -12,6 +12,7 @@
 
 #include "base/aligned.h"
 #include "ops/int8_gemm.h"
+#include "ops/q8_lanes.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -25,6 +26,10 @@ struct Linear {
   // q8/q4 only (not owned): q8 [rows, groups] scales, q4 [rows, groups, 2] (scale, min) pairs,
   // as f16 bits; groups = ceil(cols / 32).
   const uint16_t* qscale = nullptr;
+  // q8 only: the rows' codes are in decode's group-lane order (ops/q8_lanes.h), as
+  // put_q8_rows_in_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; every
+  // other reader puts a row back in order first.
+  bool q8_lanes = false;
 
   bool empty() const { return data == nullptr; }
   // fp8: the scales of row r's blocks along the row (ceil(cols / block_cols) of them).
@@ -53,8 +58,9 @@ struct Linear {
     int T = 0;
     AlignedVector<uint16_t> bf16;  // on the bf16 path: xb_shift values, then the T rows
     size_t xb_shift = 0;
-    int ldx = 0;           // bf16_row_stride(cols)
-    Int8Activations int8;  // when on the VNNI path
+    int ldx = 0;            // bf16_row_stride(cols)
+    Int8Activations int8;   // when on the VNNI path
+    LaneActivations lanes;  // instead, for q8 rows in group-lane order
     // The rounded rows [T, ldx], or null off the bf16 path (an offset into bf16, not a pointer
     // kept beside it, so that a copy stays valid).
     const uint16_t* xb() const { return bf16.empty() ? nullptr : bf16.data() + xb_shift; }

@@ -1,0 +1,29 @@
+// A large buffer of fresh memory straight from the kernel (mmap), asked to be backed by 2 MiB
+// pages where the system allows (transparent huge pages, "madvise" or "always" mode): filling
+// 4.6 GB of reordered q8 weights then takes 2,300 page faults instead of 1.2 million, and
+// streaming them walks 512× fewer page-table entries. Zero-filled, page-aligned, move-only.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace whale {
+
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  explicit PageBuffer(size_t bytes);
+  ~PageBuffer();
+  PageBuffer(PageBuffer&& o) noexcept;
+  PageBuffer& operator=(PageBuffer&& o) noexcept;
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0, mapped_ = 0;
+};
+
+}  // namespace whale
