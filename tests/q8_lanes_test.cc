@@ -152,6 +152,10 @@ TEST(Q8Lanes, RowDotsMatchReferenceAndAreBatchIndependent) {
       std::vector<float> y_ref(static_cast<size_t>(T) * m.rows);
       q8_gemm_reference(m.codes.data(), m.scales.data(), m.rows, cols, x.data(), T, y_ref.data(),
                         m.rows);
+      // The whole range in one call, into a strided output: the same bits as row by row.
+      const size_t ldy = m.rows + 2;
+      std::vector<float> range(T * ldy, -1.0f);
+      q8_lanes_dot_row_range(m.lanes.data(), m.scales.data(), m.rows, cols, xq, range.data(), ldy);
       for (int r = 0; r < m.rows; ++r) {
         std::vector<float> out(T);
         q8_lanes_dot_rows(m.lanes.data() + static_cast<size_t>(r) * cols,
@@ -169,6 +173,8 @@ TEST(Q8Lanes, RowDotsMatchReferenceAndAreBatchIndependent) {
                             m.scales.data() + static_cast<size_t>(r) * (cols / 32), cols, one,
                             &alone);
           ASSERT_EQ(bits(out[t]), bits(alone)) << "cols " << cols << " T " << T << " t " << t;
+          ASSERT_EQ(bits(range[t * ldy + r]), bits(out[t])) << "range, cols " << cols << " T " << T;
+          ASSERT_EQ(range[t * ldy + m.rows], -1.0f) << "a gap in the output was written";
         }
       }
     }

@@ -68,11 +68,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   }
   // rows [r0, r1) of y = W · x for n < kGemmMinTokens tokens, as linear_forward computes them.
   const auto rows = [](const Linear& w, const Linear::RowsInput& in, int r0, int r1, float* y) {
-    float out[kGemmMinTokens];
-    for (int r = r0; r < r1; ++r) {
-      w.rows_dot(r, in, out);
-      for (int t = 0; t < in.T; ++t) y[static_cast<size_t>(t) * w.rows + r] = out[t];
-    }
+    w.rows_dot_range(r0, r1, in, y, w.rows);
   };
   // Each expert's input, prepared once for its gate and up rows (and up and gate share it).
   for (FfnJob& job : jobs) job.in = job.f->gate_proj.prepare_rows(job.x, job.n);

@@ -68,6 +68,9 @@ struct Linear {
   RowsInput prepare_rows(const float* x, int T) const;
   // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
   void rows_dot(int r, const RowsInput& in, float* out) const;
+  // Rows [r0, r1) of y = W · x on the prepared activations: y[t · ldy + r] = rows_dot(r)'s out[t]
+  // (one call per range: for reordered q8 rows, one kernel call).
+  void rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_t ldy) const;
 };
 
 // From this many tokens on, linear_forward multiplies dequantized tiles by sgemm; below, row dots.

@@ -147,8 +147,11 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void block_sums(
 
 // out[t] for R activation rows from t0, the weight row read once.
 template <int R>
-WHALE_VNNI_TARGET void lane_dot_rows(const int8_t* lanes, const uint16_t* scales, int cols,
-                                     const LaneActivations& x, int t0, float* out) {
+WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const int8_t* lanes,
+                                                                           const uint16_t* scales,
+                                                                           int cols,
+                                                                           const LaneActivations& x,
+                                                                           int t0, float* out) {
   const uint8_t* w = reinterpret_cast<const uint8_t*>(lanes);
   const uint8_t* xr[R];
   __m512 sum[R];
@@ -189,14 +192,40 @@ void quantize_lane_activations(const float* x, int T, int cols, LaneActivations*
         out->data.data() + static_cast<size_t>(t) * out->blocks * LaneActivations::kBlockBytes);
 }
 
+namespace {
+
+// Rows [0, rows) against the R activation rows from t0: y[t · ldy + r].
+template <int R>
+WHALE_VNNI_TARGET void lane_row_range(const int8_t* lanes, const uint16_t* scales, int rows,
+                                      int cols, const LaneActivations& x, int t0, float* y,
+                                      size_t ldy) {
+  const int groups = cols / kGroup;
+  for (int r = 0; r < rows; ++r) {
+    float out[R];
+    lane_dot_rows<R>(lanes + static_cast<size_t>(r) * cols,
+                     scales + static_cast<size_t>(r) * groups, cols, x, t0, out);
+#pragma GCC unroll 6
+    for (int t = 0; t < R; ++t) y[(t0 + t) * ldy + r] = out[t];
+  }
+}
+
+constexpr int kPass = 6;  // activation rows per pass over a weight row: 6 × 2 chains + 6 sums
+using RowRange = void (*)(const int8_t*, const uint16_t*, int, int, const LaneActivations&, int,
+                          float*, size_t);
+constexpr RowRange kRowRanges[kPass] = {lane_row_range<1>, lane_row_range<2>, lane_row_range<3>,
+                                        lane_row_range<4>, lane_row_range<5>, lane_row_range<6>};
+
+}  // namespace
+
+void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
+                            const LaneActivations& x, float* y, size_t ldy) {
+  for (int t0 = 0; t0 < x.T; t0 += kPass)
+    kRowRanges[std::min(kPass, x.T - t0) - 1](lanes, scales, rows, cols, x, t0, y, ldy);
+}
+
 void q8_lanes_dot_rows(const int8_t* lanes, const uint16_t* scales, int cols,
                        const LaneActivations& x, float* out) {
-  constexpr int kPass = 6;
-  using Rows = void (*)(const int8_t*, const uint16_t*, int, const LaneActivations&, int, float*);
-  static constexpr Rows kRows[kPass] = {lane_dot_rows<1>, lane_dot_rows<2>, lane_dot_rows<3>,
-                                        lane_dot_rows<4>, lane_dot_rows<5>, lane_dot_rows<6>};
-  for (int t0 = 0; t0 < x.T; t0 += kPass)
-    kRows[std::min(kPass, x.T - t0) - 1](lanes, scales, cols, x, t0, out + t0);
+  q8_lanes_dot_row_range(lanes, scales, 1, cols, x, out, 1);
 }
 
 }  // namespace whale
