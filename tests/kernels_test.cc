@@ -183,6 +183,14 @@ TEST(Kernels, Bf16FewRowsAreBatchIndependent) {
       std::vector<float> y(static_cast<size_t>(T) * rows), y_one(rows), y_ref(y.size());
       linear_forward(lin, x.data(), T, y.data());
       bf16_gemm_reference(w.data(), rows, cols, x.data(), T, y_ref.data(), rows);
+      // linear_forward's row ranges (one kernel call per chunk) against one row per call.
+      const Linear::RowsInput in = lin.prepare_rows(x.data(), T);
+      for (int r = 0; r < rows; ++r) {
+        float out[kGemmMinTokens];
+        lin.rows_dot(r, in, out);
+        for (int t = 0; t < T; ++t)
+          ASSERT_EQ(bits(y[static_cast<size_t>(t) * rows + r]), bits(out[t])) << "row " << r;
+      }
       for (int t = 0; t < T; ++t) {
         linear_forward(lin, x.data() + static_cast<size_t>(t) * cols, 1, y_one.data());
         for (int r = 0; r < rows; ++r) {

@@ -122,7 +122,9 @@ struct TokenBlocks {
 // out[t] = Σ_{i < n} w[i] · x[t][i] for R activation rows: four partial sums per row (i / 32
 // mod 4), a masked last partial step, one reduction — the same for every R.
 template <int R>
-WHALE_BF16_TARGET void dot_rows(const uint16_t* w, const uint16_t* x, int ldx, int n, float* out) {
+WHALE_BF16_TARGET __attribute__((always_inline)) inline void dot_rows(const uint16_t* w,
+                                                                      const uint16_t* x, int ldx,
+                                                                      int n, float* out) {
   __m512 sum[R][4];
 #pragma GCC unroll 6
   for (int t = 0; t < R; ++t)
@@ -208,13 +210,33 @@ WHALE_BF16_TARGET void round_to_bf16(const float* x, int T, int cols, int ld, ui
   }
 }
 
-void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out) {
+namespace {
+// Rows [0, rows) of w (n values each) against the R activation rows at x: y[t · ldy + r].
+template <int R>
+WHALE_BF16_TARGET void row_range(const uint16_t* w, int rows, const uint16_t* x, int ldx, int n,
+                                 float* y, size_t ldy) {
+  for (int r = 0; r < rows; ++r) {
+    float out[R];
+    dot_rows<R>(w + static_cast<size_t>(r) * n, x, ldx, n, out);
+#pragma GCC unroll 6
+    for (int t = 0; t < R; ++t) y[t * ldy + r] = out[t];
+  }
+}
+}  // namespace
+
+void bf16_dot_row_range(const uint16_t* w, int rows, const uint16_t* xb, int ldx, int T, int n,
+                        float* y, size_t ldy) {
   constexpr int kPass = 6;  // 6 × 4 sums + 4 weight vectors in the 32 registers
-  using Rows = void (*)(const uint16_t*, const uint16_t*, int, int, float*);
-  static constexpr Rows kRows[kPass] = {dot_rows<1>, dot_rows<2>, dot_rows<3>,
-                                        dot_rows<4>, dot_rows<5>, dot_rows<6>};
+  using Range = void (*)(const uint16_t*, int, const uint16_t*, int, int, float*, size_t);
+  static constexpr Range kRanges[kPass] = {row_range<1>, row_range<2>, row_range<3>,
+                                           row_range<4>, row_range<5>, row_range<6>};
   for (int t0 = 0; t0 < T; t0 += kPass)
-    kRows[std::min(kPass, T - t0) - 1](w, xb + static_cast<size_t>(t0) * ldx, ldx, n, out + t0);
+    kRanges[std::min(kPass, T - t0) - 1](w, rows, xb + static_cast<size_t>(t0) * ldx, ldx, n,
+                                         y + t0 * ldy, ldy);
+}
+
+void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out) {
+  bf16_dot_row_range(w, 1, xb, ldx, T, n, out, 1);
 }
 
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,

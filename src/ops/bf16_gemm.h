@@ -6,6 +6,7 @@
 // reading the weights. It is not bit-identical to the row dots that decode uses: x is rounded to
 // bf16 (as llama.cpp does for bf16 weights), and the sums run in another order.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace whale {
@@ -33,6 +34,10 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
 int bf16_row_stride(int cols);
 void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb);
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out);
+// Rows [0, rows) of w (n values each, one after another) by bf16_dot_rows in one call:
+// y[t · ldy + r], the same bits (decode's per-row calls and stores cost, q8_lanes.h).
+void bf16_dot_row_range(const uint16_t* w, int rows, const uint16_t* xb, int ldx, int T, int n,
+                        float* y, size_t ldy);
 
 // An fp8 e4m3 Linear (codes with 128 × 128 block scales) by the same tiles: each panel's rows
 // first widened by Linear::row_to_f32 (block scales applied) and rounded to bf16 — DeepSeek's

@@ -168,6 +168,11 @@ void Linear::rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_
                            y + r0, ldy);
     return;
   }
+  if (in.xb() && dtype == DType::BF16) {
+    bf16_dot_row_range(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r0) * cols,
+                       r1 - r0, in.xb(), in.ldx, in.T, cols, y + r0, ldy);
+    return;
+  }
   float out[kGemmMinTokens];
   for (int r = r0; r < r1; ++r) {
     rows_dot(r, in, out);
