@@ -13,7 +13,9 @@
 // cache lines: 49 → 72–78 GB/s of codes (AMD Zen 4). Where the compute shows, a step speeds up:
 // the 85M-parameter q8 speculative model (100 MB) steps 1.09× faster and verifies two rows 1.33×
 // faster (in-process A/B), so speculative decoding there went from 1.11–1.20× to 1.27–1.76×.
-// Where a step is bound by DRAM (v2-lite-8l, 0.93 GB a token), it is as fast as before.
+// With the row ranges (q8_lanes_dot_row_range), v2-lite-8l q8 decode on a 16-core Xeon, where a
+// core's arithmetic limited it: 1.36 → 1.71× llama.cpp at 2 threads (92% of the bandwidth probe),
+// 1.23 → 1.52× at 4; on the 2-core Zen 4 1.07–1.17× faster in fast minutes, level in slow ones.
 //
 // Rows whose length is not a multiple of 32 stay in the stored order (Linear::q8_lanes false).
 #pragma once
