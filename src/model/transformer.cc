@@ -11,7 +11,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   ModelConfig config = ModelConfig::load(dir);
   auto checkpoint = std::make_unique<Checkpoint>(dir);
   auto model = from_source(config, *checkpoint);
-  put_q8_rows_in_lanes(model->config_, model->weights_, &model->q8_lanes_, release_mapped_pages);
+  put_rows_in_group_lanes(model->config_, model->weights_, &model->group_lanes_,
+                          release_mapped_pages);
   model->checkpoint_ = std::move(checkpoint);
   return model;
 }

@@ -65,7 +65,7 @@ class Model {
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
-  PageBuffer q8_lanes_;  // the reordered q8 matrices weights_ points into
+  PageBuffer group_lanes_;  // the reordered q8/q4 matrices weights_ points into
   Rope rope_;
 };
 

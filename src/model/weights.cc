@@ -3,8 +3,8 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "ops/group_lanes.h"
 #include "ops/precision.h"
-#include "ops/q8_lanes.h"
 
 namespace whale {
 
@@ -216,34 +216,39 @@ struct LaneReorderer {
   uint8_t* storage = nullptr;  // null while sizing
   size_t bytes = 0;
 
-  // Every q8 matrix decode multiplies by row dots; not MLA's kv_b_proj, whose rows absorbed
+  // Every q8 and q4 matrix decode multiplies by row dots; not MLA's kv_b_proj, whose rows absorbed
   // attention reads dequantized at every step (each would have to be put back in order first:
   // q8 decode of v2-lite-8l 7% slower).
   static bool reordered(const std::string& name, const Linear& w) {
-    return w.dtype == DType::I8 && !w.q8_lanes && q8_lanes_fit(w.cols) &&
-           !name.ends_with("kv_b_proj.weight");
+    return (w.dtype == DType::I8 || w.dtype == DType::U8) && !w.group_lanes &&
+           q8_lanes_fit(w.cols) && !name.ends_with("kv_b_proj.weight");
   }
   void matrix(const std::string& name, int, int, bool, Linear& w) {
     if (!reordered(name, w)) return;
-    const size_t n = static_cast<size_t>(w.rows) * w.cols, at = bytes;
+    const size_t n = static_cast<size_t>(w.rows) * w.row_bytes(), at = bytes;
     bytes += (n + kCacheLine - 1) / kCacheLine * kCacheLine;
     if (!storage) return;
-    const auto* source = reinterpret_cast<const int8_t*>(w.data);
-    auto* lanes = reinterpret_cast<int8_t*>(storage + at);
+    const uint8_t* source = w.data;
+    uint8_t* lanes = storage + at;
+    const size_t row_bytes = w.row_bytes();
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < w.rows; ++r)
-      q8_row_to_lanes(source + static_cast<size_t>(r) * w.cols, w.cols,
-                      lanes + static_cast<size_t>(r) * w.cols);
+    for (int r = 0; r < w.rows; ++r) {
+      if (w.dtype == DType::I8)
+        q8_row_to_lanes(reinterpret_cast<const int8_t*>(source + r * row_bytes), w.cols,
+                        reinterpret_cast<int8_t*>(lanes + r * row_bytes));
+      else
+        q4_row_to_lanes(source + r * row_bytes, w.cols, lanes + r * row_bytes);
+    }
     done_with(source, n);
     w.data = storage + at;
-    w.q8_lanes = true;
+    w.group_lanes = true;
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
 };
 }  // namespace
 
-void put_q8_rows_in_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
-                          const std::function<void(const void*, size_t)>& done_with) {
+void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
+                             const std::function<void(const void*, size_t)>& done_with) {
   if (!vnni_available()) return;
   LaneReorderer reorderer{done_with};
   visit_weights(config, w, reorderer);

@@ -111,12 +111,12 @@ struct Weights {
 // the weights: matrices are always views, f32 vectors too.
 Weights load_weights(const ModelConfig& config, const TensorSource& source);
 
-// On CPUs with AVX512-VNNI, every q8 matrix whose rows fit (ops/q8_lanes.h) copied into storage
-// with its rows in decode's group-lane order (on huge pages where the system allows), its Linear
-// pointed there. done_with is told of each source range the weights no longer read (Model::load
-// drops those pages of the mapped file from memory). storage must outlive the weights.
-void put_q8_rows_in_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
-                          const std::function<void(const void*, size_t)>& done_with);
+// On CPUs with AVX512-VNNI, every q8 and q4 matrix whose rows fit (ops/group_lanes.h) copied into
+// storage with its rows in decode's group-lane order (on huge pages where the system allows), its
+// Linear pointed there. done_with is told of each source range the weights no longer read
+// (Model::load drops those pages of the mapped file from memory). storage must outlive the weights.
+void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
+                             const std::function<void(const void*, size_t)>& done_with);
 
 // Every tensor name and shape the config implies, in a stable order, with whether it is a
 // matrix that fp8 checkpoints store quantized (then a `_scale_inv` companion exists).

@@ -35,7 +35,7 @@ int bf16_row_stride(int cols);
 void round_to_bf16(const float* x, int T, int cols, int ldx, uint16_t* xb);
 void bf16_dot_rows(const uint16_t* w, const uint16_t* xb, int ldx, int T, int n, float* out);
 // Rows [0, rows) of w (n values each, one after another) by bf16_dot_rows in one call:
-// y[t · ldy + r], the same bits (decode's per-row calls and stores cost, q8_lanes.h).
+// y[t · ldy + r], the same bits (decode's per-row calls and stores cost, group_lanes.h).
 void bf16_dot_row_range(const uint16_t* w, int rows, const uint16_t* xb, int ldx, int T, int n,
                         float* y, size_t ldy);
 

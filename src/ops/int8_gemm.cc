@@ -6,10 +6,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "ops/group_lanes.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
-#include "ops/q8_lanes.h"
 #include "ops/token_lanes.h"
 #include "ops/vnni_target.h"
 #include "tensor/dtype.h"
@@ -303,12 +303,16 @@ WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int 
   out->scales.resize(static_cast<size_t>(rows) * groups);
   if (Q4) out->mins.resize(out->scales.size());
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  std::vector<int8_t> natural(lanes ? cols : 0);
+  std::vector<uint8_t> stored(lanes ? row_bytes : 0);
   for (int r = 0; r < rows; ++r) {
     const uint8_t* src = w + r * row_bytes;
-    if (lanes) {  // q8 only
-      q8_row_from_lanes(reinterpret_cast<const int8_t*>(src), cols, natural.data());
-      src = reinterpret_cast<const uint8_t*>(natural.data());
+    if (lanes) {  // rows in group-lane order, put back in order first
+      if constexpr (Q4)
+        q4_row_from_lanes(src, cols, stored.data());
+      else
+        q8_row_from_lanes(reinterpret_cast<const int8_t*>(src), cols,
+                          reinterpret_cast<int8_t*>(stored.data()));
+      src = stored.data();
     }
     uint8_t* dst = out->values.data() + static_cast<size_t>(r) * groups * kGroup;
     if constexpr (Q4) {
@@ -567,8 +571,8 @@ void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, co
   gemm<false>(reinterpret_cast<const uint8_t*>(codes), scales, rows, cols, x, T, y, ldy, lanes);
 }
 void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,
-             int T, float* y, int ldy) {
-  gemm<true>(packed, scale_min, rows, cols, x, T, y, ldy, false);
+             int T, float* y, int ldy, bool lanes) {
+  gemm<true>(packed, scale_min, rows, cols, x, T, y, ldy, lanes);
 }
 
 namespace {

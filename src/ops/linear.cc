@@ -25,15 +25,22 @@ size_t Linear::bytes() const {
 }
 
 namespace {
-// Row r's q8 codes in their stored order: the row itself, or for rows in group-lane order a copy
-// put back in order (this thread's scratch, valid until its next call).
+// Row r's q8 codes or q4 packed bytes in their stored order: the row itself, or for rows in
+// group-lane order a copy put back in order (this thread's scratch, valid until its next call).
+const uint8_t* stored_row(const Linear& w, int r) {
+  const uint8_t* row = w.data + r * w.row_bytes();
+  if (!w.group_lanes) return row;
+  thread_local std::vector<uint8_t> stored;
+  stored.resize(w.row_bytes());
+  if (w.dtype == DType::I8)
+    q8_row_from_lanes(reinterpret_cast<const int8_t*>(row), w.cols,
+                      reinterpret_cast<int8_t*>(stored.data()));
+  else
+    q4_row_from_lanes(row, w.cols, stored.data());
+  return stored.data();
+}
 const int8_t* q8_codes(const Linear& w, int r) {
-  const int8_t* row = reinterpret_cast<const int8_t*>(w.data) + static_cast<size_t>(r) * w.cols;
-  if (!w.q8_lanes) return row;
-  thread_local std::vector<int8_t> natural;
-  natural.resize(w.cols);
-  q8_row_from_lanes(row, w.cols, natural.data());
-  return natural.data();
+  return reinterpret_cast<const int8_t*>(stored_row(w, r));
 }
 }  // namespace
 
@@ -44,7 +51,7 @@ void Linear::row_to_f32(int r, float* out) const {
       q8_to_f32(q8_codes(*this, r), qscale + r * groups(), out, cols);
       break;
     case DType::U8:
-      q4_to_f32(data + r * row_bytes(), qscale + 2 * r * groups(), out, cols);
+      q4_to_f32(stored_row(*this, r), qscale + 2 * r * groups(), out, cols);
       break;
     case DType::F32:
       std::memcpy(out, data + offset * 4, static_cast<size_t>(cols) * 4);
@@ -69,7 +76,7 @@ float Linear::row_dot(int r, const float* x) const {
     case DType::I8:
       return dot_q8(q8_codes(*this, r), qscale + r * groups(), x, cols);
     case DType::U8:
-      return dot_q4(data + r * row_bytes(), qscale + 2 * r * groups(), x, cols);
+      return dot_q4(stored_row(*this, r), qscale + 2 * r * groups(), x, cols);
     case DType::F32: {
       const float* w = reinterpret_cast<const float*>(data) + offset;
       return dot_f32(w, x, cols);
@@ -92,7 +99,7 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
       dot_q8_rows(q8_codes(*this, r), qscale + r * groups(), x, ldx, T, n, out);
       return;
     case DType::U8:
-      dot_q4_rows(data + r * row_bytes(), qscale + 2 * r * groups(), x, ldx, T, n, out);
+      dot_q4_rows(stored_row(*this, r), qscale + 2 * r * groups(), x, ldx, T, n, out);
       return;
     case DType::F32:
       dot_f32_rows(reinterpret_cast<const float*>(data) + offset, x, ldx, T, n, out);
@@ -126,7 +133,7 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     in.bf16.resize(shift + static_cast<size_t>(T) * in.ldx);
     in.xb_shift = shift;
     round_to_bf16(x, T, cols, in.ldx, in.bf16.data() + shift);
-  } else if (q8_lanes && use_vnni()) {
+  } else if (group_lanes && use_vnni()) {
     quantize_lane_activations(x, T, cols, &in.lanes);
   } else if (quantized() && use_vnni()) {
     quantize_activations(x, T, cols, &in.int8);
@@ -140,9 +147,13 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
                   in.ldx, in.T, cols, out);
     return;
   }
-  if (in.lanes.T > 0 && q8_lanes) {
-    q8_lanes_dot_rows(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r) * cols,
-                      qscale + static_cast<size_t>(r) * groups(), cols, in.lanes, out);
+  if (in.lanes.T > 0 && group_lanes) {  // one row: out[t] = y[t · 1 + 0]
+    if (dtype == DType::I8)
+      q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r) * cols,
+                             qscale + static_cast<size_t>(r) * groups(), 1, cols, in.lanes, out, 1);
+    else
+      q4_lanes_dot_row_range(data + r * row_bytes(), qscale + 2 * r * groups(), 1, cols, in.lanes,
+                             out, 1);
     return;
   }
   if (in.int8.T > 0 && dtype == DType::I8) {
@@ -162,10 +173,14 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
 }
 
 void Linear::rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_t ldy) const {
-  if (in.lanes.T > 0 && q8_lanes) {
-    q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r0) * cols,
-                           qscale + static_cast<size_t>(r0) * groups(), r1 - r0, cols, in.lanes,
-                           y + r0, ldy);
+  if (in.lanes.T > 0 && group_lanes) {
+    if (dtype == DType::I8)
+      q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r0) * cols,
+                             qscale + static_cast<size_t>(r0) * groups(), r1 - r0, cols, in.lanes,
+                             y + r0, ldy);
+    else
+      q4_lanes_dot_row_range(data + r0 * row_bytes(), qscale + 2 * r0 * groups(), r1 - r0, cols,
+                             in.lanes, y + r0, ldy);
     return;
   }
   if (in.xb() && dtype == DType::BF16) {
@@ -211,11 +226,11 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
   }
   if (w.dtype == DType::I8 && use_vnni()) {
     q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows,
-            w.q8_lanes);
+            w.group_lanes);
     return;
   }
   if (w.dtype == DType::U8 && use_vnni()) {
-    q4_gemm(w.data, w.qscale, rows, cols, x, T, y, rows);
+    q4_gemm(w.data, w.qscale, rows, cols, x, T, y, rows, w.group_lanes);
     return;
   }
   if (w.dtype == DType::F32) {  // a true GEMM
@@ -241,14 +256,14 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < w.rows; ++r) {
       double sum = 0;
-      const int8_t* codes = w.dtype == DType::I8 ? q8_codes(w, r) : nullptr;
+      const uint8_t* stored = w.quantized() ? stored_row(w, r) : nullptr;
       for (int c = 0; c < w.cols; ++c) {
         size_t i = static_cast<size_t>(r) * w.cols + c;
         float v;
         if (w.dtype == DType::I8)
-          v = q8_element(codes, w.qscale + r * w.groups(), c);
+          v = q8_element(reinterpret_cast<const int8_t*>(stored), w.qscale + r * w.groups(), c);
         else if (w.dtype == DType::U8)
-          v = q4_element(w.data + r * w.row_bytes(), w.qscale + 2 * r * w.groups(), c);
+          v = q4_element(stored, w.qscale + 2 * r * w.groups(), c);
         else if (w.dtype == DType::F32)
           std::memcpy(&v, w.data + i * 4, 4);
         else if (w.dtype == DType::BF16 || w.dtype == DType::F16) {

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "base/aligned.h"
+#include "ops/group_lanes.h"
 #include "ops/int8_gemm.h"
-#include "ops/q8_lanes.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -26,10 +26,10 @@ struct Linear {
   // q8/q4 only (not owned): q8 [rows, groups] scales, q4 [rows, groups, 2] (scale, min) pairs,
   // as f16 bits; groups = ceil(cols / 32).
   const uint16_t* qscale = nullptr;
-  // q8 only: the rows' codes are in decode's group-lane order (ops/q8_lanes.h), as
-  // put_q8_rows_in_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; every
+  // q8/q4 only: the rows' codes are in decode's group-lane order (ops/group_lanes.h), as
+  // put_rows_in_group_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; every
   // other reader puts a row back in order first.
-  bool q8_lanes = false;
+  bool group_lanes = false;
 
   bool empty() const { return data == nullptr; }
   // fp8: the scales of row r's blocks along the row (ceil(cols / block_cols) of them).

@@ -1,4 +1,4 @@
-// The instruction sets of whale's AVX512-VNNI kernels (ops/int8_gemm.cc, ops/q8_lanes.cc).
+// The instruction sets of whale's AVX512-VNNI kernels (ops/int8_gemm.cc, ops/group_lanes.cc).
 // Highway 1.0 has no VNNI-specific target to dispatch on, so these functions carry the
 // instruction set themselves and run only after the CPU check (ops/precision.h: use_vnni()).
 #pragma once

@@ -17,7 +17,14 @@
 // core's arithmetic limited it: 1.36 → 1.71× llama.cpp at 2 threads (92% of the bandwidth probe),
 // 1.23 → 1.52× at 4; on the 2-core Zen 4 1.07–1.17× faster in fast minutes, level in slow ones.
 //
-// Rows whose length is not a multiple of 32 stay in the stored order (Linear::q8_lanes false).
+// q4 rows (int8_gemm.h: per group 16 bytes, byte b holding values b and 16 + b in its low and
+// high nibbles, and an f16 (scale, min) pair) are reordered the same way, by 4-byte slices of the
+// packed bytes: packed byte b of group i of a block of G groups sits at (b / 4) · 4G + 4i + b % 4,
+// so slice k's low nibbles are values 4k … 4k + 3 of every group (activation slice k) and its
+// high nibbles values 16 + 4k … 16 + 4k + 3 (activation slice 4 + k): 4 loads, 6 masks and shifts
+// and 8 vpdpbusd per 16 groups, and the minimums' terms once per block.
+//
+// Rows whose length is not a multiple of 32 stay in the stored order (Linear::group_lanes false).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -37,6 +44,10 @@ size_t q8_lane_index(int cols, int i);
 // One row of codes to the group-lane order and back (out must not alias the input).
 void q8_row_to_lanes(const int8_t* codes, int cols, int8_t* out);
 void q8_row_from_lanes(const int8_t* lanes, int cols, int8_t* out);
+// The same for q4 rows: packed byte b (< cols / 2) of a row, one row each way.
+size_t q4_lane_index(int cols, int b);
+void q4_row_to_lanes(const uint8_t* packed, int cols, uint8_t* out);
+void q4_row_from_lanes(const uint8_t* lanes, int cols, uint8_t* out);
 
 // Rows of activations quantized for these dots exactly as Int8Activations' are (int8 per group of
 // 32, scale = max|x| / 127), in the same order. A row is a sequence of blocks of 16 groups:
@@ -74,6 +85,9 @@ void q8_lanes_dot_rows(const int8_t* lanes, const uint16_t* scales, int cols,
 // q8_lanes_dot_rows'. One call for the whole range: decode makes ~300,000 row dots a token on
 // v2-lite-8l, and a call, a dispatch and a store loop per row were 4.5% of its time.
 void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
+                            const LaneActivations& x, float* y, size_t ldy);
+// The same for reordered q4 rows (cols / 2 packed bytes and cols / 32 (scale, min) pairs each).
+void q4_lanes_dot_row_range(const uint8_t* lanes, const uint16_t* scale_min, int rows, int cols,
                             const LaneActivations& x, float* y, size_t ldy);
 
 }  // namespace whale

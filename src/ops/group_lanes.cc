@@ -1,4 +1,4 @@
-#include "ops/q8_lanes.h"
+#include "ops/group_lanes.h"
 
 #include <immintrin.h>
 
@@ -34,29 +34,46 @@ size_t q8_lane_index(int cols, int i) {
          (g % kLaneBlockGroups) * 4 + j % 4;
 }
 
-// A 4-byte slice at a time: slice k of group i moves between dword 8i + k of the block in the
-// stored order and dword G·k + i in the reordered one (a transpose of G × 8 dwords).
-template <bool kToLanes>
-void reorder_row(const int8_t* in, int cols, int8_t* out) {
+namespace {
+// A 4-byte slice at a time: slice k of group i moves between dword kGroupSlices · i + k of the
+// block in the stored order and dword G · k + i in the reordered one (a transpose of G × slices
+// dwords). q8 groups are 32 bytes (8 slices), q4 groups 16 packed bytes (4 slices).
+template <int kGroupBytes, bool kToLanes>
+void reorder_row(const uint8_t* in, int cols, uint8_t* out) {
+  constexpr int kGroupSlices = kGroupBytes / 4;
   const int groups = cols / kGroup;
   for (int g0 = 0; g0 < groups; g0 += kLaneBlockGroups) {
     const int G = std::min(kLaneBlockGroups, groups - g0);
-    const int8_t* from = in + static_cast<size_t>(g0) * kGroup;
-    int8_t* to = out + static_cast<size_t>(g0) * kGroup;
+    const uint8_t* from = in + static_cast<size_t>(g0) * kGroupBytes;
+    uint8_t* to = out + static_cast<size_t>(g0) * kGroupBytes;
     for (int i = 0; i < G; ++i)
-      for (int k = 0; k < kSlices; ++k) {
-        const int stored = 4 * (kSlices * i + k), reordered = 4 * (G * k + i);
+      for (int k = 0; k < kGroupSlices; ++k) {
+        const int stored = 4 * (kGroupSlices * i + k), reordered = 4 * (G * k + i);
         std::memcpy(to + (kToLanes ? reordered : stored), from + (kToLanes ? stored : reordered),
                     4);
       }
   }
 }
+}  // namespace
 
 void q8_row_to_lanes(const int8_t* codes, int cols, int8_t* out) {
-  reorder_row<true>(codes, cols, out);
+  reorder_row<kGroup, true>(reinterpret_cast<const uint8_t*>(codes), cols,
+                            reinterpret_cast<uint8_t*>(out));
 }
 void q8_row_from_lanes(const int8_t* lanes, int cols, int8_t* out) {
-  reorder_row<false>(lanes, cols, out);
+  reorder_row<kGroup, false>(reinterpret_cast<const uint8_t*>(lanes), cols,
+                             reinterpret_cast<uint8_t*>(out));
+}
+void q4_row_to_lanes(const uint8_t* packed, int cols, uint8_t* out) {
+  reorder_row<kGroup / 2, true>(packed, cols, out);
+}
+void q4_row_from_lanes(const uint8_t* lanes, int cols, uint8_t* out) {
+  reorder_row<kGroup / 2, false>(lanes, cols, out);
+}
+size_t q4_lane_index(int cols, int b) {
+  const int g = b / 16, j = b % 16, G = block_groups(cols / kGroup, g);
+  return static_cast<size_t>(g / kLaneBlockGroups) * kLaneBlockGroups * 16 + (j / 4) * 4 * G +
+         (g % kLaneBlockGroups) * 4 + j % 4;
 }
 
 int LaneActivations::code(int t, int i) const {
@@ -145,14 +162,65 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void block_sums(
   }
 }
 
-// out[t] for R activation rows from t0, the weight row read once.
-template <int R>
-WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const int8_t* lanes,
+// The q4 block: slice k (4G packed bytes) holds in its low nibbles values 4k … 4k + 3 of each
+// group (activation slice k) and in its high nibbles values 16 + 4k … (slice 4 + k); the sums
+// start at 0 (nibbles are unsigned already), and each group adds min · Σ x̂ = min · scale · Σ
+// codes, with Σ codes = −start / 128 from the activations' sum starts (exact in f32).
+template <int R, bool kShort>
+WHALE_VNNI_TARGET __attribute__((always_inline)) inline void q4_block_sums(
+    const uint8_t* w, const uint16_t* block_pairs, int G, const uint8_t* const* xr, size_t at,
+    __m512* sum) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __mmask64 bytes = kShort ? (__mmask64{1} << (4 * G)) - 1 : ~__mmask64{0};
+  // 16 (scale, min) pairs: f16 → f32 halves, then the scales and the minimums apart.
+  const __m512i pairs =
+      kShort ? _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << G) - 1), block_pairs)
+             : _mm512_loadu_si512(block_pairs);
+  const __m512 first = _mm512_cvtph_ps(_mm512_castsi512_si256(pairs));
+  const __m512 second = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(pairs, 1));
+  const __m512i evens =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 weight_scales = _mm512_permutex2var_ps(first, evens, second);
+  const __m512 weight_mins =
+      _mm512_permutex2var_ps(first, _mm512_add_epi32(evens, _mm512_set1_epi32(1)), second);
+  __m512i acc[R][2];
+#pragma GCC unroll 6
+  for (int t = 0; t < R; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m512i slice =
+        kShort ? _mm512_maskz_loadu_epi8(bytes, w + 4 * G * k) : _mm512_loadu_si512(w + 64 * k);
+    const __m512i lo = _mm512_and_si512(slice, low);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(slice, 4), low);
+#pragma GCC unroll 6
+    for (int t = 0; t < R; ++t) {
+      acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], lo, _mm512_load_si512(xr[t] + at + 64 * k));
+      acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], hi, _mm512_load_si512(xr[t] + at + 64 * (4 + k)));
+    }
+  }
+#pragma GCC unroll 6
+  for (int t = 0; t < R; ++t) {
+    const __m512 activation_scales =
+        _mm512_load_ps(reinterpret_cast<const float*>(xr[t] + at + LaneActivations::kScalesOffset));
+    const __m512 code_sums = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_load_si512(xr[t] + at + LaneActivations::kStartsOffset)),
+        _mm512_set1_ps(-1.0f / 128));
+    sum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[t][0], acc[t][1])),
+                             _mm512_mul_ps(weight_scales, activation_scales), sum[t]);
+    sum[t] = _mm512_fmadd_ps(weight_mins, _mm512_mul_ps(activation_scales, code_sums), sum[t]);
+  }
+}
+
+// out[t] for R activation rows from t0, the weight row read once (q8: a block is 512 code bytes
+// and 16 scales; q4: 256 packed bytes and 16 (scale, min) pairs).
+template <bool Q4, int R>
+WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const uint8_t* w,
                                                                            const uint16_t* scales,
                                                                            int cols,
                                                                            const LaneActivations& x,
                                                                            int t0, float* out) {
-  const uint8_t* w = reinterpret_cast<const uint8_t*>(lanes);
+  constexpr int kBlockBytes = Q4 ? kBlockValues / 2 : kBlockValues;
+  constexpr int kBlockScales = Q4 ? 2 * kLaneBlockGroups : kLaneBlockGroups;
   const uint8_t* xr[R];
   __m512 sum[R];
 #pragma GCC unroll 6
@@ -162,16 +230,23 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const
   }
   const int groups = cols / kGroup, full = groups / kLaneBlockGroups;
   for (int b = 0; b < full; ++b) {
-    const uint8_t* block = w + static_cast<size_t>(b) * kBlockValues;
+    const uint8_t* block = w + static_cast<size_t>(b) * kBlockBytes;
     // The weights ahead into L2 (kernels.h's kWeightPrefetchBytes).
     _mm_prefetch(reinterpret_cast<const char*>(block) + kWeightPrefetchBytes, _MM_HINT_T1);
-    block_sums<R, false>(block, scales + b * kLaneBlockGroups, kLaneBlockGroups, xr,
-                         static_cast<size_t>(b) * LaneActivations::kBlockBytes, sum);
+    const size_t at = static_cast<size_t>(b) * LaneActivations::kBlockBytes;
+    if constexpr (Q4)
+      q4_block_sums<R, false>(block, scales + b * kBlockScales, kLaneBlockGroups, xr, at, sum);
+    else
+      block_sums<R, false>(block, scales + b * kBlockScales, kLaneBlockGroups, xr, at, sum);
   }
-  if (const int G = groups - full * kLaneBlockGroups; G > 0)
-    block_sums<R, true>(w + static_cast<size_t>(full) * kBlockValues,
-                        scales + full * kLaneBlockGroups, G, xr,
-                        static_cast<size_t>(full) * LaneActivations::kBlockBytes, sum);
+  if (const int G = groups - full * kLaneBlockGroups; G > 0) {
+    const uint8_t* block = w + static_cast<size_t>(full) * kBlockBytes;
+    const size_t at = static_cast<size_t>(full) * LaneActivations::kBlockBytes;
+    if constexpr (Q4)
+      q4_block_sums<R, true>(block, scales + full * kBlockScales, G, xr, at, sum);
+    else
+      block_sums<R, true>(block, scales + full * kBlockScales, G, xr, at, sum);
+  }
 #pragma GCC unroll 6
   for (int t = 0; t < R; ++t) out[t] = _mm512_reduce_add_ps(sum[t]);
 }
@@ -195,32 +270,42 @@ void quantize_lane_activations(const float* x, int T, int cols, LaneActivations*
 namespace {
 
 // Rows [0, rows) against the R activation rows from t0: y[t · ldy + r].
-template <int R>
-WHALE_VNNI_TARGET void lane_row_range(const int8_t* lanes, const uint16_t* scales, int rows,
-                                      int cols, const LaneActivations& x, int t0, float* y,
-                                      size_t ldy) {
-  const int groups = cols / kGroup;
+template <bool Q4, int R>
+WHALE_VNNI_TARGET void lane_row_range(const uint8_t* w, const uint16_t* scales, int rows, int cols,
+                                      const LaneActivations& x, int t0, float* y, size_t ldy) {
+  const size_t row_bytes = Q4 ? cols / 2 : cols, row_scales = (Q4 ? 2 : 1) * (cols / kGroup);
   for (int r = 0; r < rows; ++r) {
     float out[R];
-    lane_dot_rows<R>(lanes + static_cast<size_t>(r) * cols,
-                     scales + static_cast<size_t>(r) * groups, cols, x, t0, out);
+    lane_dot_rows<Q4, R>(w + r * row_bytes, scales + r * row_scales, cols, x, t0, out);
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) y[(t0 + t) * ldy + r] = out[t];
   }
 }
 
 constexpr int kPass = 6;  // activation rows per pass over a weight row: 6 × 2 chains + 6 sums
-using RowRange = void (*)(const int8_t*, const uint16_t*, int, int, const LaneActivations&, int,
+using RowRange = void (*)(const uint8_t*, const uint16_t*, int, int, const LaneActivations&, int,
                           float*, size_t);
-constexpr RowRange kRowRanges[kPass] = {lane_row_range<1>, lane_row_range<2>, lane_row_range<3>,
-                                        lane_row_range<4>, lane_row_range<5>, lane_row_range<6>};
+template <bool Q4>
+constexpr RowRange kRowRanges[kPass] = {lane_row_range<Q4, 1>, lane_row_range<Q4, 2>,
+                                        lane_row_range<Q4, 3>, lane_row_range<Q4, 4>,
+                                        lane_row_range<Q4, 5>, lane_row_range<Q4, 6>};
+
+template <bool Q4>
+void row_range(const uint8_t* w, const uint16_t* scales, int rows, int cols,
+               const LaneActivations& x, float* y, size_t ldy) {
+  for (int t0 = 0; t0 < x.T; t0 += kPass)
+    kRowRanges<Q4>[std::min(kPass, x.T - t0) - 1](w, scales, rows, cols, x, t0, y, ldy);
+}
 
 }  // namespace
 
 void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
                             const LaneActivations& x, float* y, size_t ldy) {
-  for (int t0 = 0; t0 < x.T; t0 += kPass)
-    kRowRanges[std::min(kPass, x.T - t0) - 1](lanes, scales, rows, cols, x, t0, y, ldy);
+  row_range<false>(reinterpret_cast<const uint8_t*>(lanes), scales, rows, cols, x, y, ldy);
+}
+void q4_lanes_dot_row_range(const uint8_t* lanes, const uint16_t* scale_min, int rows, int cols,
+                            const LaneActivations& x, float* y, size_t ldy) {
+  row_range<true>(lanes, scale_min, rows, cols, x, y, ldy);
 }
 
 void q8_lanes_dot_rows(const int8_t* lanes, const uint16_t* scales, int cols,

@@ -1,0 +1,325 @@
+// Decode's q8 and q4 rows in group-lane order (ops/group_lanes.h): the reorderings and their
+// inverses, the activation quantizer against int8_gemm's scalar reference, the row dots against a
+// double-precision reference on the same quantized activations and bit for bit batch-independent,
+// a Linear over reordered rows on every path (row dots, prefill tiles, the exact path, the
+// dequantized rows) against the same Linear in the stored order, and q8 and q4 models from disk.
+#include "ops/group_lanes.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "io/quantize.h"
+#include "model/transformer.h"
+#include "ops/int8_gemm.h"
+#include "ops/kernels.h"
+#include "ops/linear.h"
+#include "ops/precision.h"
+#include "test_util.h"
+
+namespace whale {
+namespace {
+
+using testing::random_vector;
+using testing::TempDir;
+
+#define SKIP_WITHOUT_VNNI() \
+  if (!vnni_available()) GTEST_SKIP() << "this CPU has no AVX512-VNNI"
+
+// Shapes: one group, a short block only, exactly one block, a block and a short one (an expert's
+// 1408 = 2 · 512 + 384), several blocks.
+constexpr int kCols[] = {32, 96, 512, 544, 1408, 2048};
+
+// A random q8 (dtype I8) or q4 (U8) matrix, in the stored order and reordered, each with a
+// Linear over it.
+struct LaneMatrix {
+  DType dtype;
+  int rows, cols;
+  std::vector<uint8_t> codes, lanes;  // q8 codes or q4 packed bytes
+  std::vector<uint16_t> scales;       // q8 scales or q4 (scale, min) pairs
+  Linear stored, reordered;
+  LaneMatrix(DType dtype_, int rows_, int cols_, std::mt19937& rng)
+      : dtype(dtype_), rows(rows_), cols(cols_) {
+    const auto w = random_vector(static_cast<size_t>(rows) * cols, rng, 0.2f);
+    for (Linear* l : {&stored, &reordered}) {
+      l->dtype = dtype;
+      l->rows = rows;
+      l->cols = cols;
+    }
+    const size_t row_bytes = stored.row_bytes(), row_scales = (q4() ? 2 : 1) * (cols / 32);
+    codes.resize(rows * row_bytes);
+    lanes.resize(codes.size());
+    scales.resize(rows * row_scales);
+    for (int r = 0; r < rows; ++r) {
+      uint8_t* c = codes.data() + r * row_bytes;
+      uint8_t* l = lanes.data() + r * row_bytes;
+      if (q4()) {
+        quantize_row_q4(w.data() + static_cast<size_t>(r) * cols, cols, c,
+                        scales.data() + r * row_scales);
+        q4_row_to_lanes(c, cols, l);
+      } else {
+        quantize_row_q8(w.data() + static_cast<size_t>(r) * cols, cols,
+                        reinterpret_cast<int8_t*>(c), scales.data() + r * row_scales);
+        q8_row_to_lanes(reinterpret_cast<int8_t*>(c), cols, reinterpret_cast<int8_t*>(l));
+      }
+    }
+    for (Linear* l : {&stored, &reordered}) l->qscale = scales.data();
+    stored.data = codes.data();
+    reordered.data = lanes.data();
+    reordered.group_lanes = true;
+  }
+  bool q4() const { return dtype == DType::U8; }
+  const char* name() const { return q4() ? "q4" : "q8"; }
+  // The reordered rows [0, rows) against x by the group-lane kernel.
+  void dot_range(int r0, int n, const LaneActivations& x, float* y, size_t ldy) const {
+    const size_t row_bytes = stored.row_bytes(), row_scales = (q4() ? 2 : 1) * (cols / 32);
+    if (q4())
+      q4_lanes_dot_row_range(lanes.data() + r0 * row_bytes, scales.data() + r0 * row_scales, n,
+                             cols, x, y, ldy);
+    else
+      q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(lanes.data()) + r0 * row_bytes,
+                             scales.data() + r0 * row_scales, n, cols, x, y, ldy);
+  }
+  // The stored rows' products in double (x quantized by the scalar reference).
+  void reference(const float* x, int T, float* y, int ldy) const {
+    if (q4())
+      q4_gemm_reference(codes.data(), scales.data(), rows, cols, x, T, y, ldy);
+    else
+      q8_gemm_reference(reinterpret_cast<const int8_t*>(codes.data()), scales.data(), rows, cols, x,
+                        T, y, ldy);
+  }
+  // Σ_c |w[r, c] · x[c]|: the scale of an output's f32 rounding error.
+  float abs_sum(int r, const float* x) const {
+    std::vector<float> row(cols);
+    stored.row_to_f32(r, row.data());
+    double sum = 0;
+    for (int c = 0; c < cols; ++c) sum += std::fabs(row[c] * x[c]);
+    return static_cast<float>(sum);
+  }
+};
+
+uint32_t bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+TEST(GroupLanes, ReorderingIsAPermutationAndItsInverse) {
+  std::mt19937 rng(31);
+  for (int cols : kCols) {
+    std::vector<int8_t> row(cols), lanes(cols), back(cols);
+    for (int i = 0; i < cols; ++i) row[i] = static_cast<int8_t>(i * 7 + 3);
+    q8_row_to_lanes(row.data(), cols, lanes.data());
+    std::vector<int> seen(cols, 0);
+    for (int i = 0; i < cols; ++i) {
+      const size_t at = q8_lane_index(cols, i);
+      ASSERT_LT(at, static_cast<size_t>(cols));
+      ASSERT_EQ(lanes[at], row[i]) << "cols " << cols << " i " << i;
+      ++seen[at];
+    }
+    for (int i = 0; i < cols; ++i) ASSERT_EQ(seen[i], 1) << "cols " << cols << " at " << i;
+    // The documented order: in a full block, value j of group i at (j / 4) · 64 + 4i + j % 4.
+    if (cols >= 512) {
+      EXPECT_EQ(q8_lane_index(cols, 0 * 32 + 5), 64u + 1);
+      EXPECT_EQ(q8_lane_index(cols, 3 * 32 + 30), 7u * 64 + 12 + 2);
+    }
+    q8_row_from_lanes(lanes.data(), cols, back.data());
+    ASSERT_EQ(back, row) << "cols " << cols;
+  }
+  for (int cols : kCols) {  // q4: cols / 2 packed bytes, 16 a group
+    const int n = cols / 2;
+    std::vector<uint8_t> row(n), lanes(n), back(n);
+    for (int b = 0; b < n; ++b) row[b] = static_cast<uint8_t>(b * 7 + 3);
+    q4_row_to_lanes(row.data(), cols, lanes.data());
+    std::vector<int> seen(n, 0);
+    for (int b = 0; b < n; ++b) {
+      const size_t at = q4_lane_index(cols, b);
+      ASSERT_LT(at, static_cast<size_t>(n));
+      ASSERT_EQ(lanes[at], row[b]) << "q4 cols " << cols << " b " << b;
+      ++seen[at];
+    }
+    for (int b = 0; b < n; ++b) ASSERT_EQ(seen[b], 1) << "q4 cols " << cols << " at " << b;
+    if (cols >= 512) {  // byte 5 of group 3 in a full block: slice 1, lane 3
+      EXPECT_EQ(q4_lane_index(cols, 3 * 16 + 5), 64u + 12 + 1);
+    }
+    q4_row_from_lanes(lanes.data(), cols, back.data());
+    ASSERT_EQ(back, row) << "q4 cols " << cols;
+  }
+  EXPECT_TRUE(q8_lanes_fit(1408));
+  EXPECT_FALSE(q8_lanes_fit(1000));
+  EXPECT_FALSE(q8_lanes_fit(0));
+}
+
+TEST(GroupLanes, ActivationsMatchTheInt8Reference) {
+  SKIP_WITHOUT_VNNI();
+  std::mt19937 rng(32);
+  for (int cols : kCols) {
+    const int T = 3;
+    auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+    x[0] = 40;  // an outlier in the first group; the second group of row 1 all zeros
+    if (cols >= 64)
+      for (int c = 32; c < 64; ++c) x[cols + c] = 0;
+    LaneActivations lanes;
+    quantize_lane_activations(x.data(), T, cols, &lanes);
+    Int8Activations ref;
+    quantize_activations_reference(x.data(), T, cols, &ref);
+    const int groups = cols / 32;
+    ASSERT_EQ(lanes.blocks, (groups + 15) / 16);
+    for (int t = 0; t < T; ++t) {
+      ASSERT_EQ(reinterpret_cast<uintptr_t>(lanes.row(t)) % 64, 0u);
+      for (int c = 0; c < cols; ++c)
+        ASSERT_EQ(lanes.code(t, c), ref.code(t, c)) << "cols " << cols << " t " << t << " c " << c;
+      for (int g = 0; g < lanes.blocks * 16; ++g) {
+        if (g >= groups) {  // a short last block's empty lanes: zeros
+          for (int j = 0; j < 32; ++j) ASSERT_EQ(lanes.code(t, g * 32 + j), 0);
+          ASSERT_EQ(lanes.scale(t, g), 0.0f);
+          ASSERT_EQ(lanes.sum_start(t, g), 0);
+          continue;
+        }
+        ASSERT_EQ(lanes.scale(t, g), ref.scale(t, g * 32)) << "cols " << cols << " g " << g;
+        ASSERT_EQ(lanes.sum_start(t, g), ref.group_offset(t, g)) << "cols " << cols;
+      }
+    }
+    if (cols >= 64) {
+      EXPECT_EQ(lanes.scale(1, 1), 0.0f);
+    }
+  }
+}
+
+TEST(GroupLanes, RowDotsMatchReferenceAndAreBatchIndependent) {
+  SKIP_WITHOUT_VNNI();
+  std::mt19937 rng(33);
+  for (DType dtype : {DType::I8, DType::U8})
+    for (int cols : kCols) {
+      const LaneMatrix m(dtype, 4, cols, rng);
+      for (int T = 1; T <= 13; ++T) {  // passes of 6 rows and their remainders
+        const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+        LaneActivations xq;
+        quantize_lane_activations(x.data(), T, cols, &xq);
+        std::vector<float> y_ref(static_cast<size_t>(T) * m.rows);
+        m.reference(x.data(), T, y_ref.data(), m.rows);
+        // The whole range in one call, into a strided output: the same bits as row by row.
+        const size_t ldy = m.rows + 2;
+        std::vector<float> range(T * ldy, -1.0f);
+        m.dot_range(0, m.rows, xq, range.data(), ldy);
+        for (int r = 0; r < m.rows; ++r) {
+          std::vector<float> out(T);
+          m.dot_range(r, 1, xq, out.data(), 1);
+          for (int t = 0; t < T; ++t) {
+            const float* xt = x.data() + static_cast<size_t>(t) * cols;
+            ASSERT_NEAR(out[t], y_ref[static_cast<size_t>(t) * m.rows + r],
+                        1e-5f * m.abs_sum(r, xt) + 1e-6f)
+                << m.name() << " cols " << cols << " T " << T << " t " << t;
+            LaneActivations one;
+            quantize_lane_activations(xt, 1, cols, &one);
+            float alone;
+            m.dot_range(r, 1, one, &alone, 1);
+            ASSERT_EQ(bits(out[t]), bits(alone))
+                << m.name() << " cols " << cols << " T " << T << " t " << t;
+            ASSERT_EQ(bits(range[t * ldy + r]), bits(out[t]))
+                << m.name() << " range, cols " << cols << " T " << T;
+            ASSERT_EQ(range[t * ldy + m.rows], -1.0f) << "a gap in the output was written";
+          }
+        }
+      }
+    }
+}
+
+// The reordered Linear against the stored one: the same products on every path of
+// linear_forward (few tokens: the group-lane row dots; many: prefill's tiles, which put the rows
+// back in order; exact: f32 activations), and the same dequantized rows.
+TEST(GroupLanes, LinearOverReorderedRowsMatchesTheStoredOrder) {
+  std::mt19937 rng(34);
+  for (DType dtype : {DType::I8, DType::U8})
+    for (int cols : {96, 1408}) {
+      const LaneMatrix m(dtype, 37, cols, rng);
+      std::vector<float> a(cols), b(cols);
+      for (int r = 0; r < m.rows; ++r) {
+        m.stored.row_to_f32(r, a.data());
+        m.reordered.row_to_f32(r, b.data());
+        ASSERT_EQ(a, b) << "row " << r;
+      }
+      for (bool fast : {false, true}) {
+        if (fast && !vnni_available()) continue;
+        set_exact_activations(!fast);
+        for (int T : {1, 3, 7, kGemmMinTokens, 19}) {
+          const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+          std::vector<float> y(static_cast<size_t>(T) * m.rows), y_stored(y.size()),
+              y_ref(y.size());
+          linear_forward(m.reordered, x.data(), T, y.data());
+          linear_forward(m.stored, x.data(), T, y_stored.data());
+          linear_forward_reference(m.reordered, x.data(), T, y_ref.data());
+          for (size_t i = 0; i < y.size(); ++i) {
+            const int t = static_cast<int>(i) / m.rows, r = static_cast<int>(i) % m.rows;
+            const float* xt = x.data() + static_cast<size_t>(t) * cols;
+            // Prefill's tiles and the exact path read the rows in order: the same bits. The
+            // row dots sum per group instead of per pair of groups: the same within rounding.
+            if (!fast || T >= kGemmMinTokens) {
+              ASSERT_EQ(bits(y[i]), bits(y_stored[i])) << "fast " << fast << " T " << T;
+            } else {
+              ASSERT_NEAR(y[i], y_stored[i], 1e-5f * m.abs_sum(r, xt) + 1e-6f) << "T " << T;
+            }
+            if (!fast) {
+              ASSERT_NEAR(y[i], y_ref[i], 1e-5f * m.abs_sum(r, xt) + 1e-6f);
+            }
+          }
+        }
+      }
+      set_exact_activations(true);
+    }
+}
+
+// A q8 model from disk: on VNNI CPUs its quantized matrices come reordered, on cache lines, and
+// its logits are those of the same checkpoint read in the stored order (Model::from_source does
+// not reorder): bit for bit on the exact path, within the activations' rounding on the fast one.
+TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
+  TempDir tmp;
+  auto r = testing::run_whale("init --preset tiny --dtype bf16 --seed 7 --out " + (tmp / "bf16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string quant : {"q8", "q4"}) {
+    r = testing::run_whale("convert --model " + (tmp / "bf16") + " --quant " + quant + " --out " +
+                           (tmp / quant));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto model = Model::load(tmp / quant);
+    const Checkpoint checkpoint(tmp / quant);
+    const auto stored = Model::from_source(model->config(), checkpoint);
+    int reordered = 0, quantized = 0;
+    for (const Layer& layer : model->weights().layers)
+      for (const Linear* w : {&layer.mla.kv_a_proj_with_mqa, &layer.mla.o_proj,
+                              &layer.mlp.down_proj, &layer.moe.shared.up_proj}) {
+        if (w->dtype != DType::I8 && w->dtype != DType::U8) continue;
+        ++quantized;
+        ASSERT_EQ(w->group_lanes, vnni_available() && q8_lanes_fit(w->cols));
+        if (!w->group_lanes) continue;
+        ++reordered;
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(w->data) % 64, 0u);
+      }
+    EXPECT_GT(quantized, 0);
+    if (vnni_available()) {
+      EXPECT_GT(reordered, 0);
+    }
+    std::vector<int> tokens;
+    for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);
+    const int V = model->config().vocab_size, T = static_cast<int>(tokens.size());
+    for (bool fast : {false, true}) {
+      set_exact_activations(!fast);
+      std::vector<float> a(static_cast<size_t>(T) * V), b(a.size());
+      for (const auto& [m, logits] : {std::pair{model.get(), &a}, std::pair{stored.get(), &b}}) {
+        KVCache cache = m->new_cache();
+        for (int t = 0; t < T; ++t)  // decode steps: the row dots
+          m->forward(&tokens[t], 1, cache, logits->data() + static_cast<size_t>(t) * V);
+      }
+      if (!fast) {
+        ASSERT_EQ(a, b);
+      } else {
+        EXPECT_LT(testing::relative_max_error(a, b), 1e-3);
+      }
+    }
+    set_exact_activations(true);
+  }
+}
+
+}  // namespace
+}  // namespace whale
