@@ -131,14 +131,10 @@ void add_bench_command(CLI::App& app) {
     };
 
     // Warm-up: fault every page of the weights in (and a short prefill), so the timings below
-    // are neither disk reads nor page faults.
-    std::vector<const TensorView*> views;
-    for (const auto& [name, view] : model->checkpoint().tensors()) views.push_back(view);
-    long touched = 0;
-#pragma omp parallel for schedule(dynamic) reduction(+ : touched)
-    for (size_t i = 0; i < views.size(); ++i)
-      for (size_t b = 0; b < views[i]->nbytes; b += 4096) touched += views[i]->data[b];
-    if (touched == -1) std::printf(" ");
+    // are neither disk reads nor page faults. The weights the model reads, not the checkpoint's
+    // tensors: q8/q4 matrices reordered at load live in memory of their own (model/weights.h),
+    // and touching their source pages again would count them twice in the peak RSS.
+    if (touch_weight_pages(c, w) == -1) std::printf(" ");
     {
       KVCache cache = model->new_cache();
       prefill(prompt(std::min(8, decode_prompt)), cache);

@@ -260,6 +260,31 @@ void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* 
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
 }
 
+namespace {
+struct PageToucher {
+  long sum = 0;
+  void touch(const void* p, size_t n) {
+    const auto* bytes = static_cast<const uint8_t*>(p);
+    for (size_t b = 0; b < n; b += 4096) sum += bytes[b];
+  }
+  void matrix(const std::string&, int, int, bool, Linear& w) {
+    if (w.empty()) return;
+    touch(w.data, static_cast<size_t>(w.rows) * w.row_bytes());
+    if (w.qscale) touch(w.qscale, (w.bytes() - static_cast<size_t>(w.rows) * w.row_bytes()));
+  }
+  void vector(const std::string&, int, WeightSpec::Kind, Vector& v) {
+    touch(v.data(), v.size() * sizeof(float));
+  }
+};
+}  // namespace
+
+long touch_weight_pages(const ModelConfig& config, const Weights& w) {
+  PageToucher toucher;
+  // The visitor hands out mutable slots; nothing is written.
+  visit_weights(config, const_cast<Weights&>(w), toucher);
+  return toucher.sum;
+}
+
 std::vector<WeightSpec> weight_specs(const ModelConfig& config) {
   Weights scratch;
   SpecCollector collector;

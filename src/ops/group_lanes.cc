@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "ops/kernels.h"
+#include "ops/precision.h"
 #include "ops/vnni_target.h"
 
 namespace whale {
@@ -38,14 +39,36 @@ namespace {
 // A 4-byte slice at a time: slice k of group i moves between dword kGroupSlices · i + k of the
 // block in the stored order and dword G · k + i in the reordered one (a transpose of G × slices
 // dwords). q8 groups are 32 bytes (8 slices), q4 groups 16 packed bytes (4 slices).
+// A full block (G = 16) by AVX-512 gathers, 16 dwords a vector: 4–10× the scalar copies (prefill
+// puts every reordered row it multiplies back in order, int8_gemm.cc's copy_panel).
+template <int kGroupBytes, bool kToLanes>
+WHALE_VNNI_TARGET void reorder_full_block(const uint8_t* from, uint8_t* to) {
+  constexpr int kGroupSlices = kGroupBytes / 4;
+#pragma GCC unroll 8
+  for (int v = 0; v < kGroupSlices; ++v) {
+    alignas(64) int32_t source[16];  // the dword of `from` that output dword 16v + j takes
+    for (int j = 0; j < 16; ++j) {
+      const int o = 16 * v + j;
+      source[j] =
+          kToLanes ? kGroupSlices * (o % 16) + o / 16 : 16 * (o % kGroupSlices) + o / kGroupSlices;
+    }
+    _mm512_storeu_si512(to + 64 * v, _mm512_i32gather_epi32(_mm512_load_si512(source), from, 4));
+  }
+}
+
 template <int kGroupBytes, bool kToLanes>
 void reorder_row(const uint8_t* in, int cols, uint8_t* out) {
   constexpr int kGroupSlices = kGroupBytes / 4;
   const int groups = cols / kGroup;
+  const bool gathers = vnni_available();
   for (int g0 = 0; g0 < groups; g0 += kLaneBlockGroups) {
     const int G = std::min(kLaneBlockGroups, groups - g0);
     const uint8_t* from = in + static_cast<size_t>(g0) * kGroupBytes;
     uint8_t* to = out + static_cast<size_t>(g0) * kGroupBytes;
+    if (G == kLaneBlockGroups && gathers) {
+      reorder_full_block<kGroupBytes, kToLanes>(from, to);
+      continue;
+    }
     for (int i = 0; i < G; ++i)
       for (int k = 0; k < kGroupSlices; ++k) {
         const int stored = 4 * (kGroupSlices * i + k), reordered = 4 * (G * k + i);

@@ -282,13 +282,26 @@ WHALE_VNNI_TARGET void interleave_tokens(const Int8Activations& x, TokenBlocks* 
 
 // A thread's panel of weight rows as the tiles read them: per row, its groups' 32 values as
 // unsigned bytes (q8 code + 128, q4 nibble; zeros past the row's end, where the activation codes
-// are zeros too), and per row and group the weight scale (and q4's minimum) as f32.
+// are zeros too), and per row and group the weight scale (and q4's minimum) as f32. Rows in
+// decode's group-lane order (group_lanes.h) stay in that order, values 4k … 4k + 3 of a group a
+// dword among its block's: copying them back in order cost as much as the products (a transpose
+// by gathers: 21% of a 128-token prefill against the tiles' 29%).
 struct PanelCopy {
   std::vector<uint8_t> values;
   std::vector<float> scales, mins;
   int groups = 0;
+  bool lanes = false;
   const uint8_t* row(int r) const {
     return values.data() + static_cast<size_t>(r) * groups * kGroup;
+  }
+  // Where values 4k … 4k + 3 of group g sit in a row: at first(g) + k · step(g).
+  int first(int g) const {
+    return lanes ? g / kLaneBlockGroups * kLaneBlockGroups * kGroup + g % kLaneBlockGroups * 4
+                 : g * kGroup;
+  }
+  int step(int g) const {
+    return lanes ? 4 * std::min(kLaneBlockGroups, groups - g / kLaneBlockGroups * kLaneBlockGroups)
+                 : 4;
   }
 };
 
@@ -302,20 +315,28 @@ WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int 
   out->values.resize(static_cast<size_t>(rows) * groups * kGroup);
   out->scales.resize(static_cast<size_t>(rows) * groups);
   if (Q4) out->mins.resize(out->scales.size());
+  out->lanes = lanes;
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  std::vector<uint8_t> stored(lanes ? row_bytes : 0);
   for (int r = 0; r < rows; ++r) {
     const uint8_t* src = w + r * row_bytes;
-    if (lanes) {  // rows in group-lane order, put back in order first
-      if constexpr (Q4)
-        q4_row_from_lanes(src, cols, stored.data());
-      else
-        q8_row_from_lanes(reinterpret_cast<const int8_t*>(src), cols,
-                          reinterpret_cast<int8_t*>(stored.data()));
-      src = stored.data();
-    }
     uint8_t* dst = out->values.data() + static_cast<size_t>(r) * groups * kGroup;
-    if constexpr (Q4) {
+    if (Q4 && lanes) {
+      // Per block of G groups, packed slice k (4G bytes): its low nibbles are value slice k,
+      // its high nibbles value slice 4 + k.
+      for (int g0 = 0; g0 < groups; g0 += kLaneBlockGroups) {
+        const int G = std::min(kLaneBlockGroups, groups - g0);
+        const __mmask64 m = G == kLaneBlockGroups ? ~__mmask64{0} : (__mmask64{1} << (4 * G)) - 1;
+        for (int k = 0; k < 4; ++k) {
+          const __m512i packed = _mm512_maskz_loadu_epi8(m, src + g0 * 16 + 4 * G * k);
+          uint8_t* block = dst + g0 * kGroup;
+          _mm512_mask_storeu_epi8(block + 4 * G * k, m,
+                                  _mm512_and_si512(packed, _mm512_set1_epi8(0x0F)));
+          _mm512_mask_storeu_epi8(
+              block + 4 * G * (4 + k), m,
+              _mm512_and_si512(_mm512_srli_epi16(packed, 4), _mm512_set1_epi8(0x0F)));
+        }
+      }
+    } else if constexpr (Q4) {
       // A group's 16 bytes hold its values i and 16 + i in byte i's low and high nibbles.
       for (int g = 0; g < groups; ++g) {
         const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + g * 16));
@@ -370,6 +391,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
   }
   for (int g = 0; g < w.groups; ++g) {
     const uint8_t* xg = x.group(b, g);
+    const int first = w.first(g), step = w.step(g);
     // q8's codes + 128 against x̂: the sums start from −128 · Σ x̂ of the group, per token.
     const __m512i start =
         Q4 ? _mm512_setzero_si512() : _mm512_load_si512(xg + TokenBlocks::kOffsetsOffset);
@@ -382,7 +404,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
 #pragma GCC unroll 8
       for (int a = 0; a < R; ++a) {
         int32_t four;
-        std::memcpy(&four, rows[a] + g * kGroup + 4 * k, 4);
+        std::memcpy(&four, rows[a] + first + step * k, 4);
         acc[a] = _mm512_dpbusd_epi32(acc[a], _mm512_set1_epi32(four), codes);
       }
     }
