@@ -147,9 +147,9 @@ TEST(GroupLanes, ReorderingIsAPermutationAndItsInverse) {
     q4_row_from_lanes(lanes.data(), cols, back.data());
     ASSERT_EQ(back, row) << "q4 cols " << cols;
   }
-  EXPECT_TRUE(q8_lanes_fit(1408));
-  EXPECT_FALSE(q8_lanes_fit(1000));
-  EXPECT_FALSE(q8_lanes_fit(0));
+  EXPECT_TRUE(group_lanes_fit(1408));
+  EXPECT_FALSE(group_lanes_fit(1000));
+  EXPECT_FALSE(group_lanes_fit(0));
 }
 
 TEST(GroupLanes, ActivationsMatchTheInt8Reference) {
@@ -291,7 +291,7 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
                               &layer.mlp.down_proj, &layer.moe.shared.up_proj}) {
         if (w->dtype != DType::I8 && w->dtype != DType::U8) continue;
         ++quantized;
-        ASSERT_EQ(w->group_lanes, vnni_available() && q8_lanes_fit(w->cols));
+        ASSERT_EQ(w->group_lanes, vnni_available() && group_lanes_fit(w->cols));
         if (!w->group_lanes) continue;
         ++reordered;
         EXPECT_EQ(reinterpret_cast<uintptr_t>(w->data) % 64, 0u);

@@ -79,7 +79,7 @@ struct Matrices {
     std::fill(scales.begin(), scales.end(), f32_to_f16(0.01f));
     // q8/q4 as Model::load leaves them on AVX512-VNNI CPUs: read in group-lane order (the codes
     // are random, so no reordering is needed to measure their speed).
-    shape.group_lanes = shape.quantized() && vnni_available() && q8_lanes_fit(kCols);
+    shape.group_lanes = shape.quantized() && vnni_available() && group_lanes_fit(kCols);
     for (int m = 0; m < count; ++m) {
       Linear w = shape;
       w.data = codes.data() + m * bytes;

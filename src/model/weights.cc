@@ -221,7 +221,7 @@ struct LaneReorderer {
   // q8 decode of v2-lite-8l 7% slower).
   static bool reordered(const std::string& name, const Linear& w) {
     return (w.dtype == DType::I8 || w.dtype == DType::U8) && !w.group_lanes &&
-           q8_lanes_fit(w.cols) && !name.ends_with("kv_b_proj.weight");
+           group_lanes_fit(w.cols) && !name.ends_with("kv_b_proj.weight");
   }
   void matrix(const std::string& name, int, int, bool, Linear& w) {
     if (!reordered(name, w)) return;

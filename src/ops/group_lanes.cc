@@ -36,11 +36,8 @@ size_t q8_lane_index(int cols, int i) {
 }
 
 namespace {
-// A 4-byte slice at a time: slice k of group i moves between dword kGroupSlices · i + k of the
-// block in the stored order and dword G · k + i in the reordered one (a transpose of G × slices
-// dwords). q8 groups are 32 bytes (8 slices), q4 groups 16 packed bytes (4 slices).
-// A full block (G = 16) by AVX-512 gathers, 16 dwords a vector: 4–10× the scalar copies (prefill
-// puts every reordered row it multiplies back in order, int8_gemm.cc's copy_panel).
+// A full block (G = 16) by AVX-512 gathers, 16 dwords a vector (the reordering at load touches
+// every weight of the model).
 template <int kGroupBytes, bool kToLanes>
 WHALE_VNNI_TARGET void reorder_full_block(const uint8_t* from, uint8_t* to) {
   constexpr int kGroupSlices = kGroupBytes / 4;
@@ -56,6 +53,9 @@ WHALE_VNNI_TARGET void reorder_full_block(const uint8_t* from, uint8_t* to) {
   }
 }
 
+// A 4-byte slice at a time: slice k of group i moves between dword kGroupSlices · i + k of the
+// block in the stored order and dword G · k + i in the reordered one (a transpose of G × slices
+// dwords). q8 groups are 32 bytes (8 slices), q4 groups 16 packed bytes (4 slices).
 template <int kGroupBytes, bool kToLanes>
 void reorder_row(const uint8_t* in, int cols, uint8_t* out) {
   constexpr int kGroupSlices = kGroupBytes / 4;
@@ -123,18 +123,11 @@ int LaneActivations::sum_start(int t, int g) const {
 
 namespace {
 
-// One row: per group the maximum |x|, then x · (1 / scale) rounded to nearest even, as
-// int8_gemm.cc's quantize_row (the tests hold both to the same scalar reference).
+// One row, group by group as int8_gemm.cc's quantize_row (vnni_target.h's quantize_group).
 WHALE_VNNI_TARGET void quantize_lane_row(const float* x, int cols, uint8_t* row) {
   for (int g = 0; g < cols / kGroup; ++g) {
-    const __m512 v0 = _mm512_loadu_ps(x + g * kGroup), v1 = _mm512_loadu_ps(x + g * kGroup + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float scale = amax / 127.0f, inverse = scale > 0 ? 1.0f / scale : 0.0f;
-    const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127), hi = _mm512_set1_ps(127);
-    const __m512i q0 =
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v0, inv), lo), hi));
-    const __m512i q1 =
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, inv), lo), hi));
+    __m512i q0, q1;
+    const float scale = quantize_group(x + g * kGroup, kGroup, &q0, &q1);
     alignas(32) int8_t codes[kGroup];
     _mm_store_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(q0));
     _mm_store_si128(reinterpret_cast<__m128i*>(codes + 16), _mm512_cvtepi32_epi8(q1));
@@ -277,7 +270,7 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const
 }  // namespace
 
 void quantize_lane_activations(const float* x, int T, int cols, LaneActivations* out) {
-  check(q8_lanes_fit(cols),
+  check(group_lanes_fit(cols),
         "group-lane activations need whole groups of 32 values, not " + std::to_string(cols));
   out->T = T;
   out->cols = cols;
@@ -329,11 +322,6 @@ void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int row
 void q4_lanes_dot_row_range(const uint8_t* lanes, const uint16_t* scale_min, int rows, int cols,
                             const LaneActivations& x, float* y, size_t ldy) {
   row_range<true>(lanes, scale_min, rows, cols, x, y, ldy);
-}
-
-void q8_lanes_dot_rows(const int8_t* lanes, const uint16_t* scales, int cols,
-                       const LaneActivations& x, float* out) {
-  q8_lanes_dot_row_range(lanes, scales, 1, cols, x, out, 1);
 }
 
 }  // namespace whale

@@ -476,21 +476,12 @@ struct RowWriter {
   }
 };
 
-// One row by AVX-512: per group, the maximum |x|, then x · (1 / scale) rounded to nearest even
-// (the scalar reference's std::nearbyint in the default rounding mode).
+// One row by AVX-512, group by group (vnni_target.h's quantize_group).
 WHALE_VNNI_TARGET void quantize_row(const float* x, int cols, const RowWriter& out) {
   for (int g = 0; g < groups_of(cols); ++g) {
-    const int i = g * kGroup, valid = std::min(kGroup, cols - i);
-    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min(16, valid)) - 1);
-    const __mmask16 m1 = static_cast<__mmask16>((1u << std::max(0, valid - 16)) - 1);
-    const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + i), v1 = _mm512_maskz_loadu_ps(m1, x + i + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float scale = amax / 127.0f, inverse = scale > 0 ? 1.0f / scale : 0.0f;
-    const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127), hi = _mm512_set1_ps(127);
-    const __m512i q0 =
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v0, inv), lo), hi));
-    const __m512i q1 =
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, inv), lo), hi));
+    const int i = g * kGroup;
+    __m512i q0, q1;
+    const float scale = quantize_group(x + i, std::min(kGroup, cols - i), &q0, &q1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i)), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.code(i + 16)), _mm512_cvtepi32_epi8(q1));
     const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));

@@ -35,8 +35,8 @@ void transposed_scores(const float* q, size_t ldq, size_t H, const float* e, siz
                        size_t K, float* s, size_t lds);
 void transposed_scores_reference(const float* q, size_t ldq, size_t H, const float* e, size_t lde,
                                  size_t n, size_t K, float* s, size_t lds);
-void weighted_rows_sum_reference(const float* p, size_t ldp, size_t G, const float* v,
-                                 size_t ldv, size_t n, size_t D, float* out, size_t ldo);
+void weighted_rows_sum_reference(const float* p, size_t ldp, size_t G, const float* v, size_t ldv,
+                                 size_t n, size_t D, float* out, size_t ldo);
 // gate[i] = silu(gate[i]) · up[i], and x[i] = e^(x[i] - shift) returning Σ x[i] (e^-inf = 0):
 // SIMD exponentials (Highway's, about 1 ulp) for the FFN activation and softmax.
 void silu_mul_kernel(float* gate, const float* up, size_t n);

@@ -42,6 +42,16 @@ const uint8_t* stored_row(const Linear& w, int r) {
 const int8_t* q8_codes(const Linear& w, int r) {
   return reinterpret_cast<const int8_t*>(stored_row(w, r));
 }
+// Rows [r0, r0 + n) of a q8/q4 matrix in group-lane order against prepared activations:
+// y[t · ldy + i] for row r0 + i.
+void lane_rows(const Linear& w, int r0, int n, const LaneActivations& x, float* y, size_t ldy) {
+  const uint8_t* rows = w.data + r0 * w.row_bytes();
+  if (w.dtype == DType::I8)
+    q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(rows), w.qscale + r0 * w.groups(), n,
+                           w.cols, x, y, ldy);
+  else
+    q4_lanes_dot_row_range(rows, w.qscale + 2 * r0 * w.groups(), n, w.cols, x, y, ldy);
+}
 }  // namespace
 
 void Linear::row_to_f32(int r, float* out) const {
@@ -147,13 +157,8 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
                   in.ldx, in.T, cols, out);
     return;
   }
-  if (in.lanes.T > 0 && group_lanes) {  // one row: out[t] = y[t · 1 + 0]
-    if (dtype == DType::I8)
-      q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r) * cols,
-                             qscale + static_cast<size_t>(r) * groups(), 1, cols, in.lanes, out, 1);
-    else
-      q4_lanes_dot_row_range(data + r * row_bytes(), qscale + 2 * r * groups(), 1, cols, in.lanes,
-                             out, 1);
+  if (in.lanes.T > 0 && group_lanes) {
+    lane_rows(*this, r, 1, in.lanes, out, 1);
     return;
   }
   if (in.int8.T > 0 && dtype == DType::I8) {
@@ -174,13 +179,7 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
 
 void Linear::rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_t ldy) const {
   if (in.lanes.T > 0 && group_lanes) {
-    if (dtype == DType::I8)
-      q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r0) * cols,
-                             qscale + static_cast<size_t>(r0) * groups(), r1 - r0, cols, in.lanes,
-                             y + r0, ldy);
-    else
-      q4_lanes_dot_row_range(data + r0 * row_bytes(), qscale + 2 * r0 * groups(), r1 - r0, cols,
-                             in.lanes, y + r0, ldy);
+    lane_rows(*this, r0, r1 - r0, in.lanes, y + r0, ldy);
     return;
   }
   if (in.xb() && dtype == DType::BF16) {
