@@ -22,6 +22,7 @@
 namespace whale {
 namespace {
 
+using testing::bits;
 using testing::random_vector;
 using testing::TempDir;
 
@@ -100,52 +101,37 @@ struct LaneMatrix {
   }
 };
 
-uint32_t bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
+// A row of n distinct-ish bytes through `to` and back through `from`: every byte lands where
+// `index` says, each place once, and the inverse restores the row.
+template <class Byte, class To, class From, class Index>
+void check_reordering(int cols, int n, To to, From from, Index index) {
+  std::vector<Byte> row(n), lanes(n), back(n);
+  for (int i = 0; i < n; ++i) row[i] = static_cast<Byte>(i * 7 + 3);
+  to(row.data(), cols, lanes.data());
+  std::vector<int> seen(n, 0);
+  for (int i = 0; i < n; ++i) {
+    const size_t at = index(cols, i);
+    ASSERT_LT(at, static_cast<size_t>(n));
+    ASSERT_EQ(lanes[at], row[i]) << "cols " << cols << " i " << i;
+    ++seen[at];
+  }
+  for (int i = 0; i < n; ++i) ASSERT_EQ(seen[i], 1) << "cols " << cols << " at " << i;
+  from(lanes.data(), cols, back.data());
+  ASSERT_EQ(back, row) << "cols " << cols;
 }
 
 TEST(GroupLanes, ReorderingIsAPermutationAndItsInverse) {
-  std::mt19937 rng(31);
   for (int cols : kCols) {
-    std::vector<int8_t> row(cols), lanes(cols), back(cols);
-    for (int i = 0; i < cols; ++i) row[i] = static_cast<int8_t>(i * 7 + 3);
-    q8_row_to_lanes(row.data(), cols, lanes.data());
-    std::vector<int> seen(cols, 0);
-    for (int i = 0; i < cols; ++i) {
-      const size_t at = q8_lane_index(cols, i);
-      ASSERT_LT(at, static_cast<size_t>(cols));
-      ASSERT_EQ(lanes[at], row[i]) << "cols " << cols << " i " << i;
-      ++seen[at];
-    }
-    for (int i = 0; i < cols; ++i) ASSERT_EQ(seen[i], 1) << "cols " << cols << " at " << i;
-    // The documented order: in a full block, value j of group i at (j / 4) · 64 + 4i + j % 4.
+    check_reordering<int8_t>(cols, cols, q8_row_to_lanes, q8_row_from_lanes, q8_lane_index);
+    // q4: cols / 2 packed bytes, 16 a group.
+    check_reordering<uint8_t>(cols, cols / 2, q4_row_to_lanes, q4_row_from_lanes, q4_lane_index);
+    // The documented orders: in a full block, q8 value j of group i at (j / 4) · 64 + 4i + j % 4,
+    // q4 packed byte b of group i at (b / 4) · 64 + 4i + b % 4.
     if (cols >= 512) {
       EXPECT_EQ(q8_lane_index(cols, 0 * 32 + 5), 64u + 1);
       EXPECT_EQ(q8_lane_index(cols, 3 * 32 + 30), 7u * 64 + 12 + 2);
-    }
-    q8_row_from_lanes(lanes.data(), cols, back.data());
-    ASSERT_EQ(back, row) << "cols " << cols;
-  }
-  for (int cols : kCols) {  // q4: cols / 2 packed bytes, 16 a group
-    const int n = cols / 2;
-    std::vector<uint8_t> row(n), lanes(n), back(n);
-    for (int b = 0; b < n; ++b) row[b] = static_cast<uint8_t>(b * 7 + 3);
-    q4_row_to_lanes(row.data(), cols, lanes.data());
-    std::vector<int> seen(n, 0);
-    for (int b = 0; b < n; ++b) {
-      const size_t at = q4_lane_index(cols, b);
-      ASSERT_LT(at, static_cast<size_t>(n));
-      ASSERT_EQ(lanes[at], row[b]) << "q4 cols " << cols << " b " << b;
-      ++seen[at];
-    }
-    for (int b = 0; b < n; ++b) ASSERT_EQ(seen[b], 1) << "q4 cols " << cols << " at " << b;
-    if (cols >= 512) {  // byte 5 of group 3 in a full block: slice 1, lane 3
       EXPECT_EQ(q4_lane_index(cols, 3 * 16 + 5), 64u + 12 + 1);
     }
-    q4_row_from_lanes(lanes.data(), cols, back.data());
-    ASSERT_EQ(back, row) << "q4 cols " << cols;
   }
   EXPECT_TRUE(group_lanes_fit(1408));
   EXPECT_FALSE(group_lanes_fit(1000));

@@ -22,6 +22,7 @@
 namespace whale {
 namespace {
 
+using testing::bits;
 using testing::random_vector;
 
 #define SKIP_WITHOUT_VNNI() \
@@ -110,12 +111,6 @@ struct QuantMatrix {
     return static_cast<float>(sum);
   }
 };
-
-uint32_t bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
-}
 
 TEST(Int8Gemm, ActivationQuantizationMatchesReferenceAndItsBound) {
   SKIP_WITHOUT_VNNI();

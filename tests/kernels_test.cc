@@ -22,6 +22,7 @@
 namespace whale {
 namespace {
 
+using testing::bits;
 using testing::random_vector;
 
 TEST(Kernels, DotProductsMatchScalarReferences) {
@@ -106,12 +107,6 @@ TEST(Kernels, LinearForwardMatchesReferenceForEveryDtype) {
       }
     }
   }
-}
-
-uint32_t bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
 }
 
 // A random bf16 matrix and a Linear over it.

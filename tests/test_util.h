@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -32,6 +34,13 @@ struct FastActivations {
   FastActivations() { set_exact_activations(false); }
   ~FastActivations() { set_exact_activations(true); }
 };
+
+// A float's bits, for tests that demand the same result bit for bit.
+inline uint32_t bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
 
 // n values drawn from N(mean, 1).
 inline std::vector<float> random_vector(size_t n, std::mt19937& rng, float mean = 0) {

@@ -104,21 +104,24 @@ int LaneActivations::code(int t, int i) const {
   return static_cast<int8_t>(row(t)[static_cast<size_t>(g / kLaneBlockGroups) * kBlockBytes +
                                     (j / 4) * 64 + (g % kLaneBlockGroups) * 4 + j % 4]);
 }
-float LaneActivations::scale(int t, int g) const {
-  float s;
-  std::memcpy(&s,
-              row(t) + static_cast<size_t>(g / kLaneBlockGroups) * kBlockBytes + kScalesOffset +
-                  (g % kLaneBlockGroups) * 4,
-              4);
-  return s;
-}
-int LaneActivations::sum_start(int t, int g) const {
-  int32_t v;
+namespace {
+// Group g's 4-byte value in the array at `offset` of its block (scales or sum starts).
+template <class T>
+T block_lane(const uint8_t* row, int g, int offset) {
+  T v;
   std::memcpy(&v,
-              row(t) + static_cast<size_t>(g / kLaneBlockGroups) * kBlockBytes + kStartsOffset +
-                  (g % kLaneBlockGroups) * 4,
+              row + static_cast<size_t>(g / kLaneBlockGroups) * LaneActivations::kBlockBytes +
+                  offset + (g % kLaneBlockGroups) * 4,
               4);
   return v;
+}
+}  // namespace
+
+float LaneActivations::scale(int t, int g) const {
+  return block_lane<float>(row(t), g, kScalesOffset);
+}
+int LaneActivations::sum_start(int t, int g) const {
+  return block_lane<int32_t>(row(t), g, kStartsOffset);
 }
 
 namespace {
