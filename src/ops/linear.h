@@ -27,8 +27,8 @@ struct Linear {
   // as f16 bits; groups = ceil(cols / 32).
   const uint16_t* qscale = nullptr;
   // q8/q4 only: the rows' codes are in decode's group-lane order (ops/group_lanes.h), as
-  // put_rows_in_group_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; every
-  // other reader puts a row back in order first.
+  // put_rows_in_group_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; prefill's
+  // tiles read that order in place, every other reader puts a row back in order first.
   bool group_lanes = false;
 
   bool empty() const { return data == nullptr; }
@@ -60,7 +60,7 @@ struct Linear {
     size_t xb_shift = 0;
     int ldx = 0;            // bf16_row_stride(cols)
     Int8Activations int8;   // when on the VNNI path
-    LaneActivations lanes;  // instead, for q8 rows in group-lane order
+    LaneActivations lanes;  // instead, for q8/q4 rows in group-lane order
     // The rounded rows [T, ldx], or null off the bf16 path (an offset into bf16, not a pointer
     // kept beside it, so that a copy stays valid).
     const uint16_t* xb() const { return bf16.empty() ? nullptr : bf16.data() + xb_shift; }
@@ -69,7 +69,7 @@ struct Linear {
   // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
   void rows_dot(int r, const RowsInput& in, float* out) const;
   // Rows [r0, r1) of y = W · x on the prepared activations: y[t · ldy + r] = rows_dot(r)'s out[t]
-  // (one call per range: for reordered q8 rows, one kernel call).
+  // (one call per range: for reordered q8/q4 rows and bf16 rows, one kernel call).
   void rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_t ldy) const;
 };
 
