@@ -294,14 +294,20 @@ struct PanelCopy {
   const uint8_t* row(int r) const {
     return values.data() + static_cast<size_t>(r) * groups * kGroup;
   }
-  // Where values 4k … 4k + 3 of group g sit in a row: at first(g) + k · step(g).
-  int first(int g) const {
-    return lanes ? g / kLaneBlockGroups * kLaneBlockGroups * kGroup + g % kLaneBlockGroups * 4
-                 : g * kGroup;
-  }
-  int step(int g) const {
-    return lanes ? 4 * std::min(kLaneBlockGroups, groups - g / kLaneBlockGroups * kLaneBlockGroups)
-                 : 4;
+  // Where values 4k … 4k + 3 of group g sit in a row: at place[g].first + k · place[g].step
+  // (a table per panel: the tiles' inner loop only reads it).
+  struct Place {
+    int first, step;
+  };
+  std::vector<Place> place;
+  void locate_groups() {
+    place.resize(groups);
+    for (int g = 0; g < groups; ++g) {
+      const int block = g / kLaneBlockGroups * kLaneBlockGroups;
+      place[g] = lanes ? Place{block * kGroup + (g - block) * 4,
+                               4 * std::min(kLaneBlockGroups, groups - block)}
+                       : Place{g * kGroup, 4};
+    }
   }
 };
 
@@ -316,6 +322,7 @@ WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int 
   out->scales.resize(static_cast<size_t>(rows) * groups);
   if (Q4) out->mins.resize(out->scales.size());
   out->lanes = lanes;
+  out->locate_groups();
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int r = 0; r < rows; ++r) {
     const uint8_t* src = w + r * row_bytes;
@@ -391,7 +398,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
   }
   for (int g = 0; g < w.groups; ++g) {
     const uint8_t* xg = x.group(b, g);
-    const int first = w.first(g), step = w.step(g);
+    const auto [first, step] = w.place[g];
     // q8's codes + 128 against x̂: the sums start from −128 · Σ x̂ of the group, per token.
     const __m512i start =
         Q4 ? _mm512_setzero_si512() : _mm512_load_si512(xg + TokenBlocks::kOffsetsOffset);
