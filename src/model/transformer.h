@@ -14,8 +14,9 @@ namespace whale {
 
 class Model {
  public:
-  // Opens DIR/config.json and the safetensors weights (memory-mapped; on AVX512-VNNI CPUs the
-  // q8 and q4 matrices are copied with their rows in decode's order, model/weights.h).
+  // Opens DIR/config.json and the safetensors weights (memory-mapped; on AVX512-VNNI CPUs, unless
+  // --exact, the q8 and q4 matrices are copied with their rows in decode's order,
+  // model/weights.h).
   static std::unique_ptr<Model> load(const std::string& dir);
   // A model over tensors held elsewhere (e.g. training's parameter store: the model then sees
   // every optimizer update, as its weights are views). The source must outlive the model.

@@ -249,7 +249,9 @@ struct LaneReorderer {
 
 void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
                              const std::function<void(const void*, size_t)>& done_with) {
-  if (!vnni_available()) return;
+  // Only where the reordered kernels will run: on the exact path every row would have to be put
+  // back in order before each product.
+  if (!use_vnni()) return;
   LaneReorderer reorderer{done_with};
   visit_weights(config, w, reorderer);
   if (reorderer.bytes == 0) return;

@@ -111,7 +111,8 @@ struct Weights {
 // the weights: matrices are always views, f32 vectors too.
 Weights load_weights(const ModelConfig& config, const TensorSource& source);
 
-// On CPUs with AVX512-VNNI, every q8 and q4 matrix whose rows fit (ops/group_lanes.h) copied into
+// On CPUs with AVX512-VNNI (and not --exact: ops/precision.h's use_vnni()), every q8 and q4
+// matrix whose rows fit (ops/group_lanes.h) copied into
 // storage with its rows in decode's group-lane order (on huge pages where the system allows), its
 // Linear pointed there. done_with is told of each source range the weights no longer read
 // (Model::load drops those pages of the mapped file from memory). storage must outlive the weights.

@@ -300,13 +300,13 @@ struct PanelCopy {
     int first, step;
   };
   std::vector<Place> place;
-  void locate_groups() {
+  void locate_groups() {  // the order is group_lanes.h's q8_lane_index (q4's values alike)
     place.resize(groups);
+    const int cols = groups * kGroup;
     for (int g = 0; g < groups; ++g) {
-      const int block = g / kLaneBlockGroups * kLaneBlockGroups;
-      place[g] = lanes ? Place{block * kGroup + (g - block) * 4,
-                               4 * std::min(kLaneBlockGroups, groups - block)}
-                       : Place{g * kGroup, 4};
+      const int first = lanes ? static_cast<int>(q8_lane_index(cols, g * kGroup)) : g * kGroup;
+      const int second = lanes ? static_cast<int>(q8_lane_index(cols, g * kGroup + 4)) : first + 4;
+      place[g] = {first, second - first};
     }
   }
 };
