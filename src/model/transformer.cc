@@ -13,6 +13,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   auto model = from_source(config, *checkpoint);
   put_rows_in_group_lanes(model->config_, model->weights_, &model->group_lanes_,
                           release_mapped_pages);
+  pack_bf16_rows(model->config_, model->weights_, &model->packed_bf16_, release_mapped_pages);
   model->checkpoint_ = std::move(checkpoint);
   return model;
 }

@@ -66,7 +66,8 @@ class Model {
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
-  PageBuffer group_lanes_;  // the reordered q8/q4 matrices weights_ points into
+  PageBuffer group_lanes_;         // the reordered q8/q4 matrices weights_ points into
+  PackedBf16Storage packed_bf16_;  // and the packed bf16 ones
   Rope rope_;
 };
 

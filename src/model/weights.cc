@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <omp.h>
+
 #include <cstring>
 
 #include "base/error.h"
@@ -263,6 +265,80 @@ void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* 
 }
 
 namespace {
+// Two passes like LaneReorderer's; exceptions are collected while packing (their number is known
+// only then).
+struct Bf16Packer {
+  const std::function<void(const void*, size_t)>& done_with;
+  PackedBf16Storage* storage = nullptr;
+  bool sizing = true;
+  size_t bytes = 0;
+
+  static bool packed(const std::string& name, const Linear& w) {
+    return w.dtype == DType::BF16 && !w.bf16_packed() && packed_bf16_fit(w.cols) &&
+           !name.ends_with("kv_b_proj.weight") && name.find("embed_tokens") == std::string::npos;
+  }
+  // Room for n bytes on a cache line; the offset.
+  size_t take(size_t n) {
+    const size_t at = bytes;
+    bytes += (n + kCacheLine - 1) / kCacheLine * kCacheLine;
+    return at;
+  }
+  void matrix(const std::string& name, int, int, bool, Linear& w) {
+    if (!packed(name, w)) return;
+    const int rows = w.rows, cols = w.cols, segments = packed_bf16_segments(cols);
+    const size_t row_bytes = packed_bf16_row_bytes(cols);
+    const size_t planes_at = take(rows * row_bytes), bases_at = take(size_t{1} * rows * segments),
+                 offsets_at = take((rows + size_t{1}) * sizeof(uint32_t));
+    if (sizing) return;
+    uint8_t* base = storage->pages.data();
+    uint8_t* planes = base + planes_at;
+    uint8_t* bases = base + bases_at;
+    auto* offsets = reinterpret_cast<uint32_t*>(base + offsets_at);
+    const auto* source = reinterpret_cast<const uint16_t*>(w.data);
+    // Each thread a contiguous range of rows, its exceptions in its own list; then joined in
+    // row order.
+    const int team = omp_get_max_threads();
+    std::vector<std::vector<PackedException>> parts(team);
+#pragma omp parallel num_threads(team)
+    {
+      const int id = omp_get_thread_num(), n = omp_get_num_threads();
+      const int r0 = static_cast<int>(static_cast<long>(rows) * id / n),
+                r1 = static_cast<int>(static_cast<long>(rows) * (id + 1) / n);
+      for (int r = r0; r < r1; ++r)
+        offsets[r + 1] = static_cast<uint32_t>(
+            pack_bf16_row(source + static_cast<size_t>(r) * cols, cols, planes + r * row_bytes,
+                          bases + static_cast<size_t>(r) * segments, &parts[id]));
+    }
+    std::vector<PackedException> exceptions;
+    for (auto& part : parts) exceptions.insert(exceptions.end(), part.begin(), part.end());
+    // Mostly exceptions (zeros do not count): not worth it; the room stays unused.
+    if (exceptions.size() > static_cast<size_t>(rows) * cols / 100) return;
+    offsets[0] = 0;
+    for (int r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
+    done_with(w.data, static_cast<size_t>(rows) * cols * 2);
+    storage->exceptions.push_back(std::move(exceptions));
+    w.data = planes;
+    w.packed = {planes, bases, offsets, storage->exceptions.back().data()};
+    w.packed_exceptions = storage->exceptions.back().size();
+  }
+  void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
+};
+}  // namespace
+
+void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* storage,
+                    const std::function<void(const void*, size_t)>& done_with) {
+  if (!use_bf16_gemm()) return;
+  Bf16Packer packer{done_with, storage};
+  visit_weights(config, w, packer);
+  if (packer.bytes == 0) return;
+  storage->pages = PageBuffer(packer.bytes);
+  packer.sizing = false;
+  packer.bytes = 0;
+  visit_weights(config, w, packer);
+  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+}
+
+namespace {
 struct PageToucher {
   long sum = 0;
   void touch(const void* p, size_t n) {
@@ -273,6 +349,12 @@ struct PageToucher {
     if (w.empty()) return;
     touch(w.data, static_cast<size_t>(w.rows) * w.row_bytes());
     if (w.qscale) touch(w.qscale, (w.bytes() - static_cast<size_t>(w.rows) * w.row_bytes()));
+    if (w.bf16_packed()) {
+      touch(w.packed.bases, static_cast<size_t>(w.rows) * packed_bf16_segments(w.cols));
+      touch(w.packed.offsets, (w.rows + size_t{1}) * sizeof(uint32_t));
+      if (w.packed_exceptions)
+        touch(w.packed.exceptions, w.packed_exceptions * sizeof(PackedException));
+    }
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector& v) {
     touch(v.data(), v.size() * sizeof(float));

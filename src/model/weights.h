@@ -119,6 +119,21 @@ Weights load_weights(const ModelConfig& config, const TensorSource& source);
 void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
                              const std::function<void(const void*, size_t)>& done_with);
 
+// What pack_bf16_rows writes: every packed matrix's planes, segment bases and exception offsets
+// in pages (huge where the system allows), and its exceptions.
+struct PackedBf16Storage {
+  PageBuffer pages;
+  std::vector<std::vector<PackedException>> exceptions;  // one list per packed matrix
+};
+
+// On CPUs with AVX512-BF16 (and not --exact: ops/precision.h's use_bf16_gemm()), every bf16
+// matrix decode multiplies by row dots whose rows fit (packed_bf16_fit) packed losslessly into
+// storage, 12 bits a value (ops/packed_bf16.h), its Linear pointed there — not the embeddings (a
+// row lookup), nor MLA's kv_b_proj (absorbed attention reads its rows unpacked at every step),
+// nor a matrix where more than 1% of the values would be exceptions. done_with as above.
+void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* storage,
+                    const std::function<void(const void*, size_t)>& done_with);
+
 // Reads a byte of every 4 KiB page of the memory the weights point to (matrices, their scales,
 // vectors): afterwards a benchmark's timings meet no page faults. Returns their sum (to keep the
 // reads).

@@ -173,23 +173,40 @@ void bf16_gemm(const uint16_t* w, int rows, int cols, const float* x, int T, flo
                  });
 }
 
-void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
+namespace {
+// A Linear whose rows are made bf16 first, by fill(r, out): each panel's rows into this thread's
+// tile (bf16_row_stride(cols) apart; the buffer reused from panel to panel), then multiplied as
+// bf16_gemm's panels (x [T, w.cols] rounded to bf16 once).
+template <class Fill>
+void gemm_of_filled_rows(const Linear& w, const float* x, int T, float* y, int ldy,
+                         const Fill& fill) {
   const int rows = w.rows, cols = w.cols, ldx = bf16_row_stride(cols);
   const TokenBlocks blocks(x, T, cols);
   for_each_panel(
       rows, static_cast<size_t>(rows) * cols * T, kTileRows, kPanelRows, [&](int r0, int r1) {
-        // The panel's rows widened and rounded to bf16, ldx apart (round_to_bf16 writes whole
-        // vectors); the buffers are the thread's, reused from panel to panel.
-        thread_local std::vector<float> row;
         thread_local std::vector<uint16_t> tile;
-        row.resize(ldx);
         tile.resize(static_cast<size_t>(r1 - r0) * ldx);
-        for (int r = r0; r < r1; ++r) {
-          w.row_to_f32(r, row.data());
-          round_to_bf16(row.data(), 1, cols, ldx, tile.data() + static_cast<size_t>(r - r0) * ldx);
-        }
+        for (int r = r0; r < r1; ++r) fill(r, tile.data() + static_cast<size_t>(r - r0) * ldx);
         panel(tile.data(), ldx, cols, 0, r1 - r0, blocks.data.data(), blocks.pairs, T, y + r0, ldy);
       });
+}
+}  // namespace
+
+void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
+  const int ldx = bf16_row_stride(w.cols);
+  gemm_of_filled_rows(w, x, T, y, ldy, [&](int r, uint16_t* out) {
+    // Widened (block scales applied), then rounded to bf16 (round_to_bf16 writes whole vectors).
+    thread_local std::vector<float> row;
+    row.resize(ldx);
+    w.row_to_f32(r, row.data());
+    round_to_bf16(row.data(), 1, w.cols, ldx, out);
+  });
+}
+
+void packed_bf16_gemm(const Linear& w, const float* x, int T, float* y, int ldy) {
+  // Packed rows are a multiple of 64 values: bf16_row_stride(cols) = cols, no padding.
+  gemm_of_filled_rows(w, x, T, y, ldy,
+                      [&](int r, uint16_t* out) { unpack_bf16_row(w.packed, w.cols, r, out); });
 }
 
 int bf16_row_stride(int cols) {

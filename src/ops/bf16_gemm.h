@@ -45,6 +45,10 @@ void bf16_dot_row_range(const uint16_t* w, int rows, const uint16_t* xb, int ldx
 // once). Prefill of fp8 checkpoints.
 void e4m3_gemm(const Linear& w, const float* x, int T, float* y, int ldy);
 
+// A bf16 Linear whose rows are packed (ops/packed_bf16.h) by the same tiles: each panel's rows
+// unpacked (exactly the bf16 weights), then as bf16_gemm. Prefill of packed models.
+void packed_bf16_gemm(const Linear& w, const float* x, int T, float* y, int ldy);
+
 // The same products summed in double, row by row (x rounded to bf16 the same way).
 void bf16_gemm_reference(const uint16_t* w, int rows, int cols, const float* x, int T, float* y,
                          int ldy);

@@ -14,6 +14,7 @@ namespace whale {
 
 size_t Linear::row_bytes() const {
   if (dtype == DType::U8) return groups() * 16;
+  if (bf16_packed()) return packed_bf16_row_bytes(cols);
   return static_cast<size_t>(cols) * dtype_size(dtype);
 }
 
@@ -21,6 +22,9 @@ size_t Linear::bytes() const {
   size_t b = static_cast<size_t>(rows) * row_bytes();
   if (dtype == DType::I8) b += static_cast<size_t>(rows) * groups() * 2;
   if (dtype == DType::U8) b += static_cast<size_t>(rows) * groups() * 4;
+  if (bf16_packed())
+    b += static_cast<size_t>(rows) * packed_bf16_segments(cols) +
+         packed_exceptions * sizeof(PackedException);
   return b;
 }
 
@@ -38,6 +42,16 @@ const uint8_t* stored_row(const Linear& w, int r) {
   else
     q4_row_from_lanes(row, w.cols, stored.data());
   return stored.data();
+}
+// Row r of a bf16 matrix: the row itself, or for packed rows a copy unpacked (this thread's
+// scratch, valid until its next call).
+const uint16_t* bf16_row(const Linear& w, int r) {
+  if (!w.bf16_packed())
+    return reinterpret_cast<const uint16_t*>(w.data) + static_cast<size_t>(r) * w.cols;
+  thread_local std::vector<uint16_t> row;
+  row.resize(w.cols);
+  unpack_bf16_row(w.packed, w.cols, r, row.data());
+  return row.data();
 }
 const int8_t* q8_codes(const Linear& w, int r) {
   return reinterpret_cast<const int8_t*>(stored_row(w, r));
@@ -67,7 +81,7 @@ void Linear::row_to_f32(int r, float* out) const {
       std::memcpy(out, data + offset * 4, static_cast<size_t>(cols) * 4);
       break;
     case DType::BF16:
-      bf16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
+      bf16_to_f32(bf16_row(*this, r), out, cols);
       break;
     case DType::F16:
       f16_to_f32(reinterpret_cast<const uint16_t*>(data) + offset, out, cols);
@@ -92,7 +106,7 @@ float Linear::row_dot(int r, const float* x) const {
       return dot_f32(w, x, cols);
     }
     case DType::BF16:
-      return dot_bf16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
+      return dot_bf16(bf16_row(*this, r), x, cols);
     case DType::F16:
       return dot_f16(reinterpret_cast<const uint16_t*>(data) + offset, x, cols);
     case DType::F8_E4M3:
@@ -115,7 +129,7 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
       dot_f32_rows(reinterpret_cast<const float*>(data) + offset, x, ldx, T, n, out);
       return;
     case DType::BF16:
-      dot_bf16_rows(reinterpret_cast<const uint16_t*>(data) + offset, x, ldx, T, n, out);
+      dot_bf16_rows(bf16_row(*this, r), x, ldx, T, n, out);
       return;
     case DType::F16:
       dot_f16_rows(reinterpret_cast<const uint16_t*>(data) + offset, x, ldx, T, n, out);
@@ -152,6 +166,10 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
 }
 
 void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
+  if (in.xb() && bf16_packed()) {
+    packed_bf16_dot_row_range(packed, cols, r, r + 1, in.xb(), in.ldx, in.T, out, 1);
+    return;
+  }
   if (in.xb() && dtype == DType::BF16) {
     bf16_dot_rows(reinterpret_cast<const uint16_t*>(data) + static_cast<size_t>(r) * cols, in.xb(),
                   in.ldx, in.T, cols, out);
@@ -180,6 +198,10 @@ void Linear::rows_dot(int r, const RowsInput& in, float* out) const {
 void Linear::rows_dot_range(int r0, int r1, const RowsInput& in, float* y, size_t ldy) const {
   if (in.lanes.T > 0 && group_lanes) {
     lane_rows(*this, r0, r1 - r0, in.lanes, y + r0, ldy);
+    return;
+  }
+  if (in.xb() && bf16_packed()) {
+    packed_bf16_dot_row_range(packed, cols, r0, r1, in.xb(), in.ldx, in.T, y + r0, ldy);
     return;
   }
   if (in.xb() && dtype == DType::BF16) {
@@ -213,6 +235,10 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
 #pragma omp parallel for schedule(guided, 2) if (threads)
     for (int c = 0; c < chunks; ++c)
       w.rows_dot_range(c * kChunkRows, std::min(rows, (c + 1) * kChunkRows), in, y, rows);
+    return;
+  }
+  if (w.bf16_packed() && use_bf16_gemm()) {
+    packed_bf16_gemm(w, x, T, y, rows);
     return;
   }
   if (w.dtype == DType::BF16 && use_bf16_gemm()) {
@@ -256,6 +282,7 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
     for (int r = 0; r < w.rows; ++r) {
       double sum = 0;
       const uint8_t* stored = w.quantized() ? stored_row(w, r) : nullptr;
+      const uint16_t* bf16 = w.dtype == DType::BF16 ? bf16_row(w, r) : nullptr;
       for (int c = 0; c < w.cols; ++c) {
         size_t i = static_cast<size_t>(r) * w.cols + c;
         float v;
@@ -265,10 +292,12 @@ void linear_forward_reference(const Linear& w, const float* x, int T, float* y) 
           v = q4_element(stored, w.qscale + 2 * r * w.groups(), c);
         else if (w.dtype == DType::F32)
           std::memcpy(&v, w.data + i * 4, 4);
-        else if (w.dtype == DType::BF16 || w.dtype == DType::F16) {
+        else if (w.dtype == DType::BF16)
+          v = bf16_to_f32(bf16[c]);
+        else if (w.dtype == DType::F16) {
           uint16_t b;
           std::memcpy(&b, w.data + i * 2, 2);
-          v = w.dtype == DType::BF16 ? bf16_to_f32(b) : whale::f16_to_f32(b);
+          v = whale::f16_to_f32(b);
         } else {
           v = e4m3_to_f32(w.data[i]) * w.row_block_scales(r)[c / w.block_cols];
         }

@@ -13,6 +13,7 @@
 #include "base/aligned.h"
 #include "ops/group_lanes.h"
 #include "ops/int8_gemm.h"
+#include "ops/packed_bf16.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -30,6 +31,14 @@ struct Linear {
   // put_rows_in_group_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; prefill's
   // tiles read that order in place, every other reader puts a row back in order first.
   bool group_lanes = false;
+  // bf16 only: the rows packed losslessly in 12 bits a value (ops/packed_bf16.h), as
+  // pack_bf16_rows (model/weights.h) stores them for AVX512-BF16 CPUs; data then points at the
+  // planes. Decode's row dots and prefill's tiles read the packed rows, every other reader
+  // unpacks a row first.
+  PackedBf16 packed;
+  size_t packed_exceptions = 0;
+
+  bool bf16_packed() const { return packed.planes != nullptr; }
 
   bool empty() const { return data == nullptr; }
   // fp8: the scales of row r's blocks along the row (ceil(cols / block_cols) of them).
@@ -38,9 +47,11 @@ struct Linear {
   }
   bool quantized() const { return dtype == DType::I8 || dtype == DType::U8; }
   size_t groups() const { return (static_cast<size_t>(cols) + 31) / 32; }
-  // Bytes of one row's codes: cols (q8), groups · 16 (q4), cols · element size otherwise.
+  // Bytes of one row's codes: cols (q8), groups · 16 (q4), cols · 1.5 (packed bf16), cols ·
+  // element size otherwise.
   size_t row_bytes() const;
-  // Bytes a full pass over the matrix reads (codes and, for q8/q4, their scales).
+  // Bytes a full pass over the matrix reads (codes and, for q8/q4, their scales; for packed bf16
+  // the bases and exceptions).
   size_t bytes() const;
   // Row r dequantized to f32 (out has cols elements).
   void row_to_f32(int r, float* out) const;
