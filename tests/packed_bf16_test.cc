@@ -74,10 +74,22 @@ struct PackedMatrix {
     offsets.assign(rows + 1, 0);
     for (int r = 0; r < rows; ++r) {
       const uint16_t* row = values.data() + static_cast<size_t>(r) * cols;
-      const size_t n = pack_bf16_row(row, cols, planes.data() + r * row_bytes,
-                                     bases.data() + static_cast<size_t>(r) * segments, &exceptions);
-      EXPECT_EQ(n, count_bf16_exceptions(row, cols));
+      uint8_t* row_planes = planes.data() + r * row_bytes;
+      uint8_t* row_bases = bases.data() + static_cast<size_t>(r) * segments;
+      const size_t n = pack_bf16_row(row, cols, row_planes, row_bases, &exceptions);
       offsets[r + 1] = static_cast<uint32_t>(exceptions.size());
+      // The reference packs the same bytes and exceptions.
+      std::vector<uint8_t> ref_planes(row_bytes), ref_bases(segments);
+      std::vector<PackedException> ref_exceptions;
+      EXPECT_EQ(
+          pack_bf16_row_reference(row, cols, ref_planes.data(), ref_bases.data(), &ref_exceptions),
+          n);
+      EXPECT_EQ(ref_planes, std::vector<uint8_t>(row_planes, row_planes + row_bytes)) << r;
+      EXPECT_EQ(ref_bases, std::vector<uint8_t>(row_bases, row_bases + segments)) << r;
+      for (size_t e = 0; e < n; ++e) {
+        EXPECT_EQ(ref_exceptions[e].col, exceptions[exceptions.size() - n + e].col);
+        EXPECT_EQ(ref_exceptions[e].value, exceptions[exceptions.size() - n + e].value);
+      }
     }
     for (Linear* l : {&plain, &packed}) {
       l->dtype = DType::BF16;
@@ -124,6 +136,12 @@ TEST(PackedBf16, PackingIsLossless) {
     for (int i = 0; i < 512; ++i)
       row[i] = static_cast<uint16_t>(i % 3 == 0 ? pattern : (pattern + 97 * i) & 0xFFFF);
     pack_bf16_row(row.data(), 512, planes.data(), bases.data(), &exceptions);
+    std::vector<uint8_t> ref_planes(planes.size()), ref_bases(1);
+    std::vector<PackedException> ref_exceptions;
+    pack_bf16_row_reference(row.data(), 512, ref_planes.data(), ref_bases.data(), &ref_exceptions);
+    ASSERT_EQ(ref_planes, planes) << "pattern " << pattern;
+    ASSERT_EQ(ref_bases, bases) << "pattern " << pattern;
+    ASSERT_EQ(ref_exceptions.size(), exceptions.size()) << "pattern " << pattern;
     const uint32_t offsets[2] = {0, static_cast<uint32_t>(exceptions.size())};
     const PackedBf16 m{planes.data(), bases.data(), offsets, exceptions.data()};
     unpack_bf16_row_reference(m, 512, 0, back.data());

@@ -50,19 +50,8 @@ uint8_t high_byte(int nibble, int base) {
 
 }  // namespace
 
-size_t count_bf16_exceptions(const uint16_t* row, int cols) {
-  size_t n = 0;
-  for (int s = 0; s < cols; s += kPackedSegment) {
-    const int len = std::min(kPackedSegment, cols - s), base = segment_base(row + s, len);
-    for (int i = s; i < s + len; ++i) n += !fits(row[i], base) && !is_zero(row[i]);
-  }
-  return n;
-}
-
-size_t pack_bf16_row(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
-                     std::vector<PackedException>* exceptions) {
-  check(packed_bf16_fit(cols),
-        "packed bf16: a row of " + std::to_string(cols) + " values (needs a multiple of 64)");
+size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
+                               std::vector<PackedException>* exceptions) {
   const size_t before = exceptions->size();
   for (int s = 0, seg = 0; s < cols; s += kPackedSegment, ++seg)
     bases[seg] = static_cast<uint8_t>(segment_base(row + s, std::min(kPackedSegment, cols - s)));
@@ -229,6 +218,70 @@ WHALE_PACKED_TARGET void row_range(const PackedBf16& m, int cols, int r0, int r1
 }
 
 }  // namespace
+
+namespace {
+WHALE_PACKED_TARGET size_t pack_row_vectors(const uint16_t* row, int cols, uint8_t* planes,
+                                            uint8_t* bases,
+                                            std::vector<PackedException>* exceptions) {
+  const size_t before = exceptions->size();
+  const __m512i low_byte = _mm512_set1_epi16(0x00FF), half = _mm512_set1_epi8(0x7F);
+  for (int s = 0; s < cols; s += kPackedSegment) {
+    const int end = std::min(cols, s + kPackedSegment);
+    // The segment's largest half-exponent: (v >> 8) & 0x7F of every value.
+    __m512i top = _mm512_setzero_si512();
+    for (int c = s; c < end; c += 32)
+      top =
+          _mm512_max_epu16(top, _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(row + c), 8),
+                                                 _mm512_set1_epi16(0x7F)));
+    const int base = std::max(
+        _mm512_reduce_max_epi32(_mm512_max_epu16(
+            _mm512_srli_epi32(top, 16), _mm512_and_si512(top, _mm512_set1_epi32(0xFFFF)))) -
+            7,
+        0);
+    bases[s / kPackedSegment] = static_cast<uint8_t>(base);
+    const __m512i base_plus_one = _mm512_set1_epi8(static_cast<char>(base + 1));
+    for (int c0 = s; c0 < end; c0 += kPackedChunk) {
+      const __m512i w0 = _mm512_loadu_si512(row + c0), w1 = _mm512_loadu_si512(row + c0 + 32);
+      // The byte unpacks' inverse: per 128-bit lane, 8 words of w0 then 8 of w1.
+      __m512i low =
+          _mm512_packus_epi16(_mm512_and_si512(w0, low_byte), _mm512_and_si512(w1, low_byte));
+      const __m512i high = _mm512_packus_epi16(_mm512_srli_epi16(w0, 8), _mm512_srli_epi16(w1, 8));
+      const __m512i h = _mm512_and_si512(high, half);
+      // code = h − base in 1 … 7, i.e. (h − base − 1) below 7 unsigned.
+      const __mmask64 fit =
+          _mm512_cmplt_epu8_mask(_mm512_sub_epi8(h, base_plus_one), _mm512_set1_epi8(7));
+      const __mmask64 nonzero =
+          _mm512_test_epi8_mask(_mm512_or_si512(h, low), _mm512_set1_epi8(-1));
+      const __m512i sign = _mm512_and_si512(_mm512_srli_epi16(high, 4), _mm512_set1_epi8(0x08));
+      const __m512i nibble = _mm512_or_si512(
+          sign, _mm512_maskz_sub_epi8(fit, h, _mm512_set1_epi8(static_cast<char>(base))));
+      low = _mm512_maskz_mov_epi8(fit, low);
+      uint8_t* out = planes + c0 / kPackedChunk * kPackedChunkBytes;
+      _mm512_storeu_si512(out, low);
+      // Nibble pairs: byte k = nibble 2k | nibble 2k + 1 << 4.
+      const __m512i pairs =
+          _mm512_or_si512(_mm512_and_si512(nibble, low_byte), _mm512_srli_epi16(nibble, 4));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kPackedChunk),
+                          _mm512_cvtepi16_epi8(pairs));
+      for (uint64_t missed = nonzero & ~fit; missed; missed &= missed - 1) {
+        const int c = c0 + chunk_value(__builtin_ctzll(missed));
+        exceptions->push_back({static_cast<uint16_t>(c), row[c]});
+      }
+    }
+  }
+  std::sort(exceptions->begin() + before, exceptions->end(),
+            [](const PackedException& a, const PackedException& b) { return a.col < b.col; });
+  return exceptions->size() - before;
+}
+}  // namespace
+
+size_t pack_bf16_row(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
+                     std::vector<PackedException>* exceptions) {
+  check(packed_bf16_fit(cols),
+        "packed bf16: a row of " + std::to_string(cols) + " values (needs a multiple of 64)");
+  if (bf16_gemm_available()) return pack_row_vectors(row, cols, planes, bases, exceptions);
+  return pack_bf16_row_reference(row, cols, planes, bases, exceptions);
+}
 
 void unpack_bf16_row(const PackedBf16& m, int cols, int r, uint16_t* out) {
   if (bf16_gemm_available())

@@ -60,11 +60,12 @@ struct PackedBf16 {
 };
 
 // Packs one row: writes packed_bf16_row_bytes(cols) bytes to planes, packed_bf16_segments(cols)
-// bases, and appends the row's exceptions. Returns the number appended.
+// bases, and appends the row's exceptions in column order; returns how many. By vectors where
+// the CPU has AVX512-BF16's companions, else as the reference (value by value); the same bytes.
 size_t pack_bf16_row(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
                      std::vector<PackedException>* exceptions);
-// The exceptions a row would have (to size a matrix before packing it).
-size_t count_bf16_exceptions(const uint16_t* row, int cols);
+size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
+                               std::vector<PackedException>* exceptions);
 // Row r back to bf16 (the exact stored bits): by vectors where the CPU has AVX512-BF16's
 // companions (bf16_gemm_available()), else as the reference, which reads the layout value by value.
 void unpack_bf16_row(const PackedBf16& m, int cols, int r, uint16_t* out);
