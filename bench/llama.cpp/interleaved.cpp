@@ -70,11 +70,9 @@ struct WhaleEngine {
       for (int e : std::set<int>(r.experts.begin(), r.experts.end()))
         routed_bytes += whale::ffn_bytes(w.layers[layer].moe.experts[e]);
     };
-    // Every page of the weights in, as whale bench does before timing.
-    long touched = 0;
-    for (const auto& [name, view] : model->checkpoint().tensors())
-      for (size_t b = 0; b < view->nbytes; b += 4096) touched += view->data[b];
-    if (touched == -1) std::printf(" ");
+    // Every page of the weights in, as whale bench does before timing: the pages the weights
+    // read (a reordered or packed matrix's copy, not its dropped file pages).
+    if (whale::touch_weight_pages(model->config(), w) == -1) std::printf(" ");
   }
   int argmax() const {
     return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -102,8 +100,10 @@ struct LlamaEngine {
   int vocab = 0, position = 0;
   llama_token next = 0;
 
-  LlamaEngine(const char* path, int threads, int context) {
-    model = llama_model_load_from_file(path, llama_model_default_params());
+  LlamaEngine(const char* path, int threads, int context, bool mmap) {
+    llama_model_params mp = llama_model_default_params();
+    if (!mmap) mp.load_mode = LLAMA_LOAD_MODE_NONE;  // read into memory
+    model = llama_model_load_from_file(path, mp);
     if (!model) fail("llama.cpp could not load the GGUF");
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = static_cast<uint32_t>(context);
@@ -140,12 +140,13 @@ int main(int argc, char** argv) {
   if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') {
     std::fprintf(stderr,
                  "usage: %s WHALE_MODEL_DIR MODEL.gguf [--threads N] [--decode-prompt 128] "
-                 "[--block 8] [--rounds 16] [--gguf-bytes-per-token B]\n",
+                 "[--block 8] [--rounds 16] [--gguf-bytes-per-token B] [--llama-mmap 0|1]\n",
                  argv[0]);
     return 2;
   }
   int threads = 2, decode_prompt = 128, block = 8, rounds = 16;
   double gguf_bytes_per_token = 0;
+  bool llama_mmap = true;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--threads") threads = std::atoi(argv[i + 1]);
@@ -153,6 +154,7 @@ int main(int argc, char** argv) {
     else if (k == "--block") block = std::atoi(argv[i + 1]);
     else if (k == "--rounds") rounds = std::atoi(argv[i + 1]);
     else if (k == "--gguf-bytes-per-token") gguf_bytes_per_token = std::atof(argv[i + 1]);
+    else if (k == "--llama-mmap") llama_mmap = std::atoi(argv[i + 1]) != 0;
     else fail(("unknown option " + k).c_str());
   }
   if (threads <= 0 || decode_prompt <= 0 || block <= 0 || rounds <= 0)
@@ -163,7 +165,7 @@ int main(int argc, char** argv) {
   llama_log_set(quiet_log, nullptr);
   llama_backend_init();
   const int context = decode_prompt + std::max(32, 2 * block) + rounds * block + 16;
-  LlamaEngine llama_engine(argv[2], threads, context);
+  LlamaEngine llama_engine(argv[2], threads, context, llama_mmap);
   const int V = std::min(whale_engine.model->config().vocab_size, llama_engine.vocab);
   std::vector<int> prompt(decode_prompt);
   for (int i = 0; i < decode_prompt; ++i) prompt[i] = static_cast<int>((i * 7919ull + 17) % V);

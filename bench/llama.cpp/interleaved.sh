@@ -13,6 +13,7 @@
 #   ROUNDS, BLOCK  turns per run and tokens per turn (defaults 16, 8)
 #   DECODE_PROMPT  prompt length before decoding (default 128)
 #   THREADS        threads for both engines (default 2)
+#   LLAMA_MMAP     1 (default: llama.cpp's default, the GGUF mapped) or 0 (read into memory)
 #   BUILD          whale's CMake build folder, for libwhale_core.a (default build)
 #   MODELS, GGUF_DIR, WHALE, LLAMA_DIR, RESULTS as in speed.sh
 # bf16 maps 11 GB of whale weights and a 9 GB GGUF at once: the pair must fit the page cache.
@@ -57,6 +58,7 @@ for run in $(seq 1 "$REPEAT"); do
     echo "== $fmt run $run (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
     "$work/interleaved" "$dir" "$gguf" --threads "$THREADS" --decode-prompt "$DECODE_PROMPT" \
       --block "$BLOCK" --rounds "$ROUNDS" --gguf-bytes-per-token "$bytes" \
+      --llama-mmap "${LLAMA_MMAP:-1}" \
       2> "$work/log" > "$work/run.json" || { tail -20 "$work/log" >&2; exit 1; }
     python3 - "$fmt" "$run" "$work/run.json" >> "$out" <<'PY'
 import json, sys, time
