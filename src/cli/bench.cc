@@ -41,10 +41,10 @@ void print_kernels(const nlohmann::json& j, bool as_json) {
   std::printf("kernels            %d threads, %s; %s\n", j["threads"].get<int>(),
               j["simd"].get<std::string>().c_str(),
               "rows of 2048 weights dotted with 1, 2 or 4 tokens (GB/s of weights read)");
-  std::printf("%-6s %6s %18s %22s %13s\n", "format", "tokens", "in L2, 1 thread",
+  std::printf("%-11s %6s %18s %22s %13s\n", "format", "tokens", "in L2, 1 thread",
               "from memory, all", "of the probe");
   for (const auto& k : j["kernels"])
-    std::printf("%-6s %6d %13.1f GB/s %17.1f GB/s %11.0f%% (%.1f GB/s)\n",
+    std::printf("%-11s %6d %13.1f GB/s %17.1f GB/s %11.0f%% (%.1f GB/s)\n",
                 k["format"].get<std::string>().c_str(), k["tokens"].get<int>(),
                 k["cache_gbps"].get<double>(), k["memory_gbps"].get<double>(),
                 100 * k["memory_fraction"].get<double>(), k["bandwidth_gbps"].get<double>());
@@ -67,7 +67,8 @@ void add_bench_command(CLI::App& app) {
   auto* kernels_flag = cmd->add_flag(
       "--kernels", kernels,
       "Instead of a model: decode's matrix-vector kernels per weight format (f32, bf16, "
-      "fp8, q8, q4) for 1, 2 and 4 tokens, in GB/s of weights — one thread with the "
+      "bf16 packed in 12 bits as loaded on AVX512-BF16 CPUs, fp8, q8, q4) for 1, 2 and 4 "
+      "tokens, in GB/s of the weights' bytes — one thread with the "
       "matrix in L2, and every thread streaming from memory against the bandwidth probe");
   cmd->add_option("--stream-mib", stream_mib,
                   "With --kernels: MiB of weights each streamed pass reads (default 512)")

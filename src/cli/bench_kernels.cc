@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "cli/bench.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
@@ -26,12 +27,11 @@ constexpr size_t kCacheBytes = 512 << 10;  // the in-cache matrix: half of a Zen
 struct Format {
   const char* name;
   DType dtype;
+  bool packed = false;  // bf16 rows packed in 12 bits (ops/packed_bf16.h), as Model::load does
 };
-constexpr Format kFormats[] = {{"f32", DType::F32},
-                               {"bf16", DType::BF16},
-                               {"fp8", DType::F8_E4M3},
-                               {"q8", DType::I8},
-                               {"q4", DType::U8}};
+constexpr Format kFormats[] = {{"f32", DType::F32},          {"bf16", DType::BF16},
+                               {"bf16 packed", DType::BF16, true}, {"fp8", DType::F8_E4M3},
+                               {"q8", DType::I8},            {"q4", DType::U8}};
 
 // `count` matrices of rows × kCols in one format, random codes, as Linear views over storage
 // owned here.
@@ -39,8 +39,13 @@ struct Matrices {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;  // q8: one f16 per 32; q4: (scale, min) pairs
   std::vector<Linear> linears;
+  // Packed bf16: each matrix's planes, bases and offsets (no exceptions: the values' exponents
+  // are all alike).
+  std::vector<uint8_t> planes, bases;
+  std::vector<uint32_t> offsets;
+  std::vector<PackedException> exceptions;
 
-  Matrices(DType dtype, int rows, int count, std::mt19937& rng) {
+  Matrices(DType dtype, int rows, int count, std::mt19937& rng, bool packed = false) {
     Linear shape;
     shape.dtype = dtype;
     shape.rows = rows;
@@ -88,6 +93,26 @@ struct Matrices {
         w.block_scale.assign(static_cast<size_t>((rows + 127) / 128) * ((kCols + 127) / 128), 1.0f);
       linears.push_back(std::move(w));
     }
+    if (packed) pack(rows);
+  }
+
+  void pack(int rows) {
+    const size_t row_bytes = packed_bf16_row_bytes(kCols);
+    const int segments = packed_bf16_segments(kCols);
+    planes.resize(linears.size() * rows * row_bytes);
+    bases.resize(linears.size() * rows * segments);
+    offsets.assign(rows + 1, 0);
+    for (size_t m = 0; m < linears.size(); ++m) {
+      Linear& w = linears[m];
+      uint8_t* p = planes.data() + m * rows * row_bytes;
+      uint8_t* b = bases.data() + m * rows * segments;
+      for (int r = 0; r < rows; ++r)
+        pack_bf16_row(reinterpret_cast<const uint16_t*>(w.data) + static_cast<size_t>(r) * kCols,
+                      kCols, p + r * row_bytes, b + static_cast<size_t>(r) * segments, &exceptions);
+      w.data = p;
+      w.packed = {p, b, offsets.data(), nullptr};
+    }
+    check(exceptions.empty(), "bench --kernels: packed bf16 test rows with exceptions");
   }
 };
 
@@ -142,11 +167,12 @@ nlohmann::json bench_kernels(double stream_mib, int repeats) {
     probe.dtype = f.dtype;
     probe.cols = kCols;
     const int cache_rows = static_cast<int>(kCacheBytes / probe.row_bytes());
-    const Matrices cached(f.dtype, cache_rows, 1, rng);
+    if (f.packed && !use_bf16_gemm()) continue;  // packed only where Model::load packs
+    const Matrices cached(f.dtype, cache_rows, 1, rng, f.packed);
     probe.rows = kStreamRows;
     const int count =
         std::max(2, static_cast<int>(stream_mib * (1 << 20) / (probe.row_bytes() * kStreamRows)));
-    const Matrices streamed(f.dtype, kStreamRows, count, rng);
+    const Matrices streamed(f.dtype, kStreamRows, count, rng, f.packed);
     for (int T : {1, 2, 4}) {
       const double cache = cache_rate(cached.linears[0], x, T);  // on this thread alone
       const double memory = memory_rate(streamed, x, T, repeats);
