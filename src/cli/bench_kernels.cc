@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/page_buffer.h"
 #include "cli/bench.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
@@ -34,14 +35,15 @@ constexpr Format kFormats[] = {{"f32", DType::F32},          {"bf16", DType::BF1
                                {"q8", DType::I8},            {"q4", DType::U8}};
 
 // `count` matrices of rows × kCols in one format, random codes, as Linear views over storage
-// owned here.
+// owned here: on huge pages, as Model::load's copies of decode's matrices are (and the probe).
 struct Matrices {
-  std::vector<uint8_t> codes;
+  PageBuffer codes;
   std::vector<uint16_t> scales;  // q8: one f16 per 32; q4: (scale, min) pairs
   std::vector<Linear> linears;
   // Packed bf16: each matrix's planes, bases and offsets (no exceptions: the values' exponents
   // are all alike).
-  std::vector<uint8_t> planes, bases;
+  PageBuffer planes;
+  std::vector<uint8_t> bases;
   std::vector<uint32_t> offsets;
   std::vector<PackedException> exceptions;
 
@@ -54,7 +56,7 @@ struct Matrices {
     const size_t scales_per_matrix = dtype == DType::I8   ? rows * shape.groups()
                                      : dtype == DType::U8 ? 2 * rows * shape.groups()
                                                           : 0;
-    codes.resize(bytes * count);
+    codes = PageBuffer(bytes * count);
     scales.resize(scales_per_matrix * count);
     // Random bits (hundreds of MiB: a 64-bit generator, 8 bytes a draw), then made finite and
     // moderate where the format has NaNs: the exponent of f32 and bf16 fixed near 2^-7 (the
@@ -80,7 +82,7 @@ struct Matrices {
         std::memcpy(codes.data() + i, &v, 2);
       }
     if (dtype == DType::F8_E4M3)
-      for (uint8_t& b : codes) b &= 0xBF;
+      for (size_t i = 0; i < codes.size(); ++i) codes.data()[i] &= 0xBF;
     std::fill(scales.begin(), scales.end(), f32_to_f16(0.01f));
     // q8/q4 as Model::load leaves them on AVX512-VNNI CPUs: read in group-lane order (the codes
     // are random, so no reordering is needed to measure their speed).
@@ -99,7 +101,7 @@ struct Matrices {
   void pack(int rows) {
     const size_t row_bytes = packed_bf16_row_bytes(kCols);
     const int segments = packed_bf16_segments(kCols);
-    planes.resize(linears.size() * rows * row_bytes);
+    planes = PageBuffer(linears.size() * rows * row_bytes);
     bases.resize(linears.size() * rows * segments);
     offsets.assign(rows + 1, 0);
     for (size_t m = 0; m < linears.size(); ++m) {

@@ -1,5 +1,6 @@
 // The machine's memory bandwidth as decode meets it: a streaming read of a buffer much larger
-// than the caches, split over the OpenMP threads, with the SIMD loads the kernels use.
+// than the caches, on huge pages where the system allows, split over the OpenMP threads, with
+// the SIMD loads the kernels use.
 #pragma once
 #include <cstddef>
 
