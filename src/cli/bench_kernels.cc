@@ -30,9 +30,9 @@ struct Format {
   DType dtype;
   bool packed = false;  // bf16 rows packed in 12 bits (ops/packed_bf16.h), as Model::load does
 };
-constexpr Format kFormats[] = {{"f32", DType::F32},          {"bf16", DType::BF16},
-                               {"bf16 packed", DType::BF16, true}, {"fp8", DType::F8_E4M3},
-                               {"q8", DType::I8},            {"q4", DType::U8}};
+constexpr Format kFormats[] = {
+    {"f32", DType::F32},     {"bf16", DType::BF16}, {"bf16 packed", DType::BF16, true},
+    {"fp8", DType::F8_E4M3}, {"q8", DType::I8},     {"q4", DType::U8}};
 
 // `count` matrices of rows × kCols in one format, random codes, as Linear views over storage
 // owned here: on huge pages, as Model::load's copies of decode's matrices are (and the probe).

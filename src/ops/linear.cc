@@ -22,9 +22,9 @@ size_t Linear::bytes() const {
   size_t b = static_cast<size_t>(rows) * row_bytes();
   if (dtype == DType::I8) b += static_cast<size_t>(rows) * groups() * 2;
   if (dtype == DType::U8) b += static_cast<size_t>(rows) * groups() * 4;
-  if (bf16_packed())
+  if (bf16_packed())  // segment bases, the exception offsets and the exceptions
     b += static_cast<size_t>(rows) * packed_bf16_segments(cols) +
-         packed_exceptions * sizeof(PackedException);
+         (rows + size_t{1}) * sizeof(uint32_t) + packed_exceptions * sizeof(PackedException);
   return b;
 }
 
