@@ -221,39 +221,10 @@ TEST(GroupLanes, LinearOverReorderedRowsMatchesTheStoredOrder) {
   for (DType dtype : {DType::I8, DType::U8})
     for (int cols : {96, 1408}) {
       const LaneMatrix m(dtype, 37, cols, rng);
-      std::vector<float> a(cols), b(cols);
-      for (int r = 0; r < m.rows; ++r) {
-        m.stored.row_to_f32(r, a.data());
-        m.reordered.row_to_f32(r, b.data());
-        ASSERT_EQ(a, b) << "row " << r;
-      }
-      for (bool fast : {false, true}) {
-        if (fast && !vnni_available()) continue;
-        set_exact_activations(!fast);
-        for (int T : {1, 3, 7, kGemmMinTokens, 19}) {
-          const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
-          std::vector<float> y(static_cast<size_t>(T) * m.rows), y_stored(y.size()),
-              y_ref(y.size());
-          linear_forward(m.reordered, x.data(), T, y.data());
-          linear_forward(m.stored, x.data(), T, y_stored.data());
-          linear_forward_reference(m.reordered, x.data(), T, y_ref.data());
-          for (size_t i = 0; i < y.size(); ++i) {
-            const int t = static_cast<int>(i) / m.rows, r = static_cast<int>(i) % m.rows;
-            const float* xt = x.data() + static_cast<size_t>(t) * cols;
-            // Prefill's tiles and the exact path read the rows in order: the same bits. The
-            // row dots sum per group instead of per pair of groups: the same within rounding.
-            if (!fast || T >= kGemmMinTokens) {
-              ASSERT_EQ(bits(y[i]), bits(y_stored[i])) << "fast " << fast << " T " << T;
-            } else {
-              ASSERT_NEAR(y[i], y_stored[i], 1e-5f * m.abs_sum(r, xt) + 1e-6f) << "T " << T;
-            }
-            if (!fast) {
-              ASSERT_NEAR(y[i], y_ref[i], 1e-5f * m.abs_sum(r, xt) + 1e-6f);
-            }
-          }
-        }
-      }
-      set_exact_activations(true);
+      // The row dots sum per group instead of per pair of groups: the same within rounding.
+      testing::expect_same_products(
+          m.reordered, m.stored, vnni_available(), rng,
+          [&](const float* xt, int r, float) { return 1e-5f * m.abs_sum(r, xt) + 1e-6f; });
     }
 }
 
@@ -295,15 +266,10 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
     }
     std::vector<int> tokens;
     for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);
-    const int V = model->config().vocab_size, T = static_cast<int>(tokens.size());
     for (bool fast : {false, true}) {
       set_exact_activations(!fast);
-      std::vector<float> a(static_cast<size_t>(T) * V), b(a.size());
-      for (const auto& [m, logits] : {std::pair{model.get(), &a}, std::pair{stored.get(), &b}}) {
-        KVCache cache = m->new_cache();
-        for (int t = 0; t < T; ++t)  // decode steps: the row dots
-          m->forward(&tokens[t], 1, cache, logits->data() + static_cast<size_t>(t) * V);
-      }
+      const auto a = testing::decode_logits(*model, tokens),
+                 b = testing::decode_logits(*stored, tokens);
       if (!fast) {
         ASSERT_EQ(a, b);
       } else {

@@ -193,37 +193,10 @@ TEST(PackedBf16, LinearOverPackedRowsMatchesThePlainOne) {
     const Linear& plain = clean.plain;
     const Linear& packed = clean.packed;
     EXPECT_EQ(packed.row_bytes() * 4, plain.row_bytes() * 3);
-    std::vector<float> a(cols), b(cols);
-    for (int r = 0; r < clean.rows; ++r) {
-      plain.row_to_f32(r, a.data());
-      packed.row_to_f32(r, b.data());
-      ASSERT_EQ(a, b) << "row " << r;
-    }
-    for (bool fast : {false, true}) {
-      if (fast && !bf16_gemm_available()) continue;
-      set_exact_activations(!fast);
-      for (int T : {1, 3, 7, kGemmMinTokens, 19}) {
-        const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
-        std::vector<float> y(static_cast<size_t>(T) * clean.rows), y_plain(y.size()),
-            y_ref(y.size());
-        linear_forward(packed, x.data(), T, y.data());
-        linear_forward(plain, x.data(), T, y_plain.data());
-        linear_forward_reference(packed, x.data(), T, y_ref.data());
-        for (size_t i = 0; i < y.size(); ++i) {
-          // Prefill's tiles unpack the rows exactly and the exact path reads them unpacked: the
-          // same bits. The row dots add the exceptions after the vector sum: within rounding.
-          if (!fast || T >= kGemmMinTokens) {
-            ASSERT_EQ(bits(y[i]), bits(y_plain[i])) << "fast " << fast << " T " << T;
-          } else {
-            ASSERT_NEAR(y[i], y_plain[i], 1e-4f * std::fabs(y_ref[i]) + 1e-4f) << "T " << T;
-          }
-          if (!fast) {
-            ASSERT_NEAR(y[i], y_ref[i], 1e-4f * std::fabs(y_ref[i]) + 1e-4f);
-          }
-        }
-      }
-    }
-    set_exact_activations(true);
+    // The row dots add the exceptions after the vector sum: within rounding.
+    testing::expect_same_products(
+        packed, plain, bf16_gemm_available(), rng,
+        [](const float*, int, float ref) { return 1e-4f * std::fabs(ref) + 1e-4f; });
   }
 }
 
@@ -264,28 +237,18 @@ TEST(PackedBf16, LoadedBf16ModelsArePacked) {
   }
   std::vector<int> tokens;
   for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);
-  const int V = model->config().vocab_size, T = static_cast<int>(tokens.size());
   for (bool fast : {false, true}) {
     set_exact_activations(!fast);
-    std::vector<float> a(static_cast<size_t>(T) * V), b(a.size()), prefill(a.size());
-    for (const auto& [m, logits] : {std::pair{model.get(), &a}, std::pair{plain.get(), &b}}) {
-      KVCache cache = m->new_cache();
-      for (int t = 0; t < T; ++t)  // decode steps: the row dots
-        m->forward(&tokens[t], 1, cache, logits->data() + static_cast<size_t>(t) * V);
-    }
+    const auto a = testing::decode_logits(*model, tokens),
+               b = testing::decode_logits(*plain, tokens);
     if (!fast) {
       ASSERT_EQ(a, b);
     } else {
       EXPECT_LT(testing::relative_max_error(a, b), 1e-3);
     }
     // Prefill (the tiles) of the packed model against the plain one: the same bits.
-    std::vector<float> prefill_plain(a.size());
-    for (const auto& [m, logits] :
-         {std::pair{model.get(), &prefill}, std::pair{plain.get(), &prefill_plain}}) {
-      KVCache cache = m->new_cache();
-      m->forward(tokens.data(), T, cache, logits->data());
-    }
-    ASSERT_EQ(prefill, prefill_plain) << "fast " << fast;
+    ASSERT_EQ(testing::prefill_logits(*model, tokens), testing::prefill_logits(*plain, tokens))
+        << "fast " << fast;
   }
   set_exact_activations(true);
 }

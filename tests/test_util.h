@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "base/file.h"
+#include "model/transformer.h"
+#include "ops/linear.h"
 #include "ops/precision.h"
 
 namespace whale::testing {
@@ -107,6 +109,64 @@ inline std::string join_ids(const std::vector<int>& ids) {
   std::string s;
   for (int id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
   return s;
+}
+
+// A Linear whose rows are laid out for a kernel (group lanes, packed bf16) against the same weights
+// as stored: the same rows from row_to_f32; linear_forward of both for T = 1, 3, 7, kGemmMinTokens
+// and 19 on the exact path and, where `fast_available`, the fast one — bit for bit where both read
+// the rows in order (the exact path, prefill's tiles), within tolerance(x_t, r, y_ref) on the row
+// dots (x_t: the token's activations, r: the row) — and the exact path within that tolerance of the
+// laid-out Linear's double reference.
+template <class Tolerance>
+void expect_same_products(const Linear& laid_out, const Linear& stored, bool fast_available,
+                          std::mt19937& rng, const Tolerance& tolerance) {
+  const int rows = stored.rows, cols = stored.cols;
+  std::vector<float> a(cols), b(cols);
+  for (int r = 0; r < rows; ++r) {
+    stored.row_to_f32(r, a.data());
+    laid_out.row_to_f32(r, b.data());
+    ASSERT_EQ(a, b) << "row " << r;
+  }
+  for (bool fast : {false, true}) {
+    if (fast && !fast_available) continue;
+    set_exact_activations(!fast);
+    for (int T : {1, 3, 7, kGemmMinTokens, 19}) {
+      const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+      std::vector<float> y(static_cast<size_t>(T) * rows), y_stored(y.size()), y_ref(y.size());
+      linear_forward(laid_out, x.data(), T, y.data());
+      linear_forward(stored, x.data(), T, y_stored.data());
+      linear_forward_reference(laid_out, x.data(), T, y_ref.data());
+      for (size_t i = 0; i < y.size(); ++i) {
+        const int t = static_cast<int>(i) / rows, r = static_cast<int>(i) % rows;
+        const float close = tolerance(x.data() + static_cast<size_t>(t) * cols, r, y_ref[i]);
+        if (!fast || T >= kGemmMinTokens) {
+          ASSERT_EQ(bits(y[i]), bits(y_stored[i])) << "fast " << fast << " T " << T;
+        } else {
+          ASSERT_NEAR(y[i], y_stored[i], close) << "T " << T;
+        }
+        if (!fast) {
+          ASSERT_NEAR(y[i], y_ref[i], close);
+        }
+      }
+    }
+  }
+  set_exact_activations(true);
+}
+
+// Logits [tokens, vocab] of a sequence run through a model one decode step at a time (the row
+// dots), or as one prefill (the GEMM tiles).
+inline std::vector<float> decode_logits(const Model& m, const std::vector<int>& tokens) {
+  const size_t V = m.config().vocab_size;
+  std::vector<float> logits(tokens.size() * V);
+  KVCache cache = m.new_cache();
+  for (size_t t = 0; t < tokens.size(); ++t) m.forward(&tokens[t], 1, cache, logits.data() + t * V);
+  return logits;
+}
+inline std::vector<float> prefill_logits(const Model& m, const std::vector<int>& tokens) {
+  std::vector<float> logits(tokens.size() * m.config().vocab_size);
+  KVCache cache = m.new_cache();
+  m.forward(tokens.data(), static_cast<int>(tokens.size()), cache, logits.data());
+  return logits;
 }
 
 }  // namespace whale::testing
