@@ -470,6 +470,9 @@ TEST(Quant, BenchPrintsJson) {
   EXPECT_TRUE(j["prefill_tok_s"].contains("20"));
   EXPECT_GT(j["decode_tok_s"].get<double>(), 0);
   EXPECT_GT(j["bandwidth_gbps"].get<double>(), 0);
+  // Part of the resident memory, never more (0 where the system has no huge pages).
+  EXPECT_GE(j["huge_pages_mib"].get<double>(), 0);
+  EXPECT_LE(j["huge_pages_mib"].get<double>(), j["peak_rss_mib"].get<double>());
   EXPECT_GT(j["bandwidth_fraction"].get<double>(), 0);
   // Per token: the head and at least K routed experts of each MoE layer.
   auto model = Model::load(tmp / "q4");

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -30,6 +32,24 @@ double peak_rss_mib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Anonymous memory on huge pages (AnonHugePages of /proc/self/smaps_rollup): where Model::load's
+// copies of decode's matrices landed. The kernel falls back to 4 KiB pages when it cannot
+// assemble 2 MiB ones (memory full of page cache, fragmented), and decode then slows (on a 2-core
+// VM here from 30 to 11 tok/s once). 0 where the file is missing.
+double huge_pages_mib() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  std::string key;
+  double kib = 0;
+  while (in >> key) {
+    if (key == "AnonHugePages:") {
+      in >> kib;
+      break;
+    }
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return kib / 1024;
 }
 
 // The kernel table: GB/s of weights per format and token count.
@@ -205,6 +225,7 @@ void add_bench_command(CLI::App& app) {
       batch_json[std::to_string(n)] = {{"tok_s", rate}, {"ratio", rate / decode_rate}};
     }
     const double rss = peak_rss_mib();  // before the bandwidth buffer adds to it
+    const double huge_mib = huge_pages_mib();
 
     const double bandwidth =
         measure_bandwidth(static_cast<size_t>(bandwidth_mib * (1 << 20)), repeats);
@@ -221,6 +242,7 @@ void add_bench_command(CLI::App& app) {
                         {"decode_tok_s", decode_rate},
                         {"decode_tokens", decode_tokens},
                         {"peak_rss_mib", rss},
+                        {"huge_pages_mib", huge_mib},
                         {"bytes_per_token", bytes_per_token},
                         {"bandwidth_gbps", bandwidth},
                         {"bandwidth_fraction", fraction}};
@@ -241,7 +263,8 @@ void add_bench_command(CLI::App& app) {
                 used_threads);
     std::printf("decode/bandwidth   %.1f%% of the ceiling (%.2f tok/s)\n", 100 * fraction,
                 bandwidth * 1e9 / bytes_per_token);
-    std::printf("peak RSS           %.0f MiB\n", rss);
+    std::printf("peak RSS           %.0f MiB (%.0f MiB on huge pages: the weights' copies)\n", rss,
+                huge_mib);
     for (int n : batch_sizes)
       std::printf("decode, batch %-4d %.2f tok/s (%.2fx one sequence)\n", n,
                   batch_json[std::to_string(n)]["tok_s"].get<double>(),
