@@ -169,4 +169,19 @@ inline std::vector<float> prefill_logits(const Model& m, const std::vector<int>&
   return logits;
 }
 
+// Two models holding the same weights in different layouts decode `tokens` step by step to the
+// same logits: bit for bit on the exact path, within 1e-3 relative on the fast one.
+inline void expect_same_decode(const Model& a, const Model& b, const std::vector<int>& tokens) {
+  for (bool fast : {false, true}) {
+    set_exact_activations(!fast);
+    const auto logits_a = decode_logits(a, tokens), logits_b = decode_logits(b, tokens);
+    if (!fast) {
+      EXPECT_EQ(logits_a, logits_b);
+    } else {
+      EXPECT_LT(relative_max_error(logits_a, logits_b), 1e-3);
+    }
+  }
+  set_exact_activations(true);
+}
+
 }  // namespace whale::testing

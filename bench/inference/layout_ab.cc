@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     if (!l.bf16_packed()) return;
     ++packed;
     values += static_cast<size_t>(l.rows) * l.cols;
-    exceptions += l.packed_exceptions;
+    exceptions += l.packed.exception_count(l.rows);
   });
   std::printf(
       "packed bf16: %zu matrices, %zu exceptions in %zu values (%.2e); decode's fixed "

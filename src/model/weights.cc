@@ -212,11 +212,23 @@ Weights load_weights(const ModelConfig& config, const TensorSource& checkpoint) 
 }
 
 namespace {
-// Two passes: the bytes every matrix needs (each on a cache line), then the copies.
+// The load-time copies' pages are laid out in two passes over the weights: first the bytes every
+// piece needs (each on a cache line), then, with the pages allocated, the copies at the same
+// offsets.
+struct PageLayout {
+  size_t bytes = 0;
+  // Room for n bytes; its offset.
+  size_t take(size_t n) {
+    const size_t at = bytes;
+    bytes += (n + kCacheLine - 1) / kCacheLine * kCacheLine;
+    return at;
+  }
+};
+
 struct LaneReorderer {
   const std::function<void(const void*, size_t)>& done_with;
   uint8_t* storage = nullptr;  // null while sizing
-  size_t bytes = 0;
+  PageLayout layout;
 
   // Every q8 and q4 matrix decode multiplies by row dots; not MLA's kv_b_proj, whose rows absorbed
   // attention reads dequantized at every step (each would have to be put back in order first:
@@ -227,8 +239,7 @@ struct LaneReorderer {
   }
   void matrix(const std::string& name, int, int, bool, Linear& w) {
     if (!reordered(name, w)) return;
-    const size_t n = static_cast<size_t>(w.rows) * w.row_bytes(), at = bytes;
-    bytes += (n + kCacheLine - 1) / kCacheLine * kCacheLine;
+    const size_t n = static_cast<size_t>(w.rows) * w.row_bytes(), at = layout.take(n);
     if (!storage) return;
     const uint8_t* source = w.data;
     uint8_t* lanes = storage + at;
@@ -256,10 +267,10 @@ void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* 
   if (!use_vnni()) return;
   LaneReorderer reorderer{done_with};
   visit_weights(config, w, reorderer);
-  if (reorderer.bytes == 0) return;
-  *storage = PageBuffer(reorderer.bytes);
+  if (reorderer.layout.bytes == 0) return;
+  *storage = PageBuffer(reorderer.layout.bytes);
   reorderer.storage = storage->data();
-  reorderer.bytes = 0;
+  reorderer.layout = {};
   visit_weights(config, w, reorderer);
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
 }
@@ -271,24 +282,19 @@ struct Bf16Packer {
   const std::function<void(const void*, size_t)>& done_with;
   PackedBf16Storage* storage = nullptr;
   bool sizing = true;
-  size_t bytes = 0;
+  PageLayout layout;
 
   static bool packed(const std::string& name, const Linear& w) {
     return w.dtype == DType::BF16 && !w.bf16_packed() && packed_bf16_fit(w.cols) &&
            !name.ends_with("kv_b_proj.weight") && name.find("embed_tokens") == std::string::npos;
   }
-  // Room for n bytes on a cache line; the offset.
-  size_t take(size_t n) {
-    const size_t at = bytes;
-    bytes += (n + kCacheLine - 1) / kCacheLine * kCacheLine;
-    return at;
-  }
   void matrix(const std::string& name, int, int, bool, Linear& w) {
     if (!packed(name, w)) return;
     const int rows = w.rows, cols = w.cols, segments = packed_bf16_segments(cols);
     const size_t row_bytes = packed_bf16_row_bytes(cols);
-    const size_t planes_at = take(rows * row_bytes), bases_at = take(size_t{1} * rows * segments),
-                 offsets_at = take((rows + size_t{1}) * sizeof(uint32_t));
+    const size_t planes_at = layout.take(rows * row_bytes),
+                 bases_at = layout.take(size_t{1} * rows * segments),
+                 offsets_at = layout.take((rows + size_t{1}) * sizeof(uint32_t));
     if (sizing) return;
     uint8_t* base = storage->pages.data();
     uint8_t* planes = base + planes_at;
@@ -319,7 +325,6 @@ struct Bf16Packer {
     storage->exceptions.push_back(std::move(exceptions));
     w.data = planes;
     w.packed = {planes, bases, offsets, storage->exceptions.back().data()};
-    w.packed_exceptions = storage->exceptions.back().size();
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
 };
@@ -330,10 +335,10 @@ void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* st
   if (!use_bf16_gemm()) return;
   Bf16Packer packer{done_with, storage};
   visit_weights(config, w, packer);
-  if (packer.bytes == 0) return;
-  storage->pages = PageBuffer(packer.bytes);
+  if (packer.layout.bytes == 0) return;
+  storage->pages = PageBuffer(packer.layout.bytes);
   packer.sizing = false;
-  packer.bytes = 0;
+  packer.layout = {};
   visit_weights(config, w, packer);
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
 }
@@ -352,8 +357,8 @@ struct PageToucher {
     if (w.bf16_packed()) {
       touch(w.packed.bases, static_cast<size_t>(w.rows) * packed_bf16_segments(w.cols));
       touch(w.packed.offsets, (w.rows + size_t{1}) * sizeof(uint32_t));
-      if (w.packed_exceptions)
-        touch(w.packed.exceptions, w.packed_exceptions * sizeof(PackedException));
+      if (const size_t n = w.packed.exception_count(w.rows))
+        touch(w.packed.exceptions, n * sizeof(PackedException));
     }
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector& v) {

@@ -24,7 +24,8 @@ size_t Linear::bytes() const {
   if (dtype == DType::U8) b += static_cast<size_t>(rows) * groups() * 4;
   if (bf16_packed())  // segment bases, the exception offsets and the exceptions
     b += static_cast<size_t>(rows) * packed_bf16_segments(cols) +
-         (rows + size_t{1}) * sizeof(uint32_t) + packed_exceptions * sizeof(PackedException);
+         (rows + size_t{1}) * sizeof(uint32_t) +
+         packed.exception_count(rows) * sizeof(PackedException);
   return b;
 }
 

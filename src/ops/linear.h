@@ -36,7 +36,6 @@ struct Linear {
   // planes. Decode's row dots and prefill's tiles read the packed rows, every other reader
   // unpacks a row first.
   PackedBf16 packed;
-  size_t packed_exceptions = 0;
 
   bool bf16_packed() const { return packed.planes != nullptr; }
 

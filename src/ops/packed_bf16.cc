@@ -48,6 +48,14 @@ uint8_t high_byte(int nibble, int base) {
   return static_cast<uint8_t>(sign << 7 | (code ? base + code : 0));
 }
 
+// The row's exceptions (from `before` on) sorted by column, the order the kernel adds them in;
+// how many.
+size_t in_column_order(std::vector<PackedException>* exceptions, size_t before) {
+  std::sort(exceptions->begin() + before, exceptions->end(),
+            [](const PackedException& a, const PackedException& b) { return a.col < b.col; });
+  return exceptions->size() - before;
+}
+
 }  // namespace
 
 size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, uint8_t* bases,
@@ -75,10 +83,7 @@ size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, u
       nibbles[b / 2] |= static_cast<uint8_t>(nibble << (4 * (b % 2)));
     }
   }
-  // The kernel adds them in column order.
-  std::sort(exceptions->begin() + before, exceptions->end(),
-            [](const PackedException& a, const PackedException& b) { return a.col < b.col; });
-  return exceptions->size() - before;
+  return in_column_order(exceptions, before);
 }
 
 void unpack_bf16_row_reference(const PackedBf16& m, int cols, int r, uint16_t* out) {
@@ -137,6 +142,23 @@ WHALE_PACKED_TARGET __attribute__((always_inline)) inline void unpack_chunk(cons
   w[1] = reinterpret_cast<__m512bh>(_mm512_unpackhi_epi8(low, high));
 }
 
+// One chunk against R activation rows (x: the chunk's first column of row 0, rows ldx apart),
+// into partial sums K and K + 1: even chunks use 0 and 1, odd ones 2 and 3.
+template <int R, int K>
+WHALE_PACKED_TARGET __attribute__((always_inline)) inline void accumulate_chunk(
+    const uint8_t* p, __m512i table, const uint16_t* x, int ldx, __m512 (&sum)[R][4]) {
+  __m512bh w[2];
+  unpack_chunk(p, table, w);
+#pragma GCC unroll 4
+  for (int t = 0; t < R; ++t) {
+    const uint16_t* xt = x + static_cast<size_t>(t) * ldx;
+    sum[t][K] =
+        _mm512_dpbf16_ps(sum[t][K], w[0], reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt)));
+    sum[t][K + 1] = _mm512_dpbf16_ps(sum[t][K + 1], w[1],
+                                     reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt + 32)));
+  }
+}
+
 // out[t] = row · xb[t] for R activation rows: four partial sums (chunk parity × half), one
 // reduction, then the exceptions — the same for every R.
 template <int R>
@@ -149,32 +171,17 @@ WHALE_PACKED_TARGET void dot_rows(const uint8_t* planes, const uint8_t* bases, i
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) sum[t][k] = _mm512_setzero_ps();
   const int chunks = cols / kPackedChunk;
-  constexpr int kChunksPerSegment = kPackedSegment / kPackedChunk;
-  for (int c = 0; c < chunks; c += 2) {
-    const __m512i table = segment_table(bases[c / kChunksPerSegment]);
-    const uint8_t* p = planes + static_cast<size_t>(c) * kPackedChunkBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kWeightPrefetchBytes, _MM_HINT_T1);
-    __m512bh w[2];
-    unpack_chunk(p, table, w);
-    const size_t i = static_cast<size_t>(c) * kPackedChunk;
-#pragma GCC unroll 4
-    for (int t = 0; t < R; ++t) {
-      const uint16_t* x = xb + static_cast<size_t>(t) * ldx + i;
-      sum[t][0] =
-          _mm512_dpbf16_ps(sum[t][0], w[0], reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
-      sum[t][1] =
-          _mm512_dpbf16_ps(sum[t][1], w[1], reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + 32)));
-    }
-    if (c + 1 == chunks) break;
-    // Chunk c + 1 is in the same segment: segments hold an even number of chunks.
-    unpack_chunk(p + kPackedChunkBytes, table, w);
-#pragma GCC unroll 4
-    for (int t = 0; t < R; ++t) {
-      const uint16_t* x = xb + static_cast<size_t>(t) * ldx + i + kPackedChunk;
-      sum[t][2] =
-          _mm512_dpbf16_ps(sum[t][2], w[0], reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
-      sum[t][3] =
-          _mm512_dpbf16_ps(sum[t][3], w[1], reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + 32)));
+  constexpr int kChunksPerSegment = kPackedSegment / kPackedChunk;  // even: chunks pair up
+  for (int c0 = 0; c0 < chunks; c0 += kChunksPerSegment) {
+    const __m512i table = segment_table(bases[c0 / kChunksPerSegment]);
+    const int end = std::min(chunks, c0 + kChunksPerSegment);
+    for (int c = c0; c < end; c += 2) {
+      const uint8_t* p = planes + static_cast<size_t>(c) * kPackedChunkBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kWeightPrefetchBytes, _MM_HINT_T1);
+      const size_t i = static_cast<size_t>(c) * kPackedChunk;
+      accumulate_chunk<R, 0>(p, table, xb + i, ldx, sum);
+      if (c + 1 < end)
+        accumulate_chunk<R, 2>(p + kPackedChunkBytes, table, xb + i + kPackedChunk, ldx, sum);
     }
   }
 #pragma GCC unroll 4
@@ -191,12 +198,14 @@ WHALE_PACKED_TARGET void dot_rows(const uint8_t* planes, const uint8_t* bases, i
 WHALE_PACKED_TARGET void unpack_row_vectors(const PackedBf16& m, int cols, int r, uint16_t* out) {
   const uint8_t* planes = m.planes + static_cast<size_t>(r) * packed_bf16_row_bytes(cols);
   const uint8_t* bases = m.bases + static_cast<size_t>(r) * packed_bf16_segments(cols);
-  for (int c = 0; c < cols; c += kPackedChunk) {
-    __m512bh w[2];
-    unpack_chunk(planes + c / kPackedChunk * kPackedChunkBytes,
-                 segment_table(bases[c / kPackedSegment]), w);
-    _mm512_storeu_si512(out + c, reinterpret_cast<__m512i>(w[0]));
-    _mm512_storeu_si512(out + c + 32, reinterpret_cast<__m512i>(w[1]));
+  for (int s = 0; s < cols; s += kPackedSegment) {
+    const __m512i table = segment_table(bases[s / kPackedSegment]);
+    for (int c = s; c < std::min(cols, s + kPackedSegment); c += kPackedChunk) {
+      __m512bh w[2];
+      unpack_chunk(planes + c / kPackedChunk * kPackedChunkBytes, table, w);
+      _mm512_storeu_si512(out + c, reinterpret_cast<__m512i>(w[0]));
+      _mm512_storeu_si512(out + c + 32, reinterpret_cast<__m512i>(w[1]));
+    }
   }
   for (uint32_t e = m.offsets[r]; e < m.offsets[r + 1]; ++e)
     out[m.exceptions[e].col] = m.exceptions[e].value;
@@ -269,9 +278,7 @@ WHALE_PACKED_TARGET size_t pack_row_vectors(const uint16_t* row, int cols, uint8
       }
     }
   }
-  std::sort(exceptions->begin() + before, exceptions->end(),
-            [](const PackedException& a, const PackedException& b) { return a.col < b.col; });
-  return exceptions->size() - before;
+  return in_column_order(exceptions, before);
 }
 }  // namespace
 

@@ -60,6 +60,9 @@ struct PackedBf16 {
   const uint8_t* bases = nullptr;
   const uint32_t* offsets = nullptr;
   const PackedException* exceptions = nullptr;
+
+  // All the matrix's exceptions (its rows' lists end to end).
+  size_t exception_count(int rows) const { return offsets[rows]; }
 };
 
 // Packs one row: writes packed_bf16_row_bytes(cols) bytes to planes, packed_bf16_segments(cols)
