@@ -3,6 +3,7 @@
 // FP8 models (logits stay close to the original's), and `whale bench --json`.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -474,6 +475,20 @@ TEST(Quant, BenchPrintsJson) {
   EXPECT_GE(j["huge_pages_mib"].get<double>(), 0);
   EXPECT_LE(j["huge_pages_mib"].get<double>(), j["peak_rss_mib"].get<double>());
   EXPECT_GT(j["bandwidth_fraction"].get<double>(), 0);
+  // The probes around the decode's blocks (4 tokens: 4 blocks, 5 probes); the bandwidth is their
+  // mean, and the fraction holds decode against a mix of them: between what the fastest and the
+  // slowest probe alone would give.
+  const auto probes = j["bandwidth_probes_gbps"].get<std::vector<double>>();
+  ASSERT_EQ(probes.size(), 5u);
+  double mean = 0;
+  for (double p : probes) mean += p / probes.size();
+  EXPECT_NEAR(j["bandwidth_gbps"].get<double>(), mean, 1e-9 * mean);
+  const double read_gbps =
+      j["bytes_per_token"].get<double>() * j["decode_tok_s"].get<double>() / 1e9;
+  EXPECT_GE(j["bandwidth_fraction"].get<double>(),
+            read_gbps / *std::max_element(probes.begin(), probes.end()) * (1 - 1e-9));
+  EXPECT_LE(j["bandwidth_fraction"].get<double>(),
+            read_gbps / *std::min_element(probes.begin(), probes.end()) * (1 + 1e-9));
   // Per token: the head and at least K routed experts of each MoE layer.
   auto model = Model::load(tmp / "q4");
   EXPECT_GT(j["bytes_per_token"].get<double>(), model->weights().lm_head.bytes());

@@ -102,7 +102,8 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--decode-prompt", decode_prompt, "Prompt length before decoding (default 128)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--bandwidth-mib", bandwidth_mib, "Buffer of the bandwidth test (default 1024)")
+  cmd->add_option("--bandwidth-mib", bandwidth_mib, "Buffer of the bandwidth probe, read before, between and after the decode's blocks "
+                  "(default 1024)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--repeats", repeats,
                   "Best of this many bandwidth runs (with --kernels: streamed passes; default 3)")
@@ -176,7 +177,14 @@ void add_bench_command(CLI::App& app) {
     int next = argmax();
     const double ttft = seconds_since(start);
 
-    // Decode, counting the routed experts each step actually reads.
+    const double rss = peak_rss_mib();  // before the bandwidth probe's buffer adds to it
+    const double huge_mib = huge_pages_mib();
+
+    // Decode, counting the routed experts each step actually reads, in blocks with the bandwidth
+    // probe before, between and after them: this machine's bandwidth drifts from minute to
+    // minute (a 2-core VM here: 40–75 GB/s), so each block is held against the mean of the probes
+    // on either side of it, and the fraction is the bytes decode read over the bytes the probes
+    // say the memory could have delivered in the same seconds.
     size_t routed_bytes = 0;
     ForwardOptions options;
     options.on_routing = [&](int layer, const Routing& r) {
@@ -184,12 +192,22 @@ void add_bench_command(CLI::App& app) {
       for (int e : std::set<int>(r.experts.begin(), r.experts.end()))
         routed_bytes += ffn_bytes(moe.experts[e]);
     };
-    start = std::chrono::steady_clock::now();
-    for (int i = 0; i < decode_tokens; ++i) {
-      model->forward(&next, 1, cache, logits.data(), nullptr, options);
-      next = argmax();
+    const BandwidthProbe probe(static_cast<size_t>(bandwidth_mib * (1 << 20)));
+    const int blocks = std::min(4, decode_tokens);
+    std::vector<double> probes = {probe.measure(repeats)};
+    double decode_s = 0, ceiling_bytes = 0;
+    for (int b = 0; b < blocks; ++b) {
+      const int tokens = decode_tokens * (b + 1) / blocks - decode_tokens * b / blocks;
+      start = std::chrono::steady_clock::now();
+      for (int i = 0; i < tokens; ++i) {
+        model->forward(&next, 1, cache, logits.data(), nullptr, options);
+        next = argmax();
+      }
+      const double seconds = seconds_since(start);
+      probes.push_back(probe.measure(repeats));
+      decode_s += seconds;
+      ceiling_bytes += seconds * 1e9 * (probes[b] + probes[b + 1]) / 2;
     }
-    const double decode_s = seconds_since(start);
     const double decode_rate = decode_tokens / decode_s;
 
     // Weight bytes per decoded token: what every step reads, and the routed experts chosen
@@ -224,12 +242,9 @@ void add_bench_command(CLI::App& app) {
       const double rate = static_cast<double>(n) * steps / seconds_since(start);
       batch_json[std::to_string(n)] = {{"tok_s", rate}, {"ratio", rate / decode_rate}};
     }
-    const double rss = peak_rss_mib();  // before the bandwidth buffer adds to it
-    const double huge_mib = huge_pages_mib();
-
-    const double bandwidth =
-        measure_bandwidth(static_cast<size_t>(bandwidth_mib * (1 << 20)), repeats);
-    const double fraction = bytes_per_token * decode_rate / (bandwidth * 1e9);
+    double bandwidth = 0;  // the probes' mean
+    for (double p : probes) bandwidth += p / probes.size();
+    const double fraction = bytes_per_token * decode_tokens / ceiling_bytes;
 
     nlohmann::json j = {{"model", model_dir},
                         {"threads", used_threads},
@@ -245,6 +260,7 @@ void add_bench_command(CLI::App& app) {
                         {"huge_pages_mib", huge_mib},
                         {"bytes_per_token", bytes_per_token},
                         {"bandwidth_gbps", bandwidth},
+                        {"bandwidth_probes_gbps", probes},
                         {"bandwidth_fraction", fraction}};
     if (!batch_sizes.empty()) j["batched_decode"] = batch_json;
     if (as_json) {
@@ -259,10 +275,13 @@ void add_bench_command(CLI::App& app) {
     std::printf("time to 1st token  %.3f s (%d-token prompt)\n", ttft, decode_prompt);
     std::printf("decode             %.2f tok/s (%d tokens)\n", decode_rate, decode_tokens);
     std::printf("weights per token  %.1f MB\n", bytes_per_token / 1e6);
-    std::printf("memory bandwidth   %.2f GB/s (streaming read, %d threads)\n", bandwidth,
-                used_threads);
+    std::printf("memory bandwidth   %.2f GB/s (streaming read, %d threads; %zu probes around the "
+                "decode: %.1f–%.1f)\n",
+                bandwidth, used_threads, probes.size(),
+                *std::min_element(probes.begin(), probes.end()),
+                *std::max_element(probes.begin(), probes.end()));
     std::printf("decode/bandwidth   %.1f%% of the ceiling (%.2f tok/s)\n", 100 * fraction,
-                bandwidth * 1e9 / bytes_per_token);
+                decode_rate / fraction);
     std::printf("peak RSS           %.0f MiB (%.0f MiB on huge pages: the weights' copies)\n", rss,
                 huge_mib);
     for (int n : batch_sizes)

@@ -6,20 +6,23 @@
 #include <chrono>
 #include <cstdio>
 
-#include "base/page_buffer.h"
 #include "ops/kernels.h"
 
 namespace whale {
 
-double measure_bandwidth(size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(float);
+BandwidthProbe::BandwidthProbe(size_t bytes) : pages_(bytes / sizeof(float) * sizeof(float)) {
   // On huge pages, as whale's own weight copies are (base/page_buffer.h): on 4 KiB pages the read
   // measures the page walks too — on a 2-core VM here 32–35 GB/s against 57–59 GB/s (alternated
   // in one process), which had whale's decode "above the ceiling".
-  PageBuffer pages(n * sizeof(float));
-  float* buffer = reinterpret_cast<float*>(pages.data());
+  const size_t n = pages_.size() / sizeof(float);
+  float* buffer = reinterpret_cast<float*>(pages_.data());
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(i & 1023) * 1e-3f;
+}
+
+double BandwidthProbe::measure(int repeats) const {
+  const size_t n = pages_.size() / sizeof(float);
+  const float* buffer = reinterpret_cast<const float*>(pages_.data());
   double best = 0, sink = 0;
   for (int r = 0; r < repeats; ++r) {
     const auto start = std::chrono::steady_clock::now();
@@ -40,5 +43,7 @@ double measure_bandwidth(size_t bytes, int repeats) {
   if (sink == -1) std::printf(" ");  // keep the reads
   return best;
 }
+
+double measure_bandwidth(size_t bytes, int repeats) { return BandwidthProbe(bytes).measure(repeats); }
 
 }  // namespace whale
