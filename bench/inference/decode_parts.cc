@@ -86,8 +86,7 @@ int main(int argc, char** argv) {
                        double bytes = 0;
                        for (int l = 0; l < L; ++l) {
                          // At the cache's next position, which the step fills later.
-                         const std::vector<Segment> segment = {
-                             {&cache.layers[l], cache.length, 1}};
+                         const std::vector<Segment> segment = {{&cache.layers[l], cache.length, 1}};
                          mla_forward(c, w.layers[l].mla, rope, x.data(), segment, {}, y.data());
                          bytes += attention_bytes(w.layers[l]);
                        }
@@ -131,8 +130,8 @@ int main(int argc, char** argv) {
   }
   const Part& step = parts[0];
   const double step_ms = step.seconds * 1e3 / (rounds * kRepeats);
-  std::printf("%s, %d threads, %d rounds; probe %.1f GB/s (mean)\n", argv[1],
-              omp_get_max_threads(), rounds, step.probe_bytes_per_s / 1e9);
+  std::printf("%s, %d threads, %d rounds; probe %.1f GB/s (mean)\n", argv[1], omp_get_max_threads(),
+              rounds, step.probe_bytes_per_s / 1e9);
   std::printf("%-24s %9s %9s %9s %9s %12s\n", "part", "ms/step", "MB/step", "GB/s", "of probe",
               "of the step");
   for (const Part& part : parts) {

@@ -102,8 +102,10 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--decode-prompt", decode_prompt, "Prompt length before decoding (default 128)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--bandwidth-mib", bandwidth_mib, "Buffer of the bandwidth probe, read before, between and after the decode's blocks "
-                  "(default 1024)")
+  cmd->add_option(
+         "--bandwidth-mib", bandwidth_mib,
+         "Buffer of the bandwidth probe, read before, between and after the decode's blocks "
+         "(default 1024)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--repeats", repeats,
                   "Best of this many bandwidth runs (with --kernels: streamed passes; default 3)")
@@ -275,11 +277,11 @@ void add_bench_command(CLI::App& app) {
     std::printf("time to 1st token  %.3f s (%d-token prompt)\n", ttft, decode_prompt);
     std::printf("decode             %.2f tok/s (%d tokens)\n", decode_rate, decode_tokens);
     std::printf("weights per token  %.1f MB\n", bytes_per_token / 1e6);
-    std::printf("memory bandwidth   %.2f GB/s (streaming read, %d threads; %zu probes around the "
-                "decode: %.1f–%.1f)\n",
-                bandwidth, used_threads, probes.size(),
-                *std::min_element(probes.begin(), probes.end()),
-                *std::max_element(probes.begin(), probes.end()));
+    std::printf(
+        "memory bandwidth   %.2f GB/s (streaming read, %d threads; %zu probes around the "
+        "decode: %.1f–%.1f)\n",
+        bandwidth, used_threads, probes.size(), *std::min_element(probes.begin(), probes.end()),
+        *std::max_element(probes.begin(), probes.end()));
     std::printf("decode/bandwidth   %.1f%% of the ceiling (%.2f tok/s)\n", 100 * fraction,
                 decode_rate / fraction);
     std::printf("peak RSS           %.0f MiB (%.0f MiB on huge pages: the weights' copies)\n", rss,

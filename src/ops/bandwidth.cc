@@ -44,6 +44,8 @@ double BandwidthProbe::measure(int repeats) const {
   return best;
 }
 
-double measure_bandwidth(size_t bytes, int repeats) { return BandwidthProbe(bytes).measure(repeats); }
+double measure_bandwidth(size_t bytes, int repeats) {
+  return BandwidthProbe(bytes).measure(repeats);
+}
 
 }  // namespace whale
