@@ -115,8 +115,9 @@ int main(int argc, char** argv) {
                    }});
 
   constexpr int kRepeats = 8;  // runs of a part per round
+  const BandwidthProbe bandwidth(size_t{1} << 30);
   for (int round = 0; round < rounds; ++round) {
-    const double probe = measure_bandwidth(size_t{1} << 30, 2) * 1e9;
+    const double probe = bandwidth.measure(2) * 1e9;
     for (size_t k = 0; k < parts.size(); ++k) {
       Part& part = parts[(k + round) % parts.size()];
       part.run();  // warm: the first run after another part meets its weights cold as well
