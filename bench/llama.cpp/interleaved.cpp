@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
 
   double whale_s = 0, llama_s = 0;
   std::vector<double> ratios, probes;
+  const whale::BandwidthProbe bandwidth(size_t{512} << 20);  // one buffer for every round
   for (int r = 0; r < rounds; ++r) {
     double round_s[2] = {0, 0};
     for (int turn = 0; turn < 2; ++turn) {
@@ -193,7 +194,7 @@ int main(int argc, char** argv) {
     whale_s += round_s[0];
     llama_s += round_s[1];
     ratios.push_back(round_s[1] / round_s[0]);  // whale tok/s over llama.cpp tok/s
-    probes.push_back(whale::measure_bandwidth(size_t{512} << 20, 2));
+    probes.push_back(bandwidth.measure(2));
     std::fprintf(stderr, "round %d: whale %.2f tok/s, llama.cpp %.2f tok/s, probe %.1f GB/s\n",
                  r + 1, block / round_s[0], block / round_s[1], probes.back());
   }

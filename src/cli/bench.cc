@@ -194,21 +194,24 @@ void add_bench_command(CLI::App& app) {
       for (int e : std::set<int>(r.experts.begin(), r.experts.end()))
         routed_bytes += ffn_bytes(moe.experts[e]);
     };
-    const BandwidthProbe probe(static_cast<size_t>(bandwidth_mib * (1 << 20)));
-    const int blocks = std::min(4, decode_tokens);
-    std::vector<double> probes = {probe.measure(repeats)};
+    std::vector<double> probes;
     double decode_s = 0, ceiling_bytes = 0;
-    for (int b = 0; b < blocks; ++b) {
-      const int tokens = decode_tokens * (b + 1) / blocks - decode_tokens * b / blocks;
-      start = std::chrono::steady_clock::now();
-      for (int i = 0; i < tokens; ++i) {
-        model->forward(&next, 1, cache, logits.data(), nullptr, options);
-        next = argmax();
-      }
-      const double seconds = seconds_since(start);
+    {  // the probe's buffer only while decoding (not through the batched runs below)
+      const BandwidthProbe probe(static_cast<size_t>(bandwidth_mib * (1 << 20)));
+      const int blocks = std::min(4, decode_tokens);
       probes.push_back(probe.measure(repeats));
-      decode_s += seconds;
-      ceiling_bytes += seconds * 1e9 * (probes[b] + probes[b + 1]) / 2;
+      for (int b = 0; b < blocks; ++b) {
+        const int tokens = decode_tokens * (b + 1) / blocks - decode_tokens * b / blocks;
+        start = std::chrono::steady_clock::now();
+        for (int i = 0; i < tokens; ++i) {
+          model->forward(&next, 1, cache, logits.data(), nullptr, options);
+          next = argmax();
+        }
+        const double seconds = seconds_since(start);
+        probes.push_back(probe.measure(repeats));
+        decode_s += seconds;
+        ceiling_bytes += seconds * 1e9 * (probes[b] + probes[b + 1]) / 2;
+      }
     }
     const double decode_rate = decode_tokens / decode_s;
 
