@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "base/aligned.h"
@@ -646,6 +647,26 @@ TEST(Kernels, GemmMatchesReferenceInEveryTransposition) {
             for (int i = 0; i < M * N; ++i)
               ASSERT_NEAR(C[i], C_ref[i], 1e-4f * (1 + std::fabs(C_ref[i])));
           }
+}
+
+// The row-dot kernels prefetch once per 4 KiB page of weights: whatever the step (a kernel's
+// bytes per loop iteration) and wherever the stream starts, exactly one step of each page it
+// covers is the page's first.
+TEST(Kernels, WeightPrefetchFiresOncePerPage) {
+  for (size_t step : {128, 192, 256, 512, 1024}) {
+    for (uintptr_t start : {uintptr_t{0}, uintptr_t{32}, uintptr_t{4000}, uintptr_t{6144}}) {
+      std::map<uintptr_t, int> fired;  // page → first steps seen
+      const uintptr_t base = 1 << 20;
+      for (uintptr_t at = base + start; at < base + start + 64 * kPageBytes; at += step)
+        if (first_step_of_page(reinterpret_cast<const void*>(at), step)) ++fired[at / kPageBytes];
+      // Every page the steps start in, except a partial first one, fires exactly once.
+      int pages = 0;
+      for (uintptr_t page = (base + start) / kPageBytes + 1;
+           page < (base + start + 63 * kPageBytes) / kPageBytes; ++page, ++pages)
+        EXPECT_EQ(fired[page], 1) << "step " << step << ", start " << start << ", page " << page;
+      EXPECT_GT(pages, 60);
+    }
+  }
 }
 
 }  // namespace

@@ -133,8 +133,7 @@ WHALE_BF16_TARGET __attribute__((always_inline)) inline void dot_rows(const uint
   int i = 0;
   for (; i + 4 * kBf16PerVector <= n; i += 4 * kBf16PerVector) {
     __m512bh wv[4];
-    // The weights ahead into L2 (kernels.h's kWeightPrefetchBytes).
-    _mm_prefetch(reinterpret_cast<const char*>(w + i) + kWeightPrefetchBytes, _MM_HINT_T1);
+    prefetch_weights_ahead(w + i, 4 * kBf16PerVector * sizeof(uint16_t));  // (kernels.h)
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k)
       wv[k] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + i + k * kBf16PerVector));

@@ -250,8 +250,7 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const
   const int groups = cols / kGroup, full = groups / kLaneBlockGroups;
   for (int b = 0; b < full; ++b) {
     const uint8_t* block = w + static_cast<size_t>(b) * kBlockBytes;
-    // The weights ahead into L2 (kernels.h's kWeightPrefetchBytes).
-    _mm_prefetch(reinterpret_cast<const char*>(block) + kWeightPrefetchBytes, _MM_HINT_T1);
+    prefetch_weights_ahead(block, kBlockBytes);  // (kernels.h)
     const size_t at = static_cast<size_t>(b) * LaneActivations::kBlockBytes;
     if constexpr (Q4)
       q4_block_sums<R, false>(block, scales + b * kBlockScales, kLaneBlockGroups, xr, at, sum);

@@ -160,11 +160,8 @@ WHALE_VNNI_TARGET void dot_rows(const uint8_t* w, const uint16_t* scales, int co
   const int groups = groups_of(cols), full = Format<Q4>::full_chunks(cols);
   int c = 0;
   for (size_t block = 0; c + kStep <= full; c += kStep, block += kBlockBytes) {
-    // The weights ahead into L2, one line per step (kernels.h's kWeightPrefetchBytes): q8 decode
-    // 29.3–29.9 → 30.3–30.8 tok/s on v2-lite-8l (alternated, 2 threads).
-    _mm_prefetch(
-        reinterpret_cast<const char*>(w) + Format<Q4>::byte_of_chunk(c) + kWeightPrefetchBytes,
-        _MM_HINT_T1);
+    prefetch_weights_ahead(w + Format<Q4>::byte_of_chunk(c),
+                           Format<Q4>::byte_of_chunk(kStep));  // (kernels.h)
     const __m512 step = full_step_scales<Q4>(scales, c);
     const __m512 weight_scales = group_weight_scales<Q4>(step);
     __m512 products[R];

@@ -48,8 +48,7 @@ HWY_INLINE void DotF32Rows(const float* a, const float* x, size_t ldx, size_t n,
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
-    // The weights ahead into L2 (kernels.h's kWeightPrefetchBytes).
-    __builtin_prefetch(a + i + kWeightPrefetchBytes / sizeof(float), 0, 2);
+    prefetch_weights_ahead(a + i, 4 * N * sizeof(float));  // (kernels.h)
     const auto w0 = hn::LoadU(d, a + i), w1 = hn::LoadU(d, a + i + N);
     const auto w2 = hn::LoadU(d, a + i + 2 * N), w3 = hn::LoadU(d, a + i + 3 * N);
     ForRows<R>(WHALE_ROW {
