@@ -90,6 +90,7 @@ HWY_INLINE void DotBf16Rows(const uint16_t* w, const float* x, size_t ldx, size_
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
+    prefetch_weights_ahead(w + i, 4 * N * sizeof(uint16_t));  // (kernels.h)
     const auto w0 = LoadBf16(d, du16, w + i), w1 = LoadBf16(d, du16, w + i + N);
     const auto w2 = LoadBf16(d, du16, w + i + 2 * N), w3 = LoadBf16(d, du16, w + i + 3 * N);
     ForRows<R>(WHALE_ROW {
@@ -129,6 +130,7 @@ HWY_INLINE void DotF16Rows(const uint16_t* w, const float* x, size_t ldx, size_t
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
+    prefetch_weights_ahead(w + i, 2 * N * sizeof(uint16_t));  // (kernels.h)
     const auto w0 = LoadF16(d, w + i), w1 = LoadF16(d, w + i + N);
     ForRows<R>(WHALE_ROW {
       const float* xt = x + t * ldx + i;
@@ -214,6 +216,7 @@ HWY_INLINE void DotE4M3Rows(const uint8_t* w, const float* scales, size_t block,
     ForRows<R>(WHALE_ROW { s0[t] = s1[t] = hn::Zero(d); });
     size_t i = 0;
     for (; i + 2 * N <= len; i += 2 * N) {
+      prefetch_weights_ahead(w + c + i, 2 * N);  // (kernels.h)
       const auto w0 = LoadE4M3(d, w + c + i), w1 = LoadE4M3(d, w + c + i + N);
       ForRows<R>(WHALE_ROW {
         const float* xt = x + t * ldx + c + i;
@@ -311,6 +314,7 @@ HWY_INLINE void DotQ8Rows(const int8_t* codes, const uint16_t* scales, const flo
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
+      prefetch_weights_ahead(w + g * kGroup, 2 * kGroup);  // (kernels.h)
       GroupDotQ8<R>(w + g * kGroup, xg + g * kGroup, ldx, acc);
       const V s_even = hn::Set(d, s[g]);
       ForRows<R>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], s_even, t0[t]); });
@@ -406,6 +410,7 @@ HWY_INLINE void DotQ4Rows(const uint8_t* packed, const uint16_t* scale_min, cons
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
+      prefetch_weights_ahead(b + g * (kGroup / 2), kGroup);  // (kernels.h)
       GroupDotQ4<R>(b + g * (kGroup / 2), xg + g * kGroup, ldx, acc, xsum);
       const V sc0 = hn::Set(d, s[2 * g]), mn0 = hn::Set(d, s[2 * g + 1]);
       ForRows<R>(WHALE_ROW {

@@ -56,14 +56,15 @@ void q4_to_f32(const uint8_t* packed, const uint16_t* scale_min, float* out, siz
 float q8_element(const int8_t* codes, const uint16_t* scales, size_t i);
 float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
 
-// Decode's row-dot kernels (here, bf16_gemm.cc, int8_gemm.cc, group_lanes.cc, packed_bf16.cc)
-// stream weight rows from memory. Once per 4 KiB page of those bytes they prefetch one line
-// kWeightPrefetchBytes ahead into L2 — the first line of the page after next: the hardware's
-// stream prefetcher stops at page boundaries, and a touch ahead of each page keeps the stream
-// going. On the 2-core Zen 4 VM (session 13, alternated in one process, 30 rounds each) v2-lite-8l
-// decode ran 1.24× (bf16 packed) and 1.28× (q8) faster than with session 12's prefetch of one line
-// 4 KiB ahead every step (a line every 192 or 512 bytes); one line a page 4 KiB or 12 KiB ahead
-// read alike, two lines a page 2–5% slower, eight 6% slower, no prefetch like the old one.
+// Decode's row-dot kernels (kernels.cc, bf16_gemm.cc, int8_gemm.cc, group_lanes.cc,
+// packed_bf16.cc) stream weight rows from memory. Once per 4 KiB page of those bytes they prefetch
+// one line kWeightPrefetchBytes ahead into L2 — the first line of the page after next: the
+// hardware's stream prefetcher stops at page boundaries, and a touch ahead of each page keeps the
+// stream going. On the 2-core Zen 4 VM (session 13, alternated in one process, 30 rounds each)
+// v2-lite-8l decode ran 1.24× (bf16 packed) and 1.28× (q8) faster than with session 12's prefetch
+// of one line 4 KiB ahead every step (a line every 192 or 512 bytes); one line a page 4 KiB or 12
+// KiB ahead read alike, two lines a page 2–5% slower, eight 6% slower; no prefetch at all read the
+// lm_head like the old one.
 constexpr size_t kPageBytes = 4096;
 constexpr size_t kWeightPrefetchBytes = 2 * kPageBytes;
 
