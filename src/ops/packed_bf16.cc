@@ -177,7 +177,7 @@ WHALE_PACKED_TARGET void dot_rows(const uint8_t* planes, const uint8_t* bases, i
     const int end = std::min(chunks, c0 + kChunksPerSegment);
     for (int c = c0; c < end; c += 2) {
       const uint8_t* p = planes + static_cast<size_t>(c) * kPackedChunkBytes;
-      prefetch_weights_ahead(p, 2 * kPackedChunkBytes);
+      prefetch_weights_ahead(p, 2 * kPackedChunkBytes);  // (kernels.h)
       const size_t i = static_cast<size_t>(c) * kPackedChunk;
       accumulate_chunk<R, 0>(p, table, xb + i, ldx, sum);
       if (c + 1 < end)
