@@ -2,14 +2,23 @@
 // whole step, then each part run on its own with the step's weights as Model::load leaves them
 // (packed bf16 / group-lane q8 on huge pages) — the head, every layer's attention (MLA at the
 // current position), the dense FFNs, the MoE layers (router, shared and the routed experts
-// chosen) — each as GB/s of the weights it reads and as a fraction of the probe. Rounds
-// alternate the order of the parts, so that a slow minute does not fall on one of them.
+// chosen) — each as GB/s of the weights it reads and as a fraction of the probe — and the step's
+// matrices (its last routing's experts) read by a plain load loop, each thread a contiguous half
+// of each: what the memory gives the step's access pattern without the kernels' arithmetic (in
+// session 13 that read at the probe while the step did not, which led to the page prefetch).
+// Rounds alternate the order of the parts, so that a slow minute does not fall on one of them.
 //
 //   g++ -O2 -std=c++20 -fopenmp -I src bench/inference/decode_parts.cc build/libwhale_core.a \
 //     -lhwy -lopenblas -lpcre2-8 -o /tmp/decode_parts
 //   OMP_NUM_THREADS=2 /tmp/decode_parts MODEL_DIR [ROUNDS=6]
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -30,6 +39,25 @@ using namespace whale;
 namespace {
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Reads n bytes with next to no arithmetic per byte: 16-byte loads into four accumulators.
+uint64_t read_bytes(const uint8_t* p, size_t n) {
+  size_t i = 0;
+  uint64_t sum = 0;
+#if defined(__SSE2__)
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm_xor_si128(a0, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+    a1 = _mm_xor_si128(a1, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 16)));
+    a2 = _mm_xor_si128(a2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 32)));
+    a3 = _mm_xor_si128(a3, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 48)));
+  }
+  sum = static_cast<uint64_t>(
+      _mm_cvtsi128_si64(_mm_xor_si128(_mm_xor_si128(a0, a1), _mm_xor_si128(a2, a3))));
+#endif
+  for (; i < n; ++i) sum += p[i];
+  return sum;
 }
 
 struct Part {
@@ -66,16 +94,53 @@ int main(int argc, char** argv) {
   model->forward(prompt.data(), 64, cache, nullptr);
 
   std::vector<Part> parts;
+  // The matrices the last decode step read (its routing's experts included).
+  std::vector<const Linear*> step_matrices;
   parts.push_back({"decode step", [&] {
                      double routed = 0;
                      ForwardOptions options;
+                     std::vector<const Linear*> read = {&w.lm_head};
+                     for (const Layer& layer : w.layers) {
+                       const MlaWeights& m = layer.mla;
+                       for (const Linear* x : {&m.q_proj, &m.q_a_proj, &m.q_b_proj,
+                                               &m.kv_a_proj_with_mqa, &m.kv_b_proj, &m.o_proj})
+                         if (!x->empty()) read.push_back(x);
+                       const FeedForward* ffns[] = {layer.is_moe ? &layer.moe.shared : &layer.mlp};
+                       if (layer.is_moe) read.push_back(&layer.moe.router.weight);
+                       for (const FeedForward* f : ffns)
+                         if (!layer.is_moe || layer.moe.has_shared)
+                           read.insert(read.end(), {&f->gate_proj, &f->up_proj, &f->down_proj});
+                     }
                      options.on_routing = [&](int layer, const Routing& r) {
-                       for (int e : r.experts) routed += ffn_bytes(w.layers[layer].moe.experts[e]);
+                       for (int e : r.experts) {
+                         const FeedForward& f = w.layers[layer].moe.experts[e];
+                         routed += ffn_bytes(f);
+                         read.insert(read.end(), {&f.gate_proj, &f.up_proj, &f.down_proj});
+                       }
                      };
                      const int token = 7;
                      model->forward(&token, 1, cache, logits.data(), nullptr, options);
                      if (cache.length > 1024) cache.truncate(64);
+                     step_matrices = read;
                      return decode_fixed_bytes(w) + routed;
+                   }});
+  parts.push_back({"the step's bytes, plain read", [&] {
+                     if (step_matrices.empty()) parts[0].run();
+                     double bytes = 0;
+                     for (const Linear* x : step_matrices) bytes += x->rows * x->row_bytes();
+                     uint64_t sink = 0;
+#pragma omp parallel reduction(^ : sink)
+                     {
+                       const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+                       for (const Linear* x : step_matrices) {
+                         const size_t n = x->rows * x->row_bytes();
+                         const size_t half = (n / threads + 63) / 64 * 64;
+                         const size_t begin = std::min(n, t * half);
+                         sink ^= read_bytes(x->data + begin, std::min(n, begin + half) - begin);
+                       }
+                     }
+                     if (sink == 1) std::printf(" ");  // keep the reads
+                     return bytes;
                    }});
   parts.push_back({"head", [&] {
                      linear_forward(w.lm_head, x.data(), 1, y.data());
