@@ -94,54 +94,47 @@ int main(int argc, char** argv) {
   model->forward(prompt.data(), 64, cache, nullptr);
 
   std::vector<Part> parts;
-  // The matrices the last decode step read (its routing's experts included).
-  std::vector<const Linear*> step_matrices;
+  // The matrices every step reads, and the routed experts' the last step chose.
+  const std::vector<const Linear*> fixed_matrices = decode_fixed_matrices(w);
+  std::vector<const Linear*> routed_matrices;
   parts.push_back({"decode step", [&] {
                      double routed = 0;
+                     routed_matrices.clear();
                      ForwardOptions options;
-                     std::vector<const Linear*> read = {&w.lm_head};
-                     for (const Layer& layer : w.layers) {
-                       const MlaWeights& m = layer.mla;
-                       for (const Linear* x : {&m.q_proj, &m.q_a_proj, &m.q_b_proj,
-                                               &m.kv_a_proj_with_mqa, &m.kv_b_proj, &m.o_proj})
-                         if (!x->empty()) read.push_back(x);
-                       const FeedForward* ffns[] = {layer.is_moe ? &layer.moe.shared : &layer.mlp};
-                       if (layer.is_moe) read.push_back(&layer.moe.router.weight);
-                       for (const FeedForward* f : ffns)
-                         if (!layer.is_moe || layer.moe.has_shared)
-                           read.insert(read.end(), {&f->gate_proj, &f->up_proj, &f->down_proj});
-                     }
                      options.on_routing = [&](int layer, const Routing& r) {
                        for (int e : r.experts) {
                          const FeedForward& f = w.layers[layer].moe.experts[e];
                          routed += ffn_bytes(f);
-                         read.insert(read.end(), {&f.gate_proj, &f.up_proj, &f.down_proj});
+                         routed_matrices.insert(routed_matrices.end(),
+                                                {&f.gate_proj, &f.up_proj, &f.down_proj});
                        }
                      };
                      const int token = 7;
                      model->forward(&token, 1, cache, logits.data(), nullptr, options);
                      if (cache.length > 1024) cache.truncate(64);
-                     step_matrices = read;
                      return decode_fixed_bytes(w) + routed;
                    }});
-  parts.push_back({"the step's bytes, plain read", [&] {
-                     if (step_matrices.empty()) parts[0].run();
-                     double bytes = 0;
-                     for (const Linear* x : step_matrices) bytes += x->rows * x->row_bytes();
-                     uint64_t sink = 0;
+  parts.push_back(
+      {"the step's bytes, plain read", [&] {
+         const std::vector<const Linear*>* lists[] = {&fixed_matrices, &routed_matrices};
+         double bytes = 0;
+         uint64_t sink = 0;
+         for (const auto* list : lists)
+           for (const Linear* x : *list) bytes += x->rows * x->row_bytes();
 #pragma omp parallel reduction(^ : sink)
-                     {
-                       const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-                       for (const Linear* x : step_matrices) {
-                         const size_t n = x->rows * x->row_bytes();
-                         const size_t half = (n / threads + 63) / 64 * 64;
-                         const size_t begin = std::min(n, t * half);
-                         sink ^= read_bytes(x->data + begin, std::min(n, begin + half) - begin);
-                       }
-                     }
-                     if (sink == 1) std::printf(" ");  // keep the reads
-                     return bytes;
-                   }});
+         {
+           const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+           for (const auto* list : lists)
+             for (const Linear* x : *list) {
+               const size_t n = x->rows * x->row_bytes();
+               const size_t half = (n / threads + 63) / 64 * 64;
+               const size_t begin = std::min(n, t * half);
+               sink ^= read_bytes(x->data + begin, std::min(n, begin + half) - begin);
+             }
+         }
+         if (sink == 1) std::printf(" ");  // keep the reads
+         return bytes;
+       }});
   parts.push_back({"head", [&] {
                      linear_forward(w.lm_head, x.data(), 1, y.data());
                      return double(w.lm_head.bytes());

@@ -385,26 +385,42 @@ size_t ffn_bytes(const FeedForward& f) {
   return f.gate_proj.bytes() + f.up_proj.bytes() + f.down_proj.bytes();
 }
 
-size_t attention_bytes(const Layer& l) {
+std::vector<const Linear*> attention_matrices(const Layer& l) {
   const MlaWeights& m = l.mla;
   const DenseAttentionWeights& a = l.attn;
-  size_t b = 0;
+  std::vector<const Linear*> out;
   for (const Linear* w : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj,
                           &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj,
                           &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
-    if (!w->empty()) b += w->bytes();
+    if (!w->empty()) out.push_back(w);
+  return out;
+}
+
+size_t attention_bytes(const Layer& l) {
+  size_t b = 0;
+  for (const Linear* w : attention_matrices(l)) b += w->bytes();
   return b;
 }
 
-size_t decode_fixed_bytes(const Weights& w) {
-  size_t fixed = w.embed_tokens.row_bytes() + w.lm_head.bytes();
+std::vector<const Linear*> decode_fixed_matrices(const Weights& w) {
+  std::vector<const Linear*> out = {&w.lm_head};
   for (const Layer& l : w.layers) {
-    fixed += attention_bytes(l);
-    if (l.is_moe)
-      fixed += l.moe.router.weight.bytes() + (l.moe.has_shared ? ffn_bytes(l.moe.shared) : 0);
-    else
-      fixed += ffn_bytes(l.mlp);
+    for (const Linear* m : attention_matrices(l)) out.push_back(m);
+    const FeedForward* ffn = nullptr;
+    if (l.is_moe) {
+      out.push_back(&l.moe.router.weight);
+      if (l.moe.has_shared) ffn = &l.moe.shared;
+    } else {
+      ffn = &l.mlp;
+    }
+    if (ffn) out.insert(out.end(), {&ffn->gate_proj, &ffn->up_proj, &ffn->down_proj});
   }
+  return out;
+}
+
+size_t decode_fixed_bytes(const Weights& w) {
+  size_t fixed = w.embed_tokens.row_bytes();
+  for (const Linear* m : decode_fixed_matrices(w)) fixed += m->bytes();
   return fixed;
 }
 

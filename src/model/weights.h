@@ -155,6 +155,11 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& config);
 // experts chosen come on top, ffn_bytes each.
 size_t ffn_bytes(const FeedForward& f);
 size_t attention_bytes(const Layer& l);
+// The matrices behind those figures: a layer's attention (MLA with V3.2's indexer, or dense
+// grouped-query attention), and every step's — the head, each layer's attention, its router and
+// shared expert or its dense FFN.
+std::vector<const Linear*> attention_matrices(const Layer& l);
+std::vector<const Linear*> decode_fixed_matrices(const Weights& w);
 size_t decode_fixed_bytes(const Weights& w);
 
 }  // namespace whale
