@@ -10,6 +10,7 @@
 #include <cmath>
 #include <random>
 
+#include "base/aligned.h"
 #include "model/transformer.h"
 #include "ops/bf16_gemm.h"
 #include "ops/linear.h"
@@ -196,6 +197,32 @@ TEST(PackedBf16, LinearOverPackedRowsMatchesThePlainOne) {
     testing::expect_same_products(
         packed, plain, bf16_gemm_available(), rng,
         [](const float*, int, float ref) { return 1e-4f * std::fabs(ref) + 1e-4f; });
+  }
+}
+
+// Packed rows take their activations on cache lines wherever the planes sit (the kernel loads a
+// chunk's activations as two whole lines; plain bf16 rows at a multiple of 32 bytes shift them),
+// and the products are the same bits.
+TEST(PackedBf16, ActivationsStartOnACacheLine) {
+  if (!bf16_gemm_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  std::mt19937 rng(10);
+  testing::FastActivations fast;
+  const PackedMatrix m(9, 576, rng, /*infinity=*/false);
+  const int T = 2;
+  const auto x = random_vector(static_cast<size_t>(T) * m.cols, rng);
+  std::vector<float> expected(static_cast<size_t>(T) * m.rows), got(expected.size());
+  linear_forward(m.packed, x.data(), T, expected.data());
+  AlignedVector<uint8_t> storage(m.planes.size() + 64);
+  for (int offset : {0, 32}) {
+    std::copy(m.planes.begin(), m.planes.end(), storage.begin() + offset);
+    Linear packed = m.packed;
+    packed.data = storage.data() + offset;
+    packed.packed.planes = packed.data;
+    const Linear::RowsInput in = packed.prepare_rows(x.data(), T);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(in.xb()) % 64, 0u) << "planes at " << offset;
+    linear_forward(packed, x.data(), T, got.data());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(bits(got[i]), bits(expected[i])) << "planes at " << offset << ", output " << i;
   }
 }
 
