@@ -423,6 +423,67 @@ TEST(Kernels, WeightedRowsSumMatchesReferenceAndIsRowIndependent) {
   });
 }
 
+// MLA's absorption and W_UV rows over bf16 kv_b rows in one call each: the reference's FMAs,
+// and — where no lanes are left over — the bits of the row-by-row route they replace (each row
+// converted and axpy-ed; each row dotted alone), on every target.
+TEST(Kernels, Bf16AbsorptionKernelsMatchTheRowByRowRoute) {
+  for_every_target([] {
+    std::mt19937 rng(12);
+    for (size_t D : {1, 15, 16, 17, 128, 130, 512}) {
+      const size_t n = 33, ldv = D + 5;
+      std::vector<uint16_t> v;
+      for (float f : random_vector(n * ldv, rng)) v.push_back(f32_to_bf16(f));
+      const auto p = random_vector(n, rng), start = random_vector(D, rng);
+      std::vector<float> got = start, ref = start, by_rows = start, row(D);
+      weighted_bf16_rows_sum(p.data(), v.data(), ldv, n, D, got.data());
+      weighted_bf16_rows_sum_reference(p.data(), v.data(), ldv, n, D, ref.data());
+      for (size_t s = 0; s < n; ++s) {
+        bf16_to_f32(v.data() + s * ldv, row.data(), D);
+        axpy(p[s], row.data(), by_rows.data(), D);
+      }
+      for (size_t i = 0; i < D; ++i) {
+        double scale = 1;
+        for (size_t s = 0; s < n; ++s) scale += std::fabs(p[s] * bf16_to_f32(v[s * ldv + i]));
+        ASSERT_NEAR(got[i], ref[i], 1e-6 * scale) << "D " << D << " at " << i;
+      }
+      if (D % 16 == 0)
+        ASSERT_EQ(std::memcmp(got.data(), by_rows.data(), D * sizeof(float)), 0) << "D " << D;
+      // The W_UV side: n rows against one vector, each the single-row kernel's bits.
+      const auto x = random_vector(D, rng);
+      std::vector<float> dots(n);
+      dot_bf16_each_row(v.data(), ldv, n, x.data(), D, dots.data());
+      for (size_t r = 0; r < n; ++r)
+        ASSERT_EQ(bits(dots[r]), bits(dot_bf16(v.data() + r * ldv, x.data(), D)))
+            << "D " << D << " row " << r;
+    }
+  });
+}
+
+// Linear's absorption calls (weighted_rows_sum, row_dots) on plain bf16 rows and on f32 rows (the
+// row-by-row fallback): the bits of row_to_f32 + axpy and of row_dot, from any first row.
+TEST(Kernels, LinearAbsorptionCallsMatchRowByRow) {
+  std::mt19937 rng(13);
+  const int rows = 20, cols = 64, r0 = 3, n = 11;
+  const Bf16Matrix m(rows, cols, rng);
+  std::vector<float> f32(m.w.size());
+  bf16_to_f32(m.w.data(), f32.data(), f32.size());
+  Linear plain = m.lin;
+  plain.dtype = DType::F32;
+  plain.data = reinterpret_cast<const uint8_t*>(f32.data());
+  const auto p = random_vector(n, rng), x = random_vector(cols, rng);
+  for (const Linear* lin : {&m.lin, static_cast<const Linear*>(&plain)}) {
+    std::vector<float> got(cols, 0.5f), want(cols, 0.5f), row(cols), dots(n);
+    lin->weighted_rows_sum(r0, n, p.data(), got.data());
+    for (int s = 0; s < n; ++s) {
+      lin->row_to_f32(r0 + s, row.data());
+      axpy(p[s], row.data(), want.data(), cols);
+    }
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), cols * sizeof(float)), 0);
+    lin->row_dots(r0, n, x.data(), dots.data());
+    for (int i = 0; i < n; ++i) ASSERT_EQ(bits(dots[i]), bits(lin->row_dot(r0 + i, x.data())));
+  }
+}
+
 // Attention's scores with the queries across the lanes (MLA's absorbed form): the reference's
 // FMAs, and a query's bits the same whatever the number of queries computed with it.
 TEST(Kernels, TransposedScoresMatchReferenceAndAreQueryIndependent) {

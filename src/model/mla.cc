@@ -178,10 +178,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
         const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
         std::fill(query.begin(), query.begin() + kvr, 0.0f);
-        for (int d = 0; d < nope; ++d) {
-          w.kv_b_proj.row_to_f32(hd * kv_b_rows_per_head + d, row.data());
-          axpy(qh[d], row.data(), query.data(), kvr);
-        }
+        w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query.data());
         std::copy_n(qh + nope, rope_dim, query.data() + kvr);
         float* qt = queries.data() + a * row_queries + hd;
         for (int k = 0; k < width; ++k) qt[static_cast<size_t>(k) * heads_padded] = query[k];
@@ -250,8 +247,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         }
         for (float& v : row) v /= total;
         float* out_h = attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
-        for (int d = 0; d < vdim; ++d)
-          out_h[d] = w.kv_b_proj.row_dot(hd * kv_b_rows_per_head + nope + d, row.data());
+        w.kv_b_proj.row_dots(hd * kv_b_rows_per_head + nope, vdim, row.data(), out_h);
       }
     }
   }

@@ -626,6 +626,45 @@ void WeightedRowsSum(const float* p, size_t ldp, size_t G, const float* v, size_
   for (; g < G; ++g) WeightedRows<1>(p + g * ldp, ldp, v, ldv, n, D, out + g * ldo, ldo);
 }
 
+// out[d] += Σ_s p[s] · v[s·ldv + d] with bf16 values: MLA's absorption W_UKᵀ q_nope, reading the
+// head's rows once, V vectors of columns at a time (independent FMA chains); every element one
+// FMA per s in s order from out's value, the tail lanes by std::fma — the arithmetic of
+// converting each row to floats and adding p[s] times it (axpy), so the same bits.
+template <size_t V>
+HWY_INLINE void WeightedBf16Columns(const float* p, const uint16_t* v, size_t ldv, size_t n,
+                                    float* out) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
+  const size_t N = hn::Lanes(d);
+  hn::Vec<decltype(d)> acc[V];
+  for (size_t j = 0; j < V; ++j) acc[j] = hn::LoadU(d, out + j * N);
+  for (size_t s = 0; s < n; ++s) {
+    const auto ps = hn::Set(d, p[s]);
+    for (size_t j = 0; j < V; ++j)
+      acc[j] = hn::MulAdd(ps, LoadBf16(d, du16, v + s * ldv + j * N), acc[j]);
+  }
+  for (size_t j = 0; j < V; ++j) hn::StoreU(acc[j], d, out + j * N);
+}
+void WeightedBf16RowsSum(const float* p, const uint16_t* v, size_t ldv, size_t n, size_t D,
+                         float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + 8 * N <= D; i += 8 * N) WeightedBf16Columns<8>(p, v + i, ldv, n, out + i);
+  for (; i + N <= D; i += N) WeightedBf16Columns<1>(p, v + i, ldv, n, out + i);
+  for (; i < D; ++i) {
+    float acc = out[i];
+    for (size_t s = 0; s < n; ++s) acc = std::fma(p[s], bf16_to_f32(v[s * ldv + i]), acc);
+    out[i] = acc;
+  }
+}
+
+// out[r] = DotBf16(w + r·ldw, x, n) for r < rows: the same bits, one dispatch for all the rows.
+void DotBf16EachRow(const uint16_t* w, size_t ldw, size_t rows, const float* x, size_t n,
+                    float* out) {
+  for (size_t r = 0; r < rows; ++r) DotBf16Rows<1>(w + r * ldw, x, 0, n, out + r);
+}
+
 // s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 4 entries at a
 // time (one query vector load, 4 broadcasts, 4 FMAs per k); every lane one FMA per k in k order.
 void TransposedScores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
@@ -725,6 +764,8 @@ HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(E4M3ToF32);
 HWY_EXPORT(Axpy);
 HWY_EXPORT(WeightedRowsSum);
+HWY_EXPORT(WeightedBf16RowsSum);
+HWY_EXPORT(DotBf16EachRow);
 HWY_EXPORT(TransposedScores);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(ExpShifted);
@@ -827,6 +868,19 @@ void bf16_to_f32(const uint16_t* in, float* out, size_t n) {
 }
 void axpy(float a, const float* x, float* y, size_t n) {
   HWY_DYNAMIC_DISPATCH(Axpy)(a, x, y, n);
+}
+void weighted_bf16_rows_sum(const float* p, const uint16_t* v, size_t ldv, size_t n, size_t D,
+                            float* out) {
+  HWY_DYNAMIC_DISPATCH(WeightedBf16RowsSum)(p, v, ldv, n, D, out);
+}
+void weighted_bf16_rows_sum_reference(const float* p, const uint16_t* v, size_t ldv, size_t n,
+                                      size_t D, float* out) {
+  for (size_t i = 0; i < D; ++i)
+    for (size_t s = 0; s < n; ++s) out[i] = std::fma(p[s], bf16_to_f32(v[s * ldv + i]), out[i]);
+}
+void dot_bf16_each_row(const uint16_t* w, size_t ldw, size_t rows, const float* x, size_t n,
+                       float* out) {
+  HWY_DYNAMIC_DISPATCH(DotBf16EachRow)(w, ldw, rows, x, n, out);
 }
 void silu_mul_kernel(float* gate, const float* up, size_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, n);

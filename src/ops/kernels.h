@@ -20,6 +20,16 @@ void bf16_to_f32(const uint16_t* in, float* out, size_t n);
 void e4m3_to_f32(const uint8_t* w, const float* block_scales, size_t block, float* out, size_t n);
 void f16_to_f32(const uint16_t* in, float* out, size_t n);
 void axpy(float a, const float* x, float* y, size_t n);  // y += a·x
+// out[d] += Σ_{s < n} p[s] · v[s·ldv + d] for d < D, v bf16: MLA's absorption (W_UKᵀ q_nope) in
+// one call — each element one FMA per s in s order, the same bits as converting each row and
+// axpy-ing it (the reference does exactly that order by std::fma).
+void weighted_bf16_rows_sum(const float* p, const uint16_t* v, size_t ldv, size_t n, size_t D,
+                            float* out);
+void weighted_bf16_rows_sum_reference(const float* p, const uint16_t* v, size_t ldv, size_t n,
+                                      size_t D, float* out);
+// out[r] = dot_bf16(w + r·ldw, x, n) for r < rows, the same bits in one call (MLA's W_UV rows).
+void dot_bf16_each_row(const uint16_t* w, size_t ldw, size_t rows, const float* x, size_t n,
+                       float* out);
 // out[g·ldo + d] += Σ_{s < n} p[g·ldp + s] · v[s·ldv + d] for g < G, d < D: G weighted sums of
 // the same n vectors (attention's probabilities times its values), each vector read once for up
 // to 8 of them. Every element is one FMA per s, in s order, whatever G: a row's result does not

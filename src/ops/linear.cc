@@ -117,6 +117,27 @@ float Linear::row_dot(int r, const float* x) const {
   }
 }
 
+void Linear::weighted_rows_sum(int r0, int n, const float* p, float* out) const {
+  if (dtype == DType::BF16 && !bf16_packed()) {
+    weighted_bf16_rows_sum(p, bf16_row(*this, r0), cols, n, cols, out);
+    return;
+  }
+  thread_local std::vector<float> row;
+  row.resize(cols);
+  for (int s = 0; s < n; ++s) {
+    row_to_f32(r0 + s, row.data());
+    axpy(p[s], row.data(), out, cols);
+  }
+}
+
+void Linear::row_dots(int r0, int n, const float* x, float* out) const {
+  if (dtype == DType::BF16 && !bf16_packed()) {
+    dot_bf16_each_row(bf16_row(*this, r0), cols, n, x, cols, out);
+    return;
+  }
+  for (int i = 0; i < n; ++i) out[i] = row_dot(r0 + i, x);
+}
+
 void Linear::rows_dot(int r, const float* x, int T, float* out) const {
   const size_t offset = static_cast<size_t>(r) * cols, n = cols, ldx = cols;
   switch (dtype) {

@@ -59,6 +59,12 @@ struct Linear {
   // Dot products of row r with T rows of x ([T, cols]): out[t], bit-identical to row_dot(r, x +
   // t·cols), with the row read and dequantized once for up to 7 rows of x (kernels.h's *_rows).
   void rows_dot(int r, const float* x, int T, float* out) const;
+  // out[k] += Σ_{s < n} p[s] · W[r0 + s, k]: n consecutive rows weighted and summed (MLA's
+  // absorption W_UKᵀ q_nope). Plain bf16 rows in one kernel call; other formats row by row
+  // (row_to_f32, axpy), the same FMAs.
+  void weighted_rows_sum(int r0, int n, const float* p, float* out) const;
+  // out[i] = row_dot(r0 + i, x) for i < n, the same bits (plain bf16 rows in one kernel call).
+  void row_dots(int r0, int n, const float* x, float* out) const;
 
   // Activations prepared once for the row dots of a few tokens: for bf16 weights on the
   // AVX512-BF16 path (use_bf16_gemm()) rounded to bf16, for q8 and q4 weights on the
