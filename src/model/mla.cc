@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "base/aligned.h"
 #include "model/attention.h"
 #include "ops/kernels.h"
 
@@ -154,11 +155,11 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   }
   const int A = static_cast<int>(absorbed_rows.size());
   if (A > 0) {
-    // The queries transposed, per row [width][heads_padded]: the heads across the lanes of
-    // transposed_scores (zeros past the last head).
-    const int heads_padded = (heads + 15) / 16 * 16;
-    const size_t row_queries = static_cast<size_t>(width) * heads_padded;
-    std::vector<float> queries(A * row_queries, 0.0f);
+    // Each row's and head's absorbed query [W_UKᵀ q_nope ; q_rope], on whole cache lines: the
+    // threads write neighbouring heads, and lines they shared would move between the cores at
+    // every store (the transposed layout the scores take, all heads of a k on one line, did).
+    const size_t query_stride = (static_cast<size_t>(width) + 15) / 16 * 16;
+    AlignedVector<float> absorbed(static_cast<size_t>(A) * heads * query_stride);
     // Per chunk and head: its latent sum Σ e^(score − m) c_KV, then m and Σ e^(score − m).
     const int partial = kvr + 2;
     std::vector<float> partials(static_cast<size_t>(chunks_total) * heads * partial);
@@ -170,18 +171,20 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         chunk_items.push_back({a, c});
 #pragma omp parallel
     {
-      std::vector<float> row(kvr), query(width);
+      std::vector<float> row(kvr);
+      // This thread's copy of one (row, group of heads)'s queries transposed, [width][16]: the
+      // heads across the lanes of transposed_scores, zeros past the group's last head.
+      AlignedVector<float> group_queries(static_cast<size_t>(width) * 16);
+      int group_row = -1, group_h0 = -1;
       std::vector<float> scores_t(static_cast<size_t>(max_chunk) * 16);  // [position][head]
       std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < A * heads; ++item) {
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
         const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
-        std::fill(query.begin(), query.begin() + kvr, 0.0f);
-        w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query.data());
-        std::copy_n(qh + nope, rope_dim, query.data() + kvr);
-        float* qt = queries.data() + a * row_queries + hd;
-        for (int k = 0; k < width; ++k) qt[static_cast<size_t>(k) * heads_padded] = query[k];
+        float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
+        w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
+        std::copy_n(qh + nope, rope_dim, query + kvr);
       }
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < static_cast<int>(chunk_items.size()) * groups; ++item) {
@@ -192,13 +195,23 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         const AttentionMask& mask = allowed[si];
         const int visible = map.position[r] + 1, chunk = chunk_of(visible), s0 = c * chunk;
         const int n = std::min(chunk, visible - s0);
+        if (a != group_row || h0 != group_h0) {
+          std::fill(group_queries.begin(), group_queries.end(), 0.0f);
+          for (int g = 0; g < G; ++g) {
+            const float* query =
+                absorbed.data() + (static_cast<size_t>(a) * heads + h0 + g) * query_stride;
+            for (int k = 0; k < width; ++k)
+              group_queries[static_cast<size_t>(k) * 16 + g] = query[k];
+          }
+          group_row = a;
+          group_h0 = h0;
+        }
         // Scores of the group's heads at every position of the chunk, over runs of entries
         // contiguous in the cache (pages), then per head (scaled, masked).
         for (int j = 0; j < n;) {
           const int run = cache.contiguous_entries(s0 + j, n - j);
-          transposed_scores(queries.data() + a * row_queries + h0, heads_padded, G,
-                            cache.entry(s0 + j, width), width, run, width,
-                            scores_t.data() + static_cast<size_t>(j) * 16, 16);
+          transposed_scores(group_queries.data(), 16, G, cache.entry(s0 + j, width), width, run,
+                            width, scores_t.data() + static_cast<size_t>(j) * 16, 16);
           j += run;
         }
         for (int g = 0; g < G; ++g)
