@@ -178,9 +178,11 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       int group_row = -1, group_h0 = -1;
       std::vector<float> scores_t(static_cast<size_t>(max_chunk) * 16);  // [position][head]
       std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
       for (int item = 0; item < A * heads; ++item) {
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
+        // The next head's W_UK rows (a static split: each thread takes its heads in order).
+        w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
         const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
         float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
         w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
@@ -240,9 +242,10 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           j += run;
         }
       }
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
       for (int item = 0; item < A * heads; ++item) {
         const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
+        w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);  // W_UV
         const int chunks = chunks_of(map.position[r] + 1);
         const float* first =
             partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;

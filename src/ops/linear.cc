@@ -130,6 +130,13 @@ void Linear::weighted_rows_sum(int r0, int n, const float* p, float* out) const 
   }
 }
 
+void Linear::prefetch_rows(int r0, int n) const {
+  constexpr size_t kMostBytes = 16 << 10;
+  const size_t bytes = std::min(kMostBytes, static_cast<size_t>(n) * row_bytes());
+  const uint8_t* first = data + static_cast<size_t>(r0) * row_bytes();
+  for (size_t b = 0; b < bytes; b += kCacheLine) __builtin_prefetch(first + b, 0, 2);
+}
+
 void Linear::row_dots(int r0, int n, const float* x, float* out) const {
   if (dtype == DType::BF16 && !bf16_packed()) {
     dot_bf16_each_row(bf16_row(*this, r0), cols, n, x, cols, out);

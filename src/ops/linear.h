@@ -65,6 +65,10 @@ struct Linear {
   void weighted_rows_sum(int r0, int n, const float* p, float* out) const;
   // out[i] = row_dot(r0 + i, x) for i < n, the same bits (plain bf16 rows in one kernel call).
   void row_dots(int r0, int n, const float* x, float* out) const;
+  // Asks for rows r0 … r0 + n into the cache ahead of their use (at most their first 16 KiB):
+  // blocks of a few KiB met cold are read at a fraction of the bandwidth (a stream the hardware
+  // prefetcher has not yet caught).
+  void prefetch_rows(int r0, int n) const;
 
   // Activations prepared once for the row dots of a few tokens: for bf16 weights on the
   // AVX512-BF16 path (use_bf16_gemm()) rounded to bf16, for q8 and q4 weights on the
