@@ -665,6 +665,50 @@ void DotBf16EachRow(const uint16_t* w, size_t ldw, size_t rows, const float* x, 
   for (size_t r = 0; r < rows; ++r) DotBf16Rows<1>(w + r * ldw, x, 0, n, out + r);
 }
 
+// The same for q8 rows (codes, one f16 scale per group of 32; rows ld_codes codes and ld_scales
+// scales apart), D a multiple of 32: each weight code · scale (exact in f32), then one FMA per s
+// — the arithmetic of q8_to_f32 and axpy, so the same bits. V groups of columns at a time.
+template <size_t V>
+HWY_INLINE void WeightedQ8Groups(const float* p, const int8_t* codes, size_t ld_codes,
+                                 const uint16_t* scales, size_t ld_scales, size_t n, float* out) {
+  const QTag d;
+  const hn::Rebind<int8_t, QTag> di8;
+  const hn::Rebind<int32_t, QTag> di32;
+  constexpr size_t kVectors = kGroup / hn::MaxLanes(d);  // per group (QTag's lanes are fixed)
+  const size_t N = hn::Lanes(d);
+  hn::Vec<QTag> acc[V * kVectors];
+  for (size_t j = 0; j < V * kVectors; ++j) acc[j] = hn::LoadU(d, out + j * N);
+  for (size_t s = 0; s < n; ++s) {
+    const auto ps = hn::Set(d, p[s]);
+    for (size_t g = 0; g < V; ++g) {
+      const auto scale = hn::Set(d, whale::f16_to_f32(scales[s * ld_scales + g]));
+      for (size_t j = 0; j < kVectors; ++j) {
+        const int8_t* c = codes + s * ld_codes + g * kGroup + j * N;
+        const auto w = hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, c))), scale);
+        acc[g * kVectors + j] = hn::MulAdd(ps, w, acc[g * kVectors + j]);
+      }
+    }
+  }
+  for (size_t j = 0; j < V * kVectors; ++j) hn::StoreU(acc[j], d, out + j * N);
+}
+void WeightedQ8RowsSum(const float* p, const int8_t* codes, size_t ld_codes, const uint16_t* scales,
+                       size_t ld_scales, size_t n, size_t D, float* out) {
+  size_t g = 0;
+  const size_t groups = D / kGroup;
+  for (; g + 4 <= groups; g += 4)
+    WeightedQ8Groups<4>(p, codes + g * kGroup, ld_codes, scales + g, ld_scales, n,
+                        out + g * kGroup);
+  for (; g < groups; ++g)
+    WeightedQ8Groups<1>(p, codes + g * kGroup, ld_codes, scales + g, ld_scales, n,
+                        out + g * kGroup);
+}
+// out[r] = DotQ8 of row r, one dispatch for all the rows.
+void DotQ8EachRow(const int8_t* codes, size_t ld_codes, const uint16_t* scales, size_t ld_scales,
+                  size_t rows, const float* x, size_t n, float* out) {
+  for (size_t r = 0; r < rows; ++r)
+    out[r] = DotQ8(codes + r * ld_codes, scales + r * ld_scales, x, n);
+}
+
 // s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 4 entries at a
 // time (one query vector load, 4 broadcasts, 4 FMAs per k); every lane one FMA per k in k order.
 void TransposedScores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
@@ -766,6 +810,8 @@ HWY_EXPORT(Axpy);
 HWY_EXPORT(WeightedRowsSum);
 HWY_EXPORT(WeightedBf16RowsSum);
 HWY_EXPORT(DotBf16EachRow);
+HWY_EXPORT(WeightedQ8RowsSum);
+HWY_EXPORT(DotQ8EachRow);
 HWY_EXPORT(TransposedScores);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(ExpShifted);
@@ -877,6 +923,15 @@ void weighted_bf16_rows_sum_reference(const float* p, const uint16_t* v, size_t 
                                       size_t D, float* out) {
   for (size_t i = 0; i < D; ++i)
     for (size_t s = 0; s < n; ++s) out[i] = std::fma(p[s], bf16_to_f32(v[s * ldv + i]), out[i]);
+}
+void weighted_q8_rows_sum(const float* p, const int8_t* codes, size_t ld_codes,
+                          const uint16_t* scales, size_t ld_scales, size_t n, size_t D,
+                          float* out) {
+  HWY_DYNAMIC_DISPATCH(WeightedQ8RowsSum)(p, codes, ld_codes, scales, ld_scales, n, D, out);
+}
+void dot_q8_each_row(const int8_t* codes, size_t ld_codes, const uint16_t* scales, size_t ld_scales,
+                     size_t rows, const float* x, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotQ8EachRow)(codes, ld_codes, scales, ld_scales, rows, x, n, out);
 }
 void dot_bf16_each_row(const uint16_t* w, size_t ldw, size_t rows, const float* x, size_t n,
                        float* out) {

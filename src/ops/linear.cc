@@ -122,6 +122,11 @@ void Linear::weighted_rows_sum(int r0, int n, const float* p, float* out) const 
     weighted_bf16_rows_sum(p, bf16_row(*this, r0), cols, n, cols, out);
     return;
   }
+  if (dtype == DType::I8 && !group_lanes && cols % kQuantGroup == 0) {
+    weighted_q8_rows_sum(p, reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r0) * cols,
+                         cols, qscale + static_cast<size_t>(r0) * groups(), groups(), n, cols, out);
+    return;
+  }
   thread_local std::vector<float> row;
   row.resize(cols);
   for (int s = 0; s < n; ++s) {
@@ -140,6 +145,11 @@ void Linear::prefetch_rows(int r0, int n) const {
 void Linear::row_dots(int r0, int n, const float* x, float* out) const {
   if (dtype == DType::BF16 && !bf16_packed()) {
     dot_bf16_each_row(bf16_row(*this, r0), cols, n, x, cols, out);
+    return;
+  }
+  if (dtype == DType::I8 && !group_lanes && cols % kQuantGroup == 0) {
+    dot_q8_each_row(reinterpret_cast<const int8_t*>(data) + static_cast<size_t>(r0) * cols, cols,
+                    qscale + static_cast<size_t>(r0) * groups(), groups(), n, x, cols, out);
     return;
   }
   for (int i = 0; i < n; ++i) out[i] = row_dot(r0 + i, x);
