@@ -27,8 +27,8 @@ void weighted_bf16_rows_sum(const float* p, const uint16_t* v, size_t ldv, size_
                             float* out);
 void weighted_bf16_rows_sum_reference(const float* p, const uint16_t* v, size_t ldv, size_t n,
                                       size_t D, float* out);
-// The same two for q8 rows (codes ld_codes apart, their f16 group scales ld_scales apart; D and n
-// multiples of kQuantGroup): the bits of q8_to_f32 + axpy and of dot_q8, in one call.
+// The same two for q8 rows (codes ld_codes apart, their f16 group scales ld_scales apart; D a
+// multiple of kQuantGroup): the bits of q8_to_f32 + axpy and of dot_q8, in one call.
 void weighted_q8_rows_sum(const float* p, const int8_t* codes, size_t ld_codes,
                           const uint16_t* scales, size_t ld_scales, size_t n, size_t D, float* out);
 void dot_q8_each_row(const int8_t* codes, size_t ld_codes, const uint16_t* scales, size_t ld_scales,

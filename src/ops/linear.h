@@ -60,10 +60,10 @@ struct Linear {
   // t·cols), with the row read and dequantized once for up to 7 rows of x (kernels.h's *_rows).
   void rows_dot(int r, const float* x, int T, float* out) const;
   // out[k] += Σ_{s < n} p[s] · W[r0 + s, k]: n consecutive rows weighted and summed (MLA's
-  // absorption W_UKᵀ q_nope). Plain bf16 rows in one kernel call; other formats row by row
-  // (row_to_f32, axpy), the same FMAs.
+  // absorption W_UKᵀ q_nope). Plain bf16 rows, and q8 rows in their stored order, in one kernel
+  // call; other formats row by row (row_to_f32, axpy): the same FMAs either way.
   void weighted_rows_sum(int r0, int n, const float* p, float* out) const;
-  // out[i] = row_dot(r0 + i, x) for i < n, the same bits (plain bf16 rows in one kernel call).
+  // out[i] = row_dot(r0 + i, x) for i < n, the same bits (bf16 and q8 rows as above: one call).
   void row_dots(int r0, int n, const float* x, float* out) const;
   // Asks for rows r0 … r0 + n into the cache ahead of their use (at most their first 16 KiB):
   // blocks of a few KiB met cold are read at a fraction of the bandwidth (a stream the hardware
