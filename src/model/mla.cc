@@ -180,9 +180,11 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
 #pragma omp for schedule(static)
       for (int item = 0; item < A * heads; ++item) {
-        const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
-        // The next head's W_UK rows (a static split: each thread takes its heads in order).
-        w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
+        // Head by head, each head for every row in turn: a static split gives each thread its
+        // heads' kv_b rows, in order, read once from memory however many rows there are.
+        const int hd = item / A, a = item % A, r = absorbed_rows[a];
+        // The next head's W_UK rows.
+        if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
         const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
         float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
         w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
@@ -244,8 +246,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       }
 #pragma omp for schedule(static)
       for (int item = 0; item < A * heads; ++item) {
-        const int a = item / heads, hd = item % heads, r = absorbed_rows[a];
-        w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);  // W_UV
+        const int hd = item / A, a = item % A, r = absorbed_rows[a];  // as the absorption
+        if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);
         const int chunks = chunks_of(map.position[r] + 1);
         const float* first =
             partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
