@@ -45,5 +45,25 @@ TEST(DType, Bf16AndF16RoundToNearestEven) {
   EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
 }
 
+// Every half-precision code against the format's definition (sign, 5-bit exponent biased by 15,
+// 10-bit mantissa; subnormals below exponent 1, infinities and NaNs at 31).
+TEST(DType, EveryF16CodeConvertsByTheDefinition) {
+  for (uint32_t code = 0; code < 0x10000; ++code) {
+    const int sign = code >> 15, exponent = (code >> 10) & 0x1f, mantissa = code & 0x3ff;
+    const float got = f16_to_f32(static_cast<uint16_t>(code));
+    if (exponent == 31 && mantissa) {
+      ASSERT_TRUE(std::isnan(got)) << code;
+      continue;
+    }
+    const double magnitude = exponent == 31 ? INFINITY
+                             : exponent == 0
+                                 ? std::ldexp(static_cast<double>(mantissa), -24)
+                                 : std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
+    const float want = static_cast<float>(sign ? -magnitude : magnitude);
+    ASSERT_EQ(got, want) << code;
+    ASSERT_EQ(std::signbit(got), sign == 1) << code;  // −0 too
+  }
+}
+
 }  // namespace
 }  // namespace whale

@@ -464,36 +464,38 @@ TEST(Kernels, Bf16AbsorptionKernelsMatchTheRowByRowRoute) {
 // from any first row.
 TEST(Kernels, LinearAbsorptionCallsMatchRowByRow) {
   std::mt19937 rng(13);
-  const int rows = 20, cols = 160, r0 = 3, n = 11;  // q8: a block of 4 groups and 1 more
-  const Bf16Matrix m(rows, cols, rng);
-  std::vector<float> f32(m.w.size());
-  bf16_to_f32(m.w.data(), f32.data(), f32.size());
-  Linear plain = m.lin;
-  plain.dtype = DType::F32;
-  plain.data = reinterpret_cast<const uint8_t*>(f32.data());
-  const size_t groups = cols / kQuantGroup;
-  std::vector<int8_t> codes(f32.size());
-  std::vector<uint16_t> scales(rows * groups);
-  for (int r = 0; r < rows; ++r)
-    quantize_row_q8(f32.data() + static_cast<size_t>(r) * cols, cols, codes.data() + r * cols,
-                    scales.data() + r * groups);
-  Linear q8 = plain;
-  q8.dtype = DType::I8;
-  q8.data = reinterpret_cast<const uint8_t*>(codes.data());
-  q8.qscale = scales.data();
-  const auto p = random_vector(n, rng), x = random_vector(cols, rng);
-  for (const Linear* lin :
-       {&m.lin, static_cast<const Linear*>(&plain), static_cast<const Linear*>(&q8)}) {
-    std::vector<float> got(cols, 0.5f), want(cols, 0.5f), row(cols), dots(n);
-    lin->weighted_rows_sum(r0, n, p.data(), got.data());
-    for (int s = 0; s < n; ++s) {
-      lin->row_to_f32(r0 + s, row.data());
-      axpy(p[s], row.data(), want.data(), cols);
+  for (int cols : {128, 160}) {  // bf16: one block of 8 vectors, or row by row; q8: 4 or 5 groups
+    const int rows = 20, r0 = 3, n = 11;
+    const Bf16Matrix m(rows, cols, rng);
+    std::vector<float> f32(m.w.size());
+    bf16_to_f32(m.w.data(), f32.data(), f32.size());
+    Linear plain = m.lin;
+    plain.dtype = DType::F32;
+    plain.data = reinterpret_cast<const uint8_t*>(f32.data());
+    const size_t groups = cols / kQuantGroup;
+    std::vector<int8_t> codes(f32.size());
+    std::vector<uint16_t> scales(rows * groups);
+    for (int r = 0; r < rows; ++r)
+      quantize_row_q8(f32.data() + static_cast<size_t>(r) * cols, cols, codes.data() + r * cols,
+                      scales.data() + r * groups);
+    Linear q8 = plain;
+    q8.dtype = DType::I8;
+    q8.data = reinterpret_cast<const uint8_t*>(codes.data());
+    q8.qscale = scales.data();
+    const auto p = random_vector(n, rng), x = random_vector(cols, rng);
+    for (const Linear* lin :
+         {&m.lin, static_cast<const Linear*>(&plain), static_cast<const Linear*>(&q8)}) {
+      std::vector<float> got(cols, 0.5f), want(cols, 0.5f), row(cols), dots(n);
+      lin->weighted_rows_sum(r0, n, p.data(), got.data());
+      for (int s = 0; s < n; ++s) {
+        lin->row_to_f32(r0 + s, row.data());
+        axpy(p[s], row.data(), want.data(), cols);
+      }
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), cols * sizeof(float)), 0) << int(lin->dtype);
+      lin->row_dots(r0, n, x.data(), dots.data());
+      for (int i = 0; i < n; ++i)
+        ASSERT_EQ(bits(dots[i]), bits(lin->row_dot(r0 + i, x.data()))) << int(lin->dtype);
     }
-    ASSERT_EQ(std::memcmp(got.data(), want.data(), cols * sizeof(float)), 0) << int(lin->dtype);
-    lin->row_dots(r0, n, x.data(), dots.data());
-    for (int i = 0; i < n; ++i)
-      ASSERT_EQ(bits(dots[i]), bits(lin->row_dot(r0 + i, x.data()))) << int(lin->dtype);
   }
 }
 

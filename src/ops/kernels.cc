@@ -648,10 +648,26 @@ HWY_INLINE void WeightedBf16Columns(const float* p, const uint16_t* v, size_t ld
 void WeightedBf16RowsSum(const float* p, const uint16_t* v, size_t ldv, size_t n, size_t D,
                          float* out) {
   const hn::ScalableTag<float> d;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + 8 * N <= D; i += 8 * N) WeightedBf16Columns<8>(p, v + i, ldv, n, out + i);
-  for (; i + N <= D; i += N) WeightedBf16Columns<1>(p, v + i, ldv, n, out + i);
+  if (D <= 8 * N) {
+    for (; i + 8 * N <= D; i += 8 * N) WeightedBf16Columns<8>(p, v + i, ldv, n, out + i);
+    for (; i + N <= D; i += N) WeightedBf16Columns<1>(p, v + i, ldv, n, out + i);
+  } else {
+    // Wider rows (V2/V3's kv_lora_rank of 512): row by row through out, so that the rows stream
+    // in order — column blocks would take a few lines of every row per pass, a stride the
+    // hardware prefetcher follows poorly from memory. The same FMAs in the same order.
+    const size_t whole = D / N * N;
+    for (size_t s = 0; s < n; ++s) {
+      const auto ps = hn::Set(d, p[s]);
+      const uint16_t* row = v + s * ldv;
+      prefetch_weights_ahead(row, ldv * sizeof(uint16_t));  // (kernels.h)
+      for (size_t j = 0; j < whole; j += N)
+        hn::StoreU(hn::MulAdd(ps, LoadBf16(d, du16, row + j), hn::LoadU(d, out + j)), d, out + j);
+    }
+    i = whole;
+  }
   for (; i < D; ++i) {
     float acc = out[i];
     for (size_t s = 0; s < n; ++s) acc = std::fma(p[s], bf16_to_f32(v[s * ldv + i]), acc);
@@ -695,6 +711,30 @@ void WeightedQ8RowsSum(const float* p, const int8_t* codes, size_t ld_codes, con
                        size_t ld_scales, size_t n, size_t D, float* out) {
   size_t g = 0;
   const size_t groups = D / kGroup;
+  if (groups > 4) {  // wider rows: row by row through out, as WeightedBf16RowsSum
+    const QTag d;
+    const hn::Rebind<int8_t, QTag> di8;
+    const hn::Rebind<int32_t, QTag> di32;
+    const size_t N = hn::Lanes(d);
+    HWY_ALIGN float row_scales[2 * kScaleChunk];
+    for (size_t s = 0; s < n; ++s) {
+      const auto ps = hn::Set(d, p[s]);
+      prefetch_weights_ahead(codes + s * ld_codes, ld_codes);
+      for (g = 0; g < groups; ++g) {
+        if (g % (2 * kScaleChunk) == 0)
+          ScalesToF32(scales + s * ld_scales + g, row_scales,
+                      std::min(groups - g, 2 * kScaleChunk));
+        const auto scale = hn::Set(d, row_scales[g % (2 * kScaleChunk)]);
+        for (size_t j = g * kGroup; j < (g + 1) * kGroup; j += N) {
+          const auto w = hn::Mul(
+              hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, codes + s * ld_codes + j))),
+              scale);
+          hn::StoreU(hn::MulAdd(ps, w, hn::LoadU(d, out + j)), d, out + j);
+        }
+      }
+    }
+    return;
+  }
   for (; g + 4 <= groups; g += 4)
     WeightedQ8Groups<4>(p, codes + g * kGroup, ld_codes, scales + g, ld_scales, n,
                         out + g * kGroup);
