@@ -600,12 +600,17 @@ HWY_INLINE void WeightedRows(const float* p, size_t ldp, const float* v, size_t 
   const size_t N = hn::Lanes(d);
   size_t i = 0;
   for (; i + N <= D; i += N) {
+    // (Unrolled, so that the sums stay in registers: rolled, GCC kept them on the stack and the
+    // kernel ran at a quarter of its FMA rate.)
     hn::Vec<decltype(d)> acc[R];
+#pragma GCC unroll 8
     for (size_t g = 0; g < R; ++g) acc[g] = hn::LoadU(d, out + g * ldo + i);
     for (size_t s = 0; s < n; ++s) {
       const auto vs = hn::LoadU(d, v + s * ldv + i);
+#pragma GCC unroll 8
       for (size_t g = 0; g < R; ++g) acc[g] = hn::MulAdd(hn::Set(d, p[g * ldp + s]), vs, acc[g]);
     }
+#pragma GCC unroll 8
     for (size_t g = 0; g < R; ++g) hn::StoreU(acc[g], d, out + g * ldo + i);
   }
   for (; i < D; ++i)
@@ -636,13 +641,16 @@ HWY_INLINE void WeightedBf16Columns(const float* p, const uint16_t* v, size_t ld
   const hn::ScalableTag<float> d;
   const hn::Rebind<uint16_t, decltype(d)> du16;
   const size_t N = hn::Lanes(d);
-  hn::Vec<decltype(d)> acc[V];
+  hn::Vec<decltype(d)> acc[V];  // (unrolled: in registers, as WeightedRows)
+#pragma GCC unroll 8
   for (size_t j = 0; j < V; ++j) acc[j] = hn::LoadU(d, out + j * N);
   for (size_t s = 0; s < n; ++s) {
     const auto ps = hn::Set(d, p[s]);
+#pragma GCC unroll 8
     for (size_t j = 0; j < V; ++j)
       acc[j] = hn::MulAdd(ps, LoadBf16(d, du16, v + s * ldv + j * N), acc[j]);
   }
+#pragma GCC unroll 8
   for (size_t j = 0; j < V; ++j) hn::StoreU(acc[j], d, out + j * N);
 }
 void WeightedBf16RowsSum(const float* p, const uint16_t* v, size_t ldv, size_t n, size_t D,
@@ -692,12 +700,15 @@ HWY_INLINE void WeightedQ8Groups(const float* p, const int8_t* codes, size_t ld_
   const hn::Rebind<int32_t, QTag> di32;
   constexpr size_t kVectors = kGroup / hn::MaxLanes(d);  // per group (QTag's lanes are fixed)
   const size_t N = hn::Lanes(d);
-  hn::Vec<QTag> acc[V * kVectors];
+  hn::Vec<QTag> acc[V * kVectors];  // (unrolled: in registers, as WeightedRows)
+#pragma GCC unroll 16
   for (size_t j = 0; j < V * kVectors; ++j) acc[j] = hn::LoadU(d, out + j * N);
   for (size_t s = 0; s < n; ++s) {
     const auto ps = hn::Set(d, p[s]);
+#pragma GCC unroll 4
     for (size_t g = 0; g < V; ++g) {
       const auto scale = hn::Set(d, whale::f16_to_f32(scales[s * ld_scales + g]));
+#pragma GCC unroll 4
       for (size_t j = 0; j < kVectors; ++j) {
         const int8_t* c = codes + s * ld_codes + g * kGroup + j * N;
         const auto w = hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, c))), scale);
@@ -705,6 +716,7 @@ HWY_INLINE void WeightedQ8Groups(const float* p, const int8_t* codes, size_t ld_
       }
     }
   }
+#pragma GCC unroll 16
   for (size_t j = 0; j < V * kVectors; ++j) hn::StoreU(acc[j], d, out + j * N);
 }
 void WeightedQ8RowsSum(const float* p, const int8_t* codes, size_t ld_codes, const uint16_t* scales,
