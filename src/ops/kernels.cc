@@ -683,10 +683,47 @@ void WeightedBf16RowsSum(const float* p, const uint16_t* v, size_t ldv, size_t n
   }
 }
 
+// K weight rows against one activation row, each row's arithmetic exactly DotBf16Rows<1>'s (its
+// four partial sums, reduction and tail), the rows interleaved so that their FMA chains overlap.
+template <size_t K>
+HWY_INLINE void DotBf16WeightRows(const uint16_t* w, size_t ldw, const float* x, size_t n,
+                                  float* out) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<uint16_t, decltype(d)> du16;
+  const size_t N = hn::Lanes(d);
+  hn::Vec<decltype(d)> s0[K], s1[K], s2[K], s3[K];
+  ForRows<K>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
+  size_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    const auto x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + N);
+    const auto x2 = hn::LoadU(d, x + i + 2 * N), x3 = hn::LoadU(d, x + i + 3 * N);
+    ForRows<K>(WHALE_ROW {
+      const uint16_t* wt = w + t * ldw + i;
+      prefetch_weights_ahead(wt, 4 * N * sizeof(uint16_t));  // (kernels.h)
+      s0[t] = hn::MulAdd(LoadBf16(d, du16, wt), x0, s0[t]);
+      s1[t] = hn::MulAdd(LoadBf16(d, du16, wt + N), x1, s1[t]);
+      s2[t] = hn::MulAdd(LoadBf16(d, du16, wt + 2 * N), x2, s2[t]);
+      s3[t] = hn::MulAdd(LoadBf16(d, du16, wt + 3 * N), x3, s3[t]);
+    });
+  }
+  for (; i + N <= n; i += N) {
+    const auto x0 = hn::LoadU(d, x + i);
+    ForRows<K>(WHALE_ROW { s0[t] = hn::MulAdd(LoadBf16(d, du16, w + t * ldw + i), x0, s0[t]); });
+  }
+  float sum[K];
+  ForRows<K>(WHALE_ROW {
+    sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0[t], s1[t]), hn::Add(s2[t], s3[t]))));
+  });
+  for (; i < n; ++i) ForRows<K>(WHALE_ROW { sum[t] += bf16_to_f32(w[t * ldw + i]) * x[i]; });
+  ForRows<K>(WHALE_ROW { out[t] = sum[t]; });
+}
+
 // out[r] = DotBf16(w + r·ldw, x, n) for r < rows: the same bits, one dispatch for all the rows.
 void DotBf16EachRow(const uint16_t* w, size_t ldw, size_t rows, const float* x, size_t n,
                     float* out) {
-  for (size_t r = 0; r < rows; ++r) DotBf16Rows<1>(w + r * ldw, x, 0, n, out + r);
+  size_t r = 0;
+  for (; r + 4 <= rows; r += 4) DotBf16WeightRows<4>(w + r * ldw, ldw, x, n, out + r);
+  for (; r < rows; ++r) DotBf16WeightRows<1>(w + r * ldw, ldw, x, n, out + r);
 }
 
 // The same for q8 rows (codes, one f16 scale per group of 32; rows ld_codes codes and ld_scales
@@ -754,11 +791,75 @@ void WeightedQ8RowsSum(const float* p, const int8_t* codes, size_t ld_codes, con
     WeightedQ8Groups<1>(p, codes + g * kGroup, ld_codes, scales + g, ld_scales, n,
                         out + g * kGroup);
 }
-// out[r] = DotQ8 of row r, one dispatch for all the rows.
+// K q8 weight rows against one activation row, each row's arithmetic exactly DotQ8Rows<1>'s
+// (group sums, even / odd totals, reduction, tail), the rows interleaved as DotBf16WeightRows.
+template <size_t K>
+HWY_INLINE void GroupDotQ8Weights(const int8_t* w, size_t ldw, const float* x,
+                                  hn::Vec<QTag> (&acc)[K]) {
+  const QTag d;
+  const hn::Rebind<int8_t, QTag> di8;
+  const hn::Rebind<int32_t, QTag> di32;
+  const size_t N = hn::Lanes(d);
+  ForRows<K>(WHALE_ROW { acc[t] = hn::Zero(d); });
+  for (size_t j = 0; j < kGroup; j += N) {
+    const auto xj = hn::LoadU(d, x + j);
+    ForRows<K>(WHALE_ROW {
+      const auto wf = hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, w + t * ldw + j)));
+      acc[t] = hn::MulAdd(wf, xj, acc[t]);
+    });
+  }
+}
+template <size_t K>
+HWY_INLINE void DotQ8WeightRows(const int8_t* codes, size_t ld_codes, const uint16_t* scales,
+                                size_t ld_scales, const float* x, size_t n, float* out) {
+  const QTag d;
+  using V = hn::Vec<QTag>;
+  const size_t full = n / kGroup;
+  HWY_ALIGN float s[K][kScaleChunk];
+  V t0[K], t1[K], acc[K];
+  ForRows<K>(WHALE_ROW { t0[t] = t1[t] = hn::Zero(d); });
+  for (size_t g0 = 0; g0 < full; g0 += kScaleChunk) {
+    const size_t count = full - g0 < kScaleChunk ? full - g0 : kScaleChunk;
+    ForRows<K>(WHALE_ROW { ScalesToF32(scales + t * ld_scales + g0, s[t], count); });
+    const int8_t* w = codes + g0 * kGroup;
+    const float* xg = x + g0 * kGroup;
+    size_t g = 0;
+    for (; g + 2 <= count; g += 2) {
+      ForRows<K>(WHALE_ROW { prefetch_weights_ahead(w + t * ld_codes + g * kGroup, 2 * kGroup); });
+      GroupDotQ8Weights<K>(w + g * kGroup, ld_codes, xg + g * kGroup, acc);
+      ForRows<K>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], hn::Set(d, s[t][g]), t0[t]); });
+      GroupDotQ8Weights<K>(w + (g + 1) * kGroup, ld_codes, xg + (g + 1) * kGroup, acc);
+      ForRows<K>(WHALE_ROW { t1[t] = hn::MulAdd(acc[t], hn::Set(d, s[t][g + 1]), t1[t]); });
+    }
+    if (g < count) {
+      GroupDotQ8Weights<K>(w + g * kGroup, ld_codes, xg + g * kGroup, acc);
+      ForRows<K>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], hn::Set(d, s[t][g]), t0[t]); });
+    }
+  }
+  float sum[K];
+  ForRows<K>(WHALE_ROW { sum[t] = hn::GetLane(hn::SumOfLanes(d, hn::Add(t0[t], t1[t]))); });
+  if (full * kGroup < n) {
+    ForRows<K>(WHALE_ROW {
+      const float scale = whale::f16_to_f32(scales[t * ld_scales + full]);
+      float tail = 0;
+      for (size_t i = full * kGroup; i < n; ++i)
+        tail += static_cast<float>(codes[t * ld_codes + i]) * x[i];
+      sum[t] += tail * scale;
+    });
+  }
+  ForRows<K>(WHALE_ROW { out[t] = sum[t]; });
+}
+
+// out[r] = DotQ8 of row r: the same bits, one dispatch for all the rows.
 void DotQ8EachRow(const int8_t* codes, size_t ld_codes, const uint16_t* scales, size_t ld_scales,
                   size_t rows, const float* x, size_t n, float* out) {
-  for (size_t r = 0; r < rows; ++r)
-    out[r] = DotQ8(codes + r * ld_codes, scales + r * ld_scales, x, n);
+  size_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    DotQ8WeightRows<4>(codes + r * ld_codes, ld_codes, scales + r * ld_scales, ld_scales, x, n,
+                       out + r);
+  for (; r < rows; ++r)
+    DotQ8WeightRows<1>(codes + r * ld_codes, ld_codes, scales + r * ld_scales, ld_scales, x, n,
+                       out + r);
 }
 
 // s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 4 entries at a
