@@ -446,8 +446,9 @@ TEST(Kernels, Bf16AbsorptionKernelsMatchTheRowByRowRoute) {
         for (size_t s = 0; s < n; ++s) scale += std::fabs(p[s] * bf16_to_f32(v[s * ldv + i]));
         ASSERT_NEAR(got[i], ref[i], 1e-6 * scale) << "D " << D << " at " << i;
       }
-      if (D % 16 == 0)
+      if (D % 16 == 0) {
         ASSERT_EQ(std::memcmp(got.data(), by_rows.data(), D * sizeof(float)), 0) << "D " << D;
+      }
       // The W_UV side: n rows against one vector, each the single-row kernel's bits.
       const auto x = random_vector(D, rng);
       std::vector<float> dots(n);

@@ -16,7 +16,7 @@
 // faster (in-process A/B), so speculative decoding there went from 1.11–1.20× to 1.27–1.76×.
 // With the row ranges (q8_lanes_dot_row_range), v2-lite-8l q8 decode on a 16-core Xeon, where a
 // core's arithmetic limited it: 1.36 → 1.71× llama.cpp at 2 threads (92% of the bandwidth probe),
-// 1.23 → 1.52× at 4; on the 2-core Zen 4 1.07–1.17× faster in fast minutes, level in slow ones.
+// 1.23 → 1.52× at 4; on the 2-core Zen 5 VM 1.07–1.17× faster in fast minutes, level in slow ones.
 //
 // q4 rows (int8_gemm.h: per group 16 bytes, byte b holding values b and 16 + b in its low and
 // high nibbles, and an f16 (scale, min) pair) are reordered the same way, by 4-byte slices of the

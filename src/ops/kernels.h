@@ -76,7 +76,7 @@ float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
 // packed_bf16.cc) stream weight rows from memory. Once per 4 KiB page of those bytes they prefetch
 // one line kWeightPrefetchBytes ahead into L2 — the first line of the page after next: the
 // hardware's stream prefetcher stops at page boundaries, and a touch ahead of each page keeps the
-// stream going. On the 2-core Zen 4 VM (session 13, alternated in one process, 30 rounds each)
+// stream going. On the 2-core Zen 5 VM (session 13, alternated in one process, 30 rounds each)
 // v2-lite-8l decode ran 1.24× (bf16 packed) and 1.28× (q8) faster than with session 12's prefetch
 // of one line 4 KiB ahead every step (a line every 192 or 512 bytes). One line 12 KiB ahead read
 // alike, 4 KiB ahead 7% slower, two lines a page 2–5% slower (bench/inference/README.md, session
