@@ -86,6 +86,23 @@ TEST_P(Golden, MtpLogitsMatchReference) {
                        stepped.data() + static_cast<size_t>(t) * V);
   EXPECT_LT(relative_max_error(all, expected.data), kTolerance) << name;
   EXPECT_LT(relative_max_error(stepped, expected.data), kTolerance) << name;
+  // Only the last row's outputs: the rows before it only enter the cache (their latents), in the
+  // same call or in an earlier one that fills the cache alone; the last row attends to them.
+  const std::vector<float> expected_last(expected.data.end() - V, expected.data.end());
+  ForwardOptions last_row;
+  last_row.last_logits_only = true;
+  std::vector<float> last(V), head_input(H);
+  KVCache last_cache = model->new_mtp_cache();
+  model->mtp_forward(tokens.data() + 1, hidden.data(), T - 1, last_cache, last.data(), last_row,
+                     head_input.data());
+  EXPECT_EQ(last_cache.length, T - 1);
+  EXPECT_LT(relative_max_error(last, expected_last), kTolerance) << name << ": last row only";
+  KVCache filled = model->new_mtp_cache();
+  model->mtp_forward(tokens.data() + 1, hidden.data(), T - 2, filled, nullptr);
+  ASSERT_EQ(filled.length, T - 2);
+  model->mtp_forward(&tokens[T - 1], hidden.data() + static_cast<size_t>(T - 2) * H, 1, filled,
+                     last.data());
+  EXPECT_LT(relative_max_error(last, expected_last), kTolerance) << name << ": after filling";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllModelTypes, Golden,

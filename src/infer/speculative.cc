@@ -72,15 +72,14 @@ std::vector<int> generate_speculative(const Model& model, const std::vector<int>
 
   // The MTP cache follows the main one: its row i combines the main hidden state h_i with the
   // embedding of token i+1 and predicts token i+2. Over the prompt that is prompt[1..] then x.
-  // Each call keeps its last row's logits (the next first draft) and head input (to chain on).
-  std::vector<float> draft_logits((kMaxDraftTokens + 1) * static_cast<size_t>(V));
-  std::vector<float> head_input((kMaxDraftTokens + 1) * static_cast<size_t>(H));
+  // Each call keeps its last row's logits (the next first draft) and head input (to chain on);
+  // the rows before it only extend the MTP cache.
+  std::vector<float> draft_logits(V), head_input(H);
+  ForwardOptions last_row;
+  last_row.last_logits_only = true;
   const auto mtp_rows = [&](const int* tokens, const float* main_hidden, int rows) {
-    model.mtp_forward(tokens, main_hidden, rows, mtp_cache, draft_logits.data(), {},
+    model.mtp_forward(tokens, main_hidden, rows, mtp_cache, draft_logits.data(), last_row,
                       head_input.data());
-    if (rows == 1) return;
-    std::copy_n(draft_logits.data() + static_cast<size_t>(rows - 1) * V, V, draft_logits.data());
-    std::copy_n(head_input.data() + static_cast<size_t>(rows - 1) * H, H, head_input.data());
   };
   if (!done) {
     std::vector<int> next(prompt.begin() + 1, prompt.end());

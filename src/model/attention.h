@@ -52,6 +52,12 @@ struct Segment {
 void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
                  const std::vector<Segment>& segments, const ForwardOptions& options, float* out);
 
+// Only appends the rows' cache entries (their latents and rotated rope keys), for rows whose
+// attention output nobody reads: the MTP rows of a speculative step before the last, which the
+// next draft attends to but whose own predictions are not needed. Not for V3.2 layers.
+void mla_fill_cache(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
+                    const Segment& segment);
+
 // V3.2 lightning indexer: scores every causal position for each query and keeps the top
 // index_topk. Appends the T tokens' indexer keys to `cache`. c_q is the normed query latent.
 AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope& rope,

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "base/aligned.h"
+#include "base/error.h"
 #include "model/attention.h"
 #include "ops/kernels.h"
 
@@ -14,7 +15,23 @@ namespace whale {
 
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Keys and values: [c_KV ; k_rope] = W_DKV h for each row; c_KV is normed, k_rope rotated at
+// the row's position. What the cache keeps.
+std::vector<float> latent_entries(const ModelConfig& c, const MlaWeights& w, const Rope& rope,
+                                  const float* h, int N, const int* positions) {
+  const int kvr = c.kv_lora_rank, width = kvr + c.qk_rope_head_dim;
+  std::vector<float> kv_a(static_cast<size_t>(N) * width);
+  linear_forward(w.kv_a_proj_with_mqa, h, N, kv_a.data());
+  for (int r = 0; r < N; ++r) {
+    float* row = kv_a.data() + static_cast<size_t>(r) * width;
+    rms_norm(row, w.kv_a_layernorm.data(), kvr, c.rms_norm_eps, row);
+    rope.apply_interleaved(row + kvr, positions[r]);
+  }
+  return kv_a;
 }
+
+}  // namespace
 
 RowMap::RowMap(const std::vector<Segment>& segments) {
   for (size_t i = 0; i < segments.size(); ++i)
@@ -23,6 +40,16 @@ RowMap::RowMap(const std::vector<Segment>& segments) {
       position.push_back(segments[i].pos0 + t);
     }
   rows = static_cast<int>(segment.size());
+}
+
+void mla_fill_cache(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
+                    const Segment& segment) {
+  check(!c.has_indexer(), "mla_fill_cache: a V3.2 layer also keeps its indexer's keys");
+  std::vector<int> positions(segment.rows);
+  for (int t = 0; t < segment.rows; ++t) positions[t] = segment.pos0 + t;
+  const std::vector<float> kv_a = latent_entries(c, w, rope, h, segment.rows, positions.data());
+  segment.cache->store(kv_a.data(), segment.rows, segment.pos0,
+                       c.kv_lora_rank + c.qk_rope_head_dim);
 }
 
 void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, const float* h,
@@ -52,14 +79,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       rope.apply_interleaved(q.data() + (static_cast<size_t>(r) * heads + hd) * qk + nope,
                              map.position[r]);
 
-  // Keys and values: [c_KV ; k_rope] = W_DKV h; c_KV is normed, k_rope rotated; both cached.
-  std::vector<float> kv_a(static_cast<size_t>(N) * width);
-  linear_forward(w.kv_a_proj_with_mqa, h, N, kv_a.data());
-  for (int r = 0; r < N; ++r) {
-    float* row = kv_a.data() + static_cast<size_t>(r) * width;
-    rms_norm(row, w.kv_a_layernorm.data(), kvr, c.rms_norm_eps, row);
-    rope.apply_interleaved(row + kvr, map.position[r]);
-  }
+  const std::vector<float> kv_a = latent_entries(c, w, rope, h, N, map.position.data());
   // Per segment: append to its cache, choose the visible positions (V3.2), and for the naive
   // form expand its latents to per-head keys and values.
   const AttentionPath path = options.attention;

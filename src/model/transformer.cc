@@ -130,14 +130,35 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
     rms_norm(normed_hidden + static_cast<size_t>(t) * H, m.hnorm.data(), H, c.rms_norm_eps, e + H);
   }
   linear_forward(m.eh_proj, concat.data(), T, x.data());
-  block_forward(m.block, c.num_hidden_layers, x.data(),
-                {{&mtp_cache.layers[0], mtp_cache.length, T}}, options);
+  // Rows whose outputs nobody reads only enter the cache (what later rows attend to): all of
+  // them when only filling it (the prompt's rows), all but the last with last_logits_only (a
+  // speculative step's verified rows, of which only the last drafts). Their attention and FFN
+  // would not change the other rows' results. (A V3.2 layer keeps its indexer's keys as well:
+  // it runs whole.)
+  const int wanted = !logits && !head_input ? 0 : options.last_logits_only ? 1 : T;
+  const int cache_only = c.has_indexer() ? 0 : T - wanted;
+  LayerCache* layer_cache = &mtp_cache.layers[0];
+  if (cache_only > 0) {
+    std::vector<float> normed(static_cast<size_t>(cache_only) * H);
+    for (int t = 0; t < cache_only; ++t)
+      rms_norm(x.data() + static_cast<size_t>(t) * H, m.block.input_layernorm.data(), H,
+               c.rms_norm_eps, normed.data() + static_cast<size_t>(t) * H);
+    mla_fill_cache(c, m.block.mla, rope_, normed.data(),
+                   {layer_cache, mtp_cache.length, cache_only});
+  }
+  const int rows = T - cache_only;
+  float* first = x.data() + static_cast<size_t>(cache_only) * H;
+  if (rows > 0)
+    block_forward(m.block, c.num_hidden_layers, first,
+                  {{layer_cache, mtp_cache.length + cache_only, rows}}, options);
   mtp_cache.length += T;
-  if (!logits && !head_input) return;  // only filling the cache (the prompt's rows)
-  for (int t = 0; t < T; ++t)
-    rms_norm(x.data() + t * H, m.shared_head_norm.data(), H, c.rms_norm_eps, x.data() + t * H);
-  if (head_input) std::copy(x.begin(), x.end(), head_input);
-  if (logits) linear_forward(m.shared_head_head, x.data(), T, logits);
+  if (wanted == 0) return;
+  float* out = x.data() + static_cast<size_t>(T - wanted) * H;
+  for (int t = 0; t < wanted; ++t)
+    rms_norm(out + static_cast<size_t>(t) * H, m.shared_head_norm.data(), H, c.rms_norm_eps,
+             out + static_cast<size_t>(t) * H);
+  if (head_input) std::copy_n(out, static_cast<size_t>(wanted) * H, head_input);
+  if (logits) linear_forward(m.shared_head_head, out, wanted, logits);
 }
 
 Model::ParamCounts Model::parameter_counts() const {

@@ -47,6 +47,8 @@ class Model {
   // logits: [T, vocab], or null to only extend the MTP cache. head_input, when given, receives
   // [T, hidden]: the normed states the head reads (shared_head.norm's output) — speculative
   // decoding chains drafts by feeding them back in place of the main model's normed states.
+  // With options.last_logits_only both hold the last row's only ([1, ·]); the rows before it
+  // then only enter the cache, as all rows do when neither is given.
   void mtp_forward(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
                    float* logits, const ForwardOptions& options = {},
                    float* head_input = nullptr) const;
