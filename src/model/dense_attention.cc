@@ -32,10 +32,11 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
   add_bias(k.data(), w.k_bias, N, kv_dim);
   add_bias(v.data(), w.v_bias, N, kv_dim);
   for (int r = 0; r < N; ++r) {
+    const Rope::Rotation rotation = rope.rotation(map.position[r]);
     for (int i = 0; i < heads; ++i)
-      rope.apply_halves(q.data() + static_cast<size_t>(r) * q_dim + i * hd, map.position[r]);
+      rope.apply_halves(q.data() + static_cast<size_t>(r) * q_dim + i * hd, rotation);
     for (int i = 0; i < kv_heads; ++i)
-      rope.apply_halves(k.data() + static_cast<size_t>(r) * kv_dim + i * hd, map.position[r]);
+      rope.apply_halves(k.data() + static_cast<size_t>(r) * kv_dim + i * hd, rotation);
     // Cache entry per token: [k ; v].
     std::vector<float> entry(width);
     std::copy_n(k.data() + static_cast<size_t>(r) * kv_dim, kv_dim, entry.data());

@@ -74,10 +74,12 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   } else {
     linear_forward(w.q_proj, h, N, q.data());
   }
-  for (int r = 0; r < N; ++r)
+  for (int r = 0; r < N; ++r) {
+    const Rope::Rotation rotation = rope.rotation(map.position[r]);
     for (int hd = 0; hd < heads; ++hd)
       rope.apply_interleaved(q.data() + (static_cast<size_t>(r) * heads + hd) * qk + nope,
-                             map.position[r]);
+                             rotation);
+  }
 
   const std::vector<float> kv_a = latent_entries(c, w, rope, h, N, map.position.data());
   // Per segment: append to its cache, choose the visible positions (V3.2), and for the naive

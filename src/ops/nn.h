@@ -22,10 +22,18 @@ class Rope {
  public:
   Rope() = default;
   Rope(const ModelConfig& config, int rotary_dim);
+  // One position's rotation: cos and sin of each pair's angle (times YaRN's scale). A row's heads
+  // all take the same one: computed once a row, not once a head (two libm calls a pair).
+  struct Rotation {
+    std::vector<float> cos, sin;
+  };
+  Rotation rotation(int position) const;
   // Rotates pairs (x[2i], x[2i+1]) — MLA's convention in the published DeepSeek weights.
-  void apply_interleaved(float* x, int position) const;
+  void apply_interleaved(float* x, const Rotation& r) const;
+  void apply_interleaved(float* x, int position) const { apply_interleaved(x, rotation(position)); }
   // Rotates pairs (x[i], x[i + d/2]) — Llama/Qwen's rotate_half and the V3.2 indexer.
-  void apply_halves(float* x, int position) const;
+  void apply_halves(float* x, const Rotation& r) const;
+  void apply_halves(float* x, int position) const { apply_halves(x, rotation(position)); }
   int dim() const { return dim_; }
 
  private:

@@ -22,10 +22,11 @@ void dense_attention_train_forward(const ModelConfig& c, const DenseAttentionWei
   add_bias_rows(a.k.data(), w.k_bias, n, kvh * hd);
   add_bias_rows(a.v.data(), w.v_bias, n, kvh * hd);
   for (int i = 0; i < n; ++i) {
+    const Rope::Rotation rotation = rope.rotation(i % T);
     for (int h = 0; h < heads; ++h)
-      rope.apply_halves(a.q.data() + (static_cast<size_t>(i) * heads + h) * hd, i % T);
+      rope.apply_halves(a.q.data() + (static_cast<size_t>(i) * heads + h) * hd, rotation);
     for (int h = 0; h < kvh; ++h)
-      rope.apply_halves(a.k.data() + (static_cast<size_t>(i) * kvh + h) * hd, i % T);
+      rope.apply_halves(a.k.data() + (static_cast<size_t>(i) * kvh + h) * hd, rotation);
   }
   a.probs.resize(static_cast<size_t>(B) * heads * T * T);
   a.attn.assign(static_cast<size_t>(n) * heads * hd, 0.0f);
@@ -81,10 +82,11 @@ void dense_attention_train_backward(const ModelConfig& c, const DenseAttentionWe
         }
   }
   for (int i = 0; i < n; ++i) {
+    const Rope::Rotation inverse = rope.rotation(-(i % T));
     for (int h = 0; h < heads; ++h)
-      rope.apply_halves(dq.data() + (static_cast<size_t>(i) * heads + h) * hd, -(i % T));
+      rope.apply_halves(dq.data() + (static_cast<size_t>(i) * heads + h) * hd, inverse);
     for (int h = 0; h < kvh; ++h)
-      rope.apply_halves(dk.data() + (static_cast<size_t>(i) * kvh + h) * hd, -(i % T));
+      rope.apply_halves(dk.data() + (static_cast<size_t>(i) * kvh + h) * hd, inverse);
   }
   bias_train_backward(w.q_bias, store, dq.data(), n, heads * hd);
   bias_train_backward(w.k_bias, store, dk.data(), n, kvh * hd);

@@ -39,10 +39,11 @@ void mla_train_forward(const ModelConfig& c, const MlaWeights& w, const Rope& ro
     const float* row = kv_a.data() + static_cast<size_t>(i) * (kvr + rd);
     std::copy(row, row + kvr, m.latent_raw.data() + static_cast<size_t>(i) * kvr);
     std::copy(row + kvr, row + kvr + rd, m.k_rope.data() + static_cast<size_t>(i) * rd);
-    const int pos = i % T;
-    rope.apply_interleaved(m.k_rope.data() + static_cast<size_t>(i) * rd, pos);
+    const Rope::Rotation rotation = rope.rotation(i % T);
+    rope.apply_interleaved(m.k_rope.data() + static_cast<size_t>(i) * rd, rotation);
     for (int h = 0; h < heads; ++h)
-      rope.apply_interleaved(m.q.data() + (static_cast<size_t>(i) * heads + h) * qk + nope, pos);
+      rope.apply_interleaved(m.q.data() + (static_cast<size_t>(i) * heads + h) * qk + nope,
+                             rotation);
   }
   rmsnorm_train_forward(m.latent_raw.data(), w.kv_a_layernorm, n, kvr, c.rms_norm_eps,
                         m.latent.data(), m.latent_rstd.data());
@@ -124,10 +125,10 @@ void mla_train_backward(const ModelConfig& c, const MlaWeights& w, const Rope& r
     for (int h = 0; h < heads; ++h)
       for (int d = 0; d < rd; ++d)
         row[kvr + d] += dk_rope_heads[(static_cast<size_t>(h) * n + i) * rd + d];
-    rope.apply_interleaved(row + kvr, -(i % T));
+    const Rope::Rotation inverse = rope.rotation(-(i % T));
+    rope.apply_interleaved(row + kvr, inverse);
     for (int h = 0; h < heads; ++h)
-      rope.apply_interleaved(dq.data() + (static_cast<size_t>(i) * heads + h) * qk + nope,
-                             -(i % T));
+      rope.apply_interleaved(dq.data() + (static_cast<size_t>(i) * heads + h) * qk + nope, inverse);
   }
   linear_train_backward(w.kv_a_proj_with_mqa, store, x, dkv_a.data(), n, dx);
 

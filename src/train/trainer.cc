@@ -258,8 +258,8 @@ TrainSummary train(const TrainerConfig& t) {
     if (t.time_budget_seconds > 0 && step >= start_step + 3) {
       const double elapsed = std::chrono::duration<double>(step_start - started).count();
       const double per_step = elapsed / static_cast<double>(step - start_step);
-      total_steps = std::clamp<long>(step + static_cast<long>((t.time_budget_seconds - elapsed) / per_step),
-                                     step, t.steps);
+      total_steps = std::clamp<long>(
+          step + static_cast<long>((t.time_budget_seconds - elapsed) / per_step), step, t.steps);
       progress.set_total(static_cast<size_t>(total_steps));
       if (total_steps <= step) break;
     }
@@ -341,7 +341,8 @@ TrainSummary train(const TrainerConfig& t) {
     }
   }
   progress.finish();
-  if (total_steps < t.steps && t.time_budget_seconds > 0) summary.final_val_loss = validation_loss();
+  if (total_steps < t.steps && t.time_budget_seconds > 0)
+    summary.final_val_loss = validation_loss();
   write_logs();
   store.save(t.out_dir + "/model", DType::F32);
   copy_tokenizer(t.out_dir + "/model");
