@@ -185,51 +185,6 @@ TEST(PackedBf16, RowDotsMatchReferenceAndAreBatchIndependent) {
   }
 }
 
-// Rows stored in pairs, chunk by chunk (as Model::load packs a matrix of an even number of rows):
-// every row unpacks to the same values, and every row range — starting on a pair's second row,
-// ending on a first, a single row — gives the same bits as the rows stored one after another,
-// for 1 to 5 activation rows (two weight rows at a time for one or two, one at a time above).
-TEST(PackedBf16, PairedRowsGiveTheSameBits) {
-  std::mt19937 rng(11);
-  for (int cols : kCols) {
-    const PackedMatrix m(14, cols, rng);
-    std::vector<uint8_t> paired_planes = m.planes;
-    pair_packed_rows(paired_planes.data(), m.rows, cols);
-    if (cols > kPackedChunk)  // (a row of one chunk is stored alike either way)
-      ASSERT_NE(paired_planes, m.planes) << "cols " << cols << ": the layout should change";
-    PackedBf16 paired = m.packed.packed;
-    paired.planes = paired_planes.data();
-    paired.paired = true;
-    std::vector<uint16_t> row(cols), paired_row(cols);
-    for (int r = 0; r < m.rows; ++r) {
-      unpack_bf16_row_reference(paired, cols, r, paired_row.data());
-      ASSERT_TRUE(std::equal(paired_row.begin(), paired_row.end(),
-                             m.values.begin() + static_cast<size_t>(r) * cols))
-          << "cols " << cols << " row " << r << " (reference)";
-      unpack_bf16_row(paired, cols, r, paired_row.data());
-      ASSERT_TRUE(std::equal(paired_row.begin(), paired_row.end(),
-                             m.values.begin() + static_cast<size_t>(r) * cols))
-          << "cols " << cols << " row " << r;
-    }
-    if (!bf16_gemm_available()) continue;
-    const int ldx = bf16_row_stride(cols);
-    for (int T : {1, 2, 3, 4, 5}) {
-      const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
-      std::vector<uint16_t> xb(static_cast<size_t>(T) * ldx);
-      round_to_bf16(x.data(), T, cols, ldx, xb.data());
-      for (auto [r0, r1] : {std::pair{0, 14}, {1, 13}, {1, 14}, {3, 4}, {4, 5}, {2, 9}}) {
-        const int n = r1 - r0;
-        std::vector<float> y(static_cast<size_t>(T) * n), paired_y(y.size());
-        packed_bf16_dot_row_range(m.packed.packed, cols, r0, r1, xb.data(), ldx, T, y.data(), n);
-        packed_bf16_dot_row_range(paired, cols, r0, r1, xb.data(), ldx, T, paired_y.data(), n);
-        for (size_t i = 0; i < y.size(); ++i)
-          ASSERT_EQ(bits(y[i]), bits(paired_y[i]))
-              << "cols " << cols << " T " << T << " rows " << r0 << "-" << r1 << " at " << i;
-      }
-    }
-  }
-}
-
 TEST(PackedBf16, LinearOverPackedRowsMatchesThePlainOne) {
   std::mt19937 rng(8);
   for (int cols : {576, 1408}) {

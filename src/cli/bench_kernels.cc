@@ -111,10 +111,8 @@ struct Matrices {
       for (int r = 0; r < rows; ++r)
         pack_bf16_row(reinterpret_cast<const uint16_t*>(w.data) + static_cast<size_t>(r) * kCols,
                       kCols, p + r * row_bytes, b + static_cast<size_t>(r) * segments, &exceptions);
-      const bool paired = rows % 2 == 0;  // as Model::load packs them
-      if (paired) pair_packed_rows(p, rows, kCols);
       w.data = p;
-      w.packed = {p, b, offsets.data(), nullptr, paired};
+      w.packed = {p, b, offsets.data(), nullptr};
     }
     check(exceptions.empty(), "bench --kernels: packed bf16 test rows with exceptions");
   }

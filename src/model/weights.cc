@@ -323,10 +323,8 @@ struct Bf16Packer {
     for (int r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
     done_with(w.data, static_cast<size_t>(rows) * cols * 2);
     storage->exceptions.push_back(std::move(exceptions));
-    const bool paired = rows % 2 == 0;  // (packed_bf16.h)
-    if (paired) pair_packed_rows(planes, rows, cols);
     w.data = planes;
-    w.packed = {planes, bases, offsets, storage->exceptions.back().data(), paired};
+    w.packed = {planes, bases, offsets, storage->exceptions.back().data()};
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
 };

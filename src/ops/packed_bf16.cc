@@ -87,10 +87,10 @@ size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, u
 }
 
 void unpack_bf16_row_reference(const PackedBf16& m, int cols, int r, uint16_t* out) {
-  const uint8_t* planes = m.row_planes(r, cols);
+  const uint8_t* planes = m.planes + static_cast<size_t>(r) * packed_bf16_row_bytes(cols);
   const uint8_t* bases = m.bases + static_cast<size_t>(r) * packed_bf16_segments(cols);
   for (int c0 = 0; c0 < cols; c0 += kPackedChunk) {
-    const uint8_t* low = planes + c0 / kPackedChunk * m.chunk_stride();
+    const uint8_t* low = planes + c0 / kPackedChunk * kPackedChunkBytes;
     const uint8_t* nibbles = low + kPackedChunk;
     const int base = bases[c0 / kPackedSegment];
     for (int b = 0; b < kPackedChunk; ++b) {
@@ -142,96 +142,67 @@ WHALE_PACKED_TARGET __attribute__((always_inline)) inline void unpack_chunk(cons
   w[1] = reinterpret_cast<__m512bh>(_mm512_unpackhi_epi8(low, high));
 }
 
-// One chunk of each of W weight rows against R activation rows (x: the chunk's first column of
-// row 0, rows ldx apart), into partial sums K and K + 1: even chunks use 0 and 1, odd ones 2 and 3.
-template <int W, int R, int K>
+// One chunk against R activation rows (x: the chunk's first column of row 0, rows ldx apart),
+// into partial sums K and K + 1: even chunks use 0 and 1, odd ones 2 and 3.
+template <int R, int K>
 WHALE_PACKED_TARGET __attribute__((always_inline)) inline void accumulate_chunk(
-    const uint8_t* const (&p)[W], const __m512i (&table)[W], const uint16_t* x, int ldx,
-    __m512 (&sum)[W][R][4]) {
-  __m512bh w[W][2];
-#pragma GCC unroll 2
-  for (int v = 0; v < W; ++v) unpack_chunk(p[v], table[v], w[v]);
+    const uint8_t* p, __m512i table, const uint16_t* x, int ldx, __m512 (&sum)[R][4]) {
+  __m512bh w[2];
+  unpack_chunk(p, table, w);
 #pragma GCC unroll 4
   for (int t = 0; t < R; ++t) {
     const uint16_t* xt = x + static_cast<size_t>(t) * ldx;
-    const __m512bh x0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt));
-    const __m512bh x1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt + 32));
-#pragma GCC unroll 2
-    for (int v = 0; v < W; ++v) {
-      sum[v][t][K] = _mm512_dpbf16_ps(sum[v][t][K], w[v][0], x0);
-      sum[v][t][K + 1] = _mm512_dpbf16_ps(sum[v][t][K + 1], w[v][1], x1);
-    }
+    sum[t][K] =
+        _mm512_dpbf16_ps(sum[t][K], w[0], reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt)));
+    sum[t][K + 1] = _mm512_dpbf16_ps(sum[t][K + 1], w[1],
+                                     reinterpret_cast<__m512bh>(_mm512_loadu_si512(xt + 32)));
   }
 }
 
-// A packed weight row: its planes, segment bases and exceptions.
-struct PackedRow {
-  const uint8_t* planes;  // its first chunk; the next one stride bytes on
-  size_t stride;
-  const uint8_t* bases;
-  const PackedException *ex, *ex_end;
-};
-
-// out[v][t] = row v · xb[t] for W weight rows and R activation rows: per row four partial sums
-// (chunk parity × half), one reduction, then the exceptions — the same for every W and R. Two
-// weight rows (W = 2) interleave their instructions: each row's arithmetic is unchanged, but a
-// row of 16 chunks (1024 values) is a chain of dependent sums, and a second, independent one gives
-// the core work while the first waits (from L2, one core: two activation rows 1.33× faster,
-// one row 1.12×).
-template <int W, int R>
-WHALE_PACKED_TARGET void dot_rows(const PackedRow (&rows)[W], int cols, const uint16_t* xb, int ldx,
-                                  float (&out)[W][R]) {
-  __m512 sum[W][R][4];
-#pragma GCC unroll 2
-  for (int v = 0; v < W; ++v)
+// out[t] = row · xb[t] for R activation rows: four partial sums (chunk parity × half), one
+// reduction, then the exceptions — the same for every R.
+template <int R>
+WHALE_PACKED_TARGET void dot_rows(const uint8_t* planes, const uint8_t* bases, int cols,
+                                  const PackedException* ex, const PackedException* ex_end,
+                                  const uint16_t* xb, int ldx, float* out) {
+  __m512 sum[R][4];
 #pragma GCC unroll 4
-    for (int t = 0; t < R; ++t)
+  for (int t = 0; t < R; ++t)
 #pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) sum[v][t][k] = _mm512_setzero_ps();
+    for (int k = 0; k < 4; ++k) sum[t][k] = _mm512_setzero_ps();
   const int chunks = cols / kPackedChunk;
   constexpr int kChunksPerSegment = kPackedSegment / kPackedChunk;  // even: chunks pair up
   for (int c0 = 0; c0 < chunks; c0 += kChunksPerSegment) {
-    __m512i table[W];
-    const uint8_t* p[W];
-#pragma GCC unroll 2
-    for (int v = 0; v < W; ++v) table[v] = segment_table(rows[v].bases[c0 / kChunksPerSegment]);
+    const __m512i table = segment_table(bases[c0 / kChunksPerSegment]);
     const int end = std::min(chunks, c0 + kChunksPerSegment);
     for (int c = c0; c < end; c += 2) {
-#pragma GCC unroll 2
-      for (int v = 0; v < W; ++v) p[v] = rows[v].planes + c * rows[v].stride;
-      // (kernels.h; a pair's rows are one stream: its first row's steps cover it)
-      prefetch_weights_ahead(p[0], 2 * rows[0].stride);
+      const uint8_t* p = planes + static_cast<size_t>(c) * kPackedChunkBytes;
+      prefetch_weights_ahead(p, 2 * kPackedChunkBytes);  // (kernels.h)
       const size_t i = static_cast<size_t>(c) * kPackedChunk;
-      accumulate_chunk<W, R, 0>(p, table, xb + i, ldx, sum);
-      if (c + 1 < end) {
-#pragma GCC unroll 2
-        for (int v = 0; v < W; ++v) p[v] += rows[v].stride;
-        accumulate_chunk<W, R, 2>(p, table, xb + i + kPackedChunk, ldx, sum);
-      }
+      accumulate_chunk<R, 0>(p, table, xb + i, ldx, sum);
+      if (c + 1 < end)
+        accumulate_chunk<R, 2>(p + kPackedChunkBytes, table, xb + i + kPackedChunk, ldx, sum);
     }
   }
-#pragma GCC unroll 2
-  for (int v = 0; v < W; ++v)
 #pragma GCC unroll 4
-    for (int t = 0; t < R; ++t) {
-      const __m512* s4 = sum[v][t];
-      float s = _mm512_reduce_add_ps(
-          _mm512_add_ps(_mm512_add_ps(s4[0], s4[1]), _mm512_add_ps(s4[2], s4[3])));
-      const uint16_t* x = xb + static_cast<size_t>(t) * ldx;
-      for (const PackedException* e = rows[v].ex; e != rows[v].ex_end; ++e)
-        s += bf16_to_f32(e->value) * bf16_to_f32(x[e->col]);
-      out[v][t] = s;
-    }
+  for (int t = 0; t < R; ++t) {
+    float s = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(sum[t][0], sum[t][1]), _mm512_add_ps(sum[t][2], sum[t][3])));
+    const uint16_t* x = xb + static_cast<size_t>(t) * ldx;
+    for (const PackedException* e = ex; e != ex_end; ++e)
+      s += bf16_to_f32(e->value) * bf16_to_f32(x[e->col]);
+    out[t] = s;
+  }
 }
 
 WHALE_PACKED_TARGET void unpack_row_vectors(const PackedBf16& m, int cols, int r, uint16_t* out) {
-  const uint8_t* planes = m.row_planes(r, cols);
+  const uint8_t* planes = m.planes + static_cast<size_t>(r) * packed_bf16_row_bytes(cols);
   const uint8_t* bases = m.bases + static_cast<size_t>(r) * packed_bf16_segments(cols);
   for (int s = 0; s < cols; s += kPackedSegment) {
     const __m512i table = segment_table(bases[s / kPackedSegment]);
     for (int c = s; c < std::min(cols, s + kPackedSegment); c += kPackedChunk) {
       __m512bh w[2];
-      unpack_chunk(planes + c / kPackedChunk * m.chunk_stride(), table, w);
+      unpack_chunk(planes + c / kPackedChunk * kPackedChunkBytes, table, w);
       _mm512_storeu_si512(out + c, reinterpret_cast<__m512i>(w[0]));
       _mm512_storeu_si512(out + c + 32, reinterpret_cast<__m512i>(w[1]));
     }
@@ -240,45 +211,18 @@ WHALE_PACKED_TARGET void unpack_row_vectors(const PackedBf16& m, int cols, int r
     out[m.exceptions[e].col] = m.exceptions[e].value;
 }
 
-// Rows of a paired matrix two at a time for one or two activation rows (with more, a pair's sums
-// would not fit the registers); other rows one at a time.
 template <int R>
 WHALE_PACKED_TARGET void row_range(const PackedBf16& m, int cols, int r0, int r1,
                                    const uint16_t* xb, int ldx, float* y, size_t ldy) {
+  const size_t row_bytes = packed_bf16_row_bytes(cols);
   const int segments = packed_bf16_segments(cols);
-  const auto row = [&](int r) {
-    return PackedRow{m.row_planes(r, cols), m.chunk_stride(),
-                     m.bases + static_cast<size_t>(r) * segments, m.exceptions + m.offsets[r],
-                     m.exceptions + m.offsets[r + 1]};
-  };
-  constexpr int kPair = R <= 2 ? 2 : 1;
-  int r = r0;
-  if (m.paired && kPair == 2 && r % 2 == 1) {  // a pair's second row alone, first
-    const PackedRow rows[1] = {row(r)};
-    float out[1][R];
-    dot_rows<1, R>(rows, cols, xb, ldx, out);
+  for (int r = r0; r < r1; ++r) {
+    float out[R];
+    dot_rows<R>(m.planes + static_cast<size_t>(r) * row_bytes,
+                m.bases + static_cast<size_t>(r) * segments, cols, m.exceptions + m.offsets[r],
+                m.exceptions + m.offsets[r + 1], xb, ldx, out);
 #pragma GCC unroll 4
-    for (int t = 0; t < R; ++t) y[t * ldy] = out[0][t];
-    ++r;
-  }
-  if (m.paired)
-    for (; r + kPair <= r1; r += kPair) {
-      PackedRow rows[kPair];
-      float out[kPair][R];
-#pragma GCC unroll 2
-      for (int v = 0; v < kPair; ++v) rows[v] = row(r + v);
-      dot_rows<kPair, R>(rows, cols, xb, ldx, out);
-#pragma GCC unroll 2
-      for (int v = 0; v < kPair; ++v)
-#pragma GCC unroll 4
-        for (int t = 0; t < R; ++t) y[t * ldy + (r + v - r0)] = out[v][t];
-    }
-  for (; r < r1; ++r) {
-    const PackedRow rows[1] = {row(r)};
-    float out[1][R];
-    dot_rows<1, R>(rows, cols, xb, ldx, out);
-#pragma GCC unroll 4
-    for (int t = 0; t < R; ++t) y[t * ldy + (r - r0)] = out[0][t];
+    for (int t = 0; t < R; ++t) y[t * ldy + (r - r0)] = out[t];
   }
 }
 
@@ -351,22 +295,6 @@ void unpack_bf16_row(const PackedBf16& m, int cols, int r, uint16_t* out) {
     unpack_row_vectors(m, cols, r, out);
   else
     unpack_bf16_row_reference(m, cols, r, out);
-}
-
-void pair_packed_rows(uint8_t* planes, int rows, int cols) {
-  check(rows % 2 == 0, "pair_packed_rows: an odd number of rows");
-  const size_t row_bytes = packed_bf16_row_bytes(cols);
-  const int chunks = cols / kPackedChunk;
-  std::vector<uint8_t> pair(2 * row_bytes);
-  for (int r = 0; r < rows; r += 2) {
-    uint8_t* first = planes + static_cast<size_t>(r) * row_bytes;
-    std::copy_n(first, 2 * row_bytes, pair.data());
-    for (int c = 0; c < chunks; ++c)
-      for (int v = 0; v < 2; ++v)
-        std::copy_n(pair.data() + v * row_bytes + static_cast<size_t>(c) * kPackedChunkBytes,
-                    kPackedChunkBytes,
-                    first + (2 * static_cast<size_t>(c) + v) * kPackedChunkBytes);
-  }
 }
 
 void packed_bf16_dot_row_range(const PackedBf16& m, int cols, int r0, int r1, const uint16_t* xb,

@@ -55,26 +55,11 @@ struct PackedException {
 // A matrix [rows, cols] of packed rows: the planes (rows × packed_bf16_row_bytes(cols)), a base
 // per segment ([rows, segments]) and the exceptions of row r at exceptions[offsets[r] …
 // offsets[r + 1]). Views (not owned).
-//
-// Paired (a matrix with an even number of rows, as Model::load packs them): rows 2i and 2i + 1
-// share 2 · packed_bf16_row_bytes(cols) bytes chunk by chunk — chunk c of row 2i, then chunk c of
-// row 2i + 1 — so that the decode kernel dots two weight rows at once from one ascending stream.
-// Two rows at once give the core independent sums to interleave (a row of 1024 values is a chain
-// of 16 dependent chunks); two rows stored apart read as two streams, which this machine's
-// prefetchers served at half the speed (one thread, from memory: 22 against 39 GB/s).
 struct PackedBf16 {
   const uint8_t* planes = nullptr;
   const uint8_t* bases = nullptr;
   const uint32_t* offsets = nullptr;
   const PackedException* exceptions = nullptr;
-  bool paired = false;
-  // Row r's first chunk, and the bytes from one of its chunks to the next.
-  const uint8_t* row_planes(int r, int cols) const {
-    const size_t row_bytes = static_cast<size_t>(cols) / kPackedChunk * kPackedChunkBytes;
-    return paired ? planes + static_cast<size_t>(r & ~1) * row_bytes + (r & 1) * kPackedChunkBytes
-                  : planes + static_cast<size_t>(r) * row_bytes;
-  }
-  size_t chunk_stride() const { return paired ? 2 * kPackedChunkBytes : kPackedChunkBytes; }
 
   // All the matrix's exceptions (its rows' lists end to end).
   size_t exception_count(int rows) const { return offsets[rows]; }
@@ -91,9 +76,6 @@ size_t pack_bf16_row_reference(const uint16_t* row, int cols, uint8_t* planes, u
 // companions (bf16_gemm_available()), else as the reference, which reads the layout value by value.
 void unpack_bf16_row(const PackedBf16& m, int cols, int r, uint16_t* out);
 void unpack_bf16_row_reference(const PackedBf16& m, int cols, int r, uint16_t* out);
-
-// Rewrites `rows` (even) contiguous packed rows at planes into the paired order above.
-void pair_packed_rows(uint8_t* planes, int rows, int cols);
 
 // Rows [r0, r1) against T activation rows rounded to bf16 (xb, ldx apart, as bf16_gemm.h's
 // round_to_bf16 writes them): y[t · ldy + r − r0] = Σ_c w[r, c] · xb[t, c] for r in [r0, r1), the
