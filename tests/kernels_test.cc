@@ -505,26 +505,34 @@ TEST(Kernels, LinearAbsorptionCallsMatchRowByRow) {
 TEST(Kernels, TransposedScoresMatchReferenceAndAreQueryIndependent) {
   for_every_target([] {
     std::mt19937 rng(9);
-    for (size_t H : {1, 2, 13, 16}) {
-      const size_t K = 37, n = 11, ldq = 32, lde = K + 2, lds = 16;  // q read 16 wide from h
-      const auto q = random_vector(K * ldq, rng), e = random_vector(n * lde, rng);
-      std::vector<float> s(n * lds), ref(n * lds);
-      transposed_scores(q.data(), ldq, H, e.data(), lde, n, K, s.data(), lds);
-      transposed_scores_reference(q.data(), ldq, H, e.data(), lde, n, K, ref.data(), lds);
-      for (size_t j = 0; j < n; ++j)
-        for (size_t h = 0; h < H; ++h) {
-          double scale = 0;
-          for (size_t k = 0; k < K; ++k) scale += std::fabs(q[k * ldq + h] * e[j * lde + k]);
-          ASSERT_NEAR(s[j * lds + h], ref[j * lds + h], 1e-6 * scale) << "H " << H;
-        }
-      for (size_t h = 0; h < H; ++h) {  // each query alone
-        std::vector<float> alone(n * lds);
-        transposed_scores(q.data() + h, ldq, 1, e.data(), lde, n, K, alone.data(), lds);
+    // n covers the 8-entry blocks, the 4-entry block and the single-entry tail.
+    for (size_t n : {3, 11, 21})
+      for (size_t H : {1, 2, 13, 16}) {
+        const size_t K = 37, ldq = 32, lde = K + 2, lds = 16;  // q read 16 wide from h
+        const auto q = random_vector(K * ldq, rng), e = random_vector(n * lde, rng);
+        std::vector<float> s(n * lds), ref(n * lds);
+        transposed_scores(q.data(), ldq, H, e.data(), lde, n, K, s.data(), lds);
+        transposed_scores_reference(q.data(), ldq, H, e.data(), lde, n, K, ref.data(), lds);
         for (size_t j = 0; j < n; ++j)
-          ASSERT_EQ(std::memcmp(&alone[j * lds], &s[j * lds + h], sizeof(float)), 0)
-              << "H " << H << " query " << h << " entry " << j;
+          for (size_t h = 0; h < H; ++h) {
+            double scale = 0;
+            for (size_t k = 0; k < K; ++k) scale += std::fabs(q[k * ldq + h] * e[j * lde + k]);
+            ASSERT_NEAR(s[j * lds + h], ref[j * lds + h], 1e-6 * scale) << "H " << H;
+          }
+        for (size_t h = 0; h < H; ++h) {  // each query alone
+          std::vector<float> alone(n * lds);
+          transposed_scores(q.data() + h, ldq, 1, e.data(), lde, n, K, alone.data(), lds);
+          for (size_t j = 0; j < n; ++j)
+            ASSERT_EQ(std::memcmp(&alone[j * lds], &s[j * lds + h], sizeof(float)), 0)
+                << "H " << H << " query " << h << " entry " << j;
+        }
+        for (size_t j = 0; j < n; ++j) {  // each entry alone: its block-mates do not change it
+          std::vector<float> alone(lds);
+          transposed_scores(q.data(), ldq, H, e.data() + j * lde, lde, 1, K, alone.data(), lds);
+          ASSERT_EQ(std::memcmp(alone.data(), &s[j * lds], H * sizeof(float)), 0)
+              << "n " << n << " H " << H << " entry " << j;
+        }
       }
-    }
   });
 }
 

@@ -862,14 +862,30 @@ void DotQ8EachRow(const int8_t* codes, size_t ld_codes, const uint16_t* scales, 
                        out + r);
 }
 
-// s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 4 entries at a
-// time (one query vector load, 4 broadcasts, 4 FMAs per k); every lane one FMA per k in k order.
+// s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 8 entries at a
+// time, then 4, then one (one query vector load, a broadcast and an FMA per entry and k); every
+// lane one FMA per k in k order.
 void TransposedScores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
                       size_t K, float* s, size_t lds) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   for (size_t h = 0; h < H; h += N) {
     size_t j = 0;
+    // Eight entries at a time: eight independent FMA chains hide the FMA latency (four left the
+    // core waiting on it) — each score's chain is the same either way.
+    for (; j + 8 <= n; j += 8) {
+      hn::Vec<decltype(d)> a[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a[i] = hn::Zero(d);
+      const float* e0 = e + j * lde;
+      for (size_t k = 0; k < K; ++k) {
+        const auto qk = hn::LoadU(d, q + k * ldq + h);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) a[i] = hn::MulAdd(hn::Set(d, e0[i * lde + k]), qk, a[i]);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) hn::StoreU(a[i], d, s + (j + i) * lds + h);
+    }
     for (; j + 4 <= n; j += 4) {
       auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
       const float* e0 = e + j * lde;
