@@ -5,14 +5,17 @@
 # machine's speed drifts from minute to minute).
 #
 # usage: bench/speculative/run.sh [MODEL_DIR]
-#   MODEL_DIR  a trained DeepSeek model with an MTP module. Without it the script trains one,
-#              --mtp-weight 0.3, by SHAPE:
+#   MODEL_DIR  a trained DeepSeek model with an MTP module. Without it the script trains one
+#              by SHAPE:
 #              dense (default): a memory-bound model, where speculation can pay — MLA with dense
 #                FFNs, hidden 1024, 16 heads, FFN 2816, 8 layers + the MTP layer, byte
 #                vocabulary, bf16 (85M parameters + MTP, 173 MB: 5× the L3 cache) on the built-in
-#                stories corpus (TRAIN_STEPS, default 300: about 10 minutes on 2 cores);
+#                stories corpus (TRAIN_STEPS, default 300: about 10 minutes on 2 cores;
+#                --mtp-weight MTP_WEIGHT, default 1.0);
+#              wide: the same with hidden 1536 and FFN 4096 (160M parameters + MTP): the weights
+#                a larger share of a step, as in real models (300 steps: about 22 minutes);
 #              demo: the r1-zero demo shape (hidden 128, 4 layers; overhead-bound) on the task
-#                corpus (TRAIN_STEPS, default 600; about 5 minutes).
+#                corpus (TRAIN_STEPS, default 600; about 5 minutes; --mtp-weight 0.3).
 #   DTYPE      bf16 (default): benchmark a bf16 copy (`whale convert --quant bf16`) of an f32 model,
 #              as a trained model is deployed; asis: the model as it is
 #   MTP_QUANT  with DTYPE=bf16: also quantize the MTP module (`--mtp q8` or q4), a cheaper draft
@@ -40,10 +43,11 @@ if [ -z "$model" ] && [ "${SHAPE:-dense}" = demo ]; then
     --out "$work/run" > "$work/train.log" 2>&1
   model="$work/run/model"
 elif [ -z "$model" ]; then
-  echo "== training a model (dense 85M + MTP, ${TRAIN_STEPS:-300} steps)"
-  cat > "$work/dense-mtp.json" <<'JSON'
+  if [ "${SHAPE:-dense}" = wide ]; then hidden=1536 ffn=4096 size=160M; else hidden=1024 ffn=2816 size=85M; fi
+  echo "== training a model (dense $size + MTP, ${TRAIN_STEPS:-300} steps)"
+  cat > "$work/dense-mtp.json" <<JSON
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 258,
- "bos_token_id": 256, "eos_token_id": 257, "hidden_size": 1024, "intermediate_size": 2816,
+ "bos_token_id": 256, "eos_token_id": 257, "hidden_size": $hidden, "intermediate_size": $ffn,
  "num_hidden_layers": 8, "first_k_dense_replace": 8, "num_attention_heads": 16,
  "num_key_value_heads": 8, "q_lora_rank": 256, "kv_lora_rank": 128, "qk_nope_head_dim": 32,
  "qk_rope_head_dim": 16, "v_head_dim": 32, "n_routed_experts": 16, "n_shared_experts": 1,
@@ -56,7 +60,7 @@ elif [ -z "$model" ]; then
 JSON
   "$WHALE" data synth --kind stories --bytes 2000000 --out "$work/data" > /dev/null
   "$WHALE" --threads "$THREADS" train --data "$work/data" --config "$work/dense-mtp.json" \
-    --steps "${TRAIN_STEPS:-300}" --batch 4 --seq-len 128 --lr 1e-3 --mtp-weight 0.3 \
+    --steps "${TRAIN_STEPS:-300}" --batch 4 --seq-len 128 --lr 1e-3 --mtp-weight "${MTP_WEIGHT:-1.0}" \
     --eval-every 100000 --save-every 100000 --out "$work/run" > "$work/train.log" 2>&1
   model="$work/run/model"
 fi
