@@ -12,7 +12,7 @@
 #                vocabulary, bf16 (85M parameters + MTP, 173 MB: 5× the L3 cache) on the built-in
 #                stories corpus (TRAIN_STEPS, default 300: about 10 minutes on 2 cores;
 #                --mtp-weight MTP_WEIGHT, default 1.0);
-#              wide: the same with hidden 1536 and FFN 4096 (160M parameters + MTP): the weights
+#              wide: the same with hidden 1536 and FFN 4096 (166M parameters + MTP 17M): the weights
 #                a larger share of a step, as in real models (300 steps: about 22 minutes);
 #              demo: the r1-zero demo shape (hidden 128, 4 layers; overhead-bound) on the task
 #                corpus (TRAIN_STEPS, default 600; about 5 minutes; --mtp-weight 0.3).
@@ -43,7 +43,7 @@ if [ -z "$model" ] && [ "${SHAPE:-dense}" = demo ]; then
     --out "$work/run" > "$work/train.log" 2>&1
   model="$work/run/model"
 elif [ -z "$model" ]; then
-  if [ "${SHAPE:-dense}" = wide ]; then hidden=1536 ffn=4096 size=160M; else hidden=1024 ffn=2816 size=85M; fi
+  if [ "${SHAPE:-dense}" = wide ]; then hidden=1536 ffn=4096 size=166M; else hidden=1024 ffn=2816 size=85M; fi
   echo "== training a model (dense $size + MTP, ${TRAIN_STEPS:-300} steps)"
   cat > "$work/dense-mtp.json" <<JSON
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 258,

@@ -862,51 +862,36 @@ void DotQ8EachRow(const int8_t* codes, size_t ld_codes, const uint16_t* scales, 
                        out + r);
 }
 
+// Scores of kEntries cache entries (rows e[i·lde], i < kEntries) against the queries in lanes
+// [h, h + N): one query vector load a k, then a broadcast and an FMA per entry — kEntries
+// independent FMA chains, each lane one FMA per k in k order whatever kEntries is.
+template <int kEntries, class D>
+HWY_INLINE void ScoreEntries(D d, const float* q, size_t ldq, size_t h, const float* e, size_t lde,
+                             size_t K, float* s, size_t lds) {
+  hn::Vec<D> a[kEntries];
+#pragma GCC unroll 8
+  for (int i = 0; i < kEntries; ++i) a[i] = hn::Zero(d);
+  for (size_t k = 0; k < K; ++k) {
+    const auto qk = hn::LoadU(d, q + k * ldq + h);
+#pragma GCC unroll 8
+    for (int i = 0; i < kEntries; ++i) a[i] = hn::MulAdd(hn::Set(d, e[i * lde + k]), qk, a[i]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kEntries; ++i) hn::StoreU(a[i], d, s + i * lds + h);
+}
+
 // s[j·lds + h] = Σ_k q[k·ldq + h] · e[j·lde + k]: the queries across the lanes, 8 entries at a
-// time, then 4, then one (one query vector load, a broadcast and an FMA per entry and k); every
-// lane one FMA per k in k order.
+// time (eight chains hide the FMA latency; four left the core waiting on it), then 4, then one.
+// Every score's chain is the same in each, so the bits do not depend on n.
 void TransposedScores(const float* q, size_t ldq, size_t H, const float* e, size_t lde, size_t n,
                       size_t K, float* s, size_t lds) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   for (size_t h = 0; h < H; h += N) {
     size_t j = 0;
-    // Eight entries at a time: eight independent FMA chains hide the FMA latency (four left the
-    // core waiting on it) — each score's chain is the same either way.
-    for (; j + 8 <= n; j += 8) {
-      hn::Vec<decltype(d)> a[8];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) a[i] = hn::Zero(d);
-      const float* e0 = e + j * lde;
-      for (size_t k = 0; k < K; ++k) {
-        const auto qk = hn::LoadU(d, q + k * ldq + h);
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) a[i] = hn::MulAdd(hn::Set(d, e0[i * lde + k]), qk, a[i]);
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) hn::StoreU(a[i], d, s + (j + i) * lds + h);
-    }
-    for (; j + 4 <= n; j += 4) {
-      auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-      const float* e0 = e + j * lde;
-      for (size_t k = 0; k < K; ++k) {
-        const auto qk = hn::LoadU(d, q + k * ldq + h);
-        a0 = hn::MulAdd(hn::Set(d, e0[k]), qk, a0);
-        a1 = hn::MulAdd(hn::Set(d, e0[lde + k]), qk, a1);
-        a2 = hn::MulAdd(hn::Set(d, e0[2 * lde + k]), qk, a2);
-        a3 = hn::MulAdd(hn::Set(d, e0[3 * lde + k]), qk, a3);
-      }
-      hn::StoreU(a0, d, s + j * lds + h);
-      hn::StoreU(a1, d, s + (j + 1) * lds + h);
-      hn::StoreU(a2, d, s + (j + 2) * lds + h);
-      hn::StoreU(a3, d, s + (j + 3) * lds + h);
-    }
-    for (; j < n; ++j) {
-      auto a = hn::Zero(d);
-      for (size_t k = 0; k < K; ++k)
-        a = hn::MulAdd(hn::Set(d, e[j * lde + k]), hn::LoadU(d, q + k * ldq + h), a);
-      hn::StoreU(a, d, s + j * lds + h);
-    }
+    for (; j + 8 <= n; j += 8) ScoreEntries<8>(d, q, ldq, h, e + j * lde, lde, K, s + j * lds, lds);
+    for (; j + 4 <= n; j += 4) ScoreEntries<4>(d, q, ldq, h, e + j * lde, lde, K, s + j * lds, lds);
+    for (; j < n; ++j) ScoreEntries<1>(d, q, ldq, h, e + j * lde, lde, K, s + j * lds, lds);
   }
 }
 
