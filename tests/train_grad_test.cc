@@ -155,5 +155,110 @@ TEST(TrainGradient, FiniteDifferencesOnABatch) {
   EXPECT_GT(checked, 30);
 }
 
+// --train mtp with --mtp-target model: only the MTP module gets gradients, and they are those of
+// λ·mean over rows of KL(softmax(main row (b, i+1)) ‖ softmax(MTP row (b, i))), computed here
+// independently and probed by central differences. With the data target, the MTP module's
+// gradients are exactly those of full training.
+TEST(TrainGradient, MtpOnlySelfDistillation) {
+  ModelConfig c = preset_config("tiny");
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.num_attention_heads = 2;
+  c.q_lora_rank = 16;
+  c.kv_lora_rank = 16;
+  ParamStore store(c);
+  store.init_random(7, 0.3f);
+  TrainModel model(store);
+  std::vector<int> tokens = {3, 9, 14, 2, 33, 61, 7, 7, 20, 41, 5, 18, 0, 63, 12, 30};
+  const int B = 2, T = 8, V = 64, Tm = T - 1;
+  const std::string mtp_prefix = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  const auto is_mtp = [&](const Param& p) { return p.name.rfind(mtp_prefix, 0) == 0; };
+
+  // The data target: the MTP module's gradients alone, the same bits as in full training.
+  ObjectiveOptions full;
+  full.mtp_weight = 0.3f;
+  store.zero_grads();
+  language_model_loss(model, tokens.data(), B, T, full, true);
+  std::vector<float> full_grads(store.grads(), store.grads() + store.size());
+  ObjectiveOptions only = full;
+  only.mtp_only = true;
+  store.zero_grads();
+  language_model_loss(model, tokens.data(), B, T, only, true);
+  int mtp_tensors = 0;
+  for (const Param& p : store.params()) {
+    for (size_t i = 0; i < p.size; ++i) {
+      const float expected = is_mtp(p) ? full_grads[p.offset + i] : 0.0f;
+      ASSERT_EQ(store.grads()[p.offset + i], expected) << p.name << "[" << i << "]";
+    }
+    mtp_tensors += is_mtp(p);
+  }
+  EXPECT_GT(mtp_tensors, 10);
+
+  // The model target.
+  ObjectiveOptions options;
+  options.mtp_weight = 0.5f;
+  options.mtp_target = MtpTarget::kModel;
+  options.mtp_only = true;
+  store.zero_grads();
+  LossParts parts = language_model_loss(model, tokens.data(), B, T, options, true);
+  std::vector<float> analytic(store.grads(), store.grads() + store.size());
+  const auto log_softmax = [&](const float* z) {
+    std::vector<double> out(V);
+    double max = z[0], sum = 0;
+    for (int v = 1; v < V; ++v) max = std::max(max, static_cast<double>(z[v]));
+    for (int v = 0; v < V; ++v) sum += std::exp(z[v] - max);
+    for (int v = 0; v < V; ++v) out[v] = z[v] - max - std::log(sum);
+    return out;
+  };
+  // Mean KL over the B·(T−1) MTP rows, and how many rows' top tokens agree.
+  const auto mean_kl = [&](int* agree) {
+    double total = 0;
+    *agree = 0;
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < Tm; ++i) {
+        const float* main = model.logits().data() + static_cast<size_t>(b * T + i + 1) * V;
+        const float* mtp = model.mtp_logits().data() + static_cast<size_t>(b * Tm + i) * V;
+        auto lp = log_softmax(main), lq = log_softmax(mtp);
+        for (int v = 0; v < V; ++v) total += std::exp(lp[v]) * (lp[v] - lq[v]);
+        *agree += std::max_element(main, main + V) - main == std::max_element(mtp, mtp + V) - mtp;
+      }
+    return total / (B * Tm);
+  };
+  int agree = 0;
+  EXPECT_NEAR(parts.ce_mtp, mean_kl(&agree), 1e-6);
+  EXPECT_DOUBLE_EQ(parts.mtp_agreement, static_cast<double>(agree) / (B * Tm));
+  const auto loss_at = [&]() {
+    TrainOptions t;
+    t.mtp = true;
+    model.forward(tokens.data(), B, T, t);
+    int unused;
+    return options.mtp_weight * mean_kl(&unused);
+  };
+  int checked = 0;
+  for (const Param& p : store.params()) {
+    if (!is_mtp(p)) {
+      for (size_t i = 0; i < p.size; ++i) ASSERT_EQ(analytic[p.offset + i], 0.0f) << p.name;
+      continue;
+    }
+    if (!p.trainable) continue;
+    size_t best = 0;
+    for (size_t i = 0; i < p.size; ++i)
+      if (std::fabs(analytic[p.offset + i]) > std::fabs(analytic[p.offset + best])) best = i;
+    if (analytic[p.offset + best] == 0) continue;
+    float* v = store.values() + p.offset + best;
+    const float saved = *v, eps = 1e-2f * std::max(1.0f, std::fabs(saved));
+    *v = saved + eps;
+    double up = loss_at();
+    *v = saved - eps;
+    double down = loss_at();
+    *v = saved;
+    double numeric = (up - down) / (2 * eps);
+    double a = analytic[p.offset + best];
+    EXPECT_NEAR(numeric, a, 2e-2 * std::fabs(a) + 1e-5) << p.name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 8);
+}
+
 }  // namespace
 }  // namespace whale

@@ -36,6 +36,17 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--weight-decay", t.adamw.weight_decay, "AdamW weight decay on matrices (0.1)");
   cmd->add_option("--clip", t.adamw.clip_norm, "Global gradient-norm clip (1.0; 0 = off)");
   cmd->add_option("--mtp-weight", t.objective.mtp_weight, "λ, weight of the MTP loss (0.3)");
+  static std::string train_what = "all", mtp_target = "data";
+  cmd->add_option("--train", train_what,
+                  "Which parameters learn: all, or mtp — the MTP module alone, the main model "
+                  "frozen (with --model: tune a trained model's speculative-decoding draft; a "
+                  "step costs about a third of a full one)")
+      ->check(CLI::IsMember({"all", "mtp"}));
+  cmd->add_option("--mtp-target", mtp_target,
+                  "What the MTP module learns: data — the token after next (DeepSeek-V3), or "
+                  "model — the main model's own distribution for it (self-distillation: raises "
+                  "greedy speculative decoding's acceptance)")
+      ->check(CLI::IsMember({"data", "model"}));
   cmd->add_option("--balance-alpha", t.objective.balance_alpha, "α, balance-loss weight (1e-4)");
   cmd->add_option("--balance-scope", balance_scope,
                   "sequence (V3's sequence-wise loss) or batch (V2's expert-level loss)")
@@ -48,6 +59,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--resume", t.resume, "Continue from the run folder's newest checkpoint");
   cmd->callback([] {
     parse_schedule(schedule, &t.schedule);
+    parse_mtp_target(mtp_target, &t.objective.mtp_target);
+    t.objective.mtp_only = train_what == "mtp";
     t.objective.balance_scope =
         balance_scope == "batch" ? BalanceScope::kBatch : BalanceScope::kSequence;
     if (compute_budget > 0) {
@@ -64,6 +77,11 @@ void add_train_command(CLI::App& app) {
         "%.0f tokens/s; model in %s/model\n",
         s.steps, s.final_loss, s.final_val_loss, s.unigram_entropy, s.tokens_per_second,
         t.out_dir.c_str());
+    if (!std::isnan(s.final_val_mtp_agreement))
+      std::printf(
+          "MTP draft agrees with the main model's next token on %.1f%% of validation "
+          "positions (greedy speculative decoding's acceptance on this data)\n",
+          100 * s.final_val_mtp_agreement);
     std::printf("time: %.1f s, of which GEMM %.1f s (%.0f%%) at %.1f GFLOP/s\n", s.seconds,
                 s.gemm_seconds, 100 * s.gemm_seconds / s.seconds,
                 s.gemm_flops / s.gemm_seconds / 1e9);

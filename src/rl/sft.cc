@@ -66,7 +66,8 @@ SftStats sft_step(TrainModel& student, const std::vector<SftExample>& batch,
   };
   std::vector<At> at;
   for (int b = 0; b < p.B; ++b)
-    for (int pos = static_cast<int>(batch[b].prompt.size()); pos < static_cast<int>(sequences[b].size()); ++pos)
+    for (int pos = static_cast<int>(batch[b].prompt.size());
+         pos < static_cast<int>(sequences[b].size()); ++pos)
       at.push_back({b, pos});
   SftStats stats;
   stats.tokens = static_cast<long>(at.size());
@@ -78,10 +79,11 @@ SftStats sft_step(TrainModel& student, const std::vector<SftExample>& batch,
   };
 
   const double w_ce = 1.0 - o.kd_weight, tau = o.temperature;
-  std::vector<double> probs, scaled_s(V), scaled_t(V);
+  std::vector<double> probs;
   for (const At& a : at) {
     const float* zs = prediction_row(student, p, a.b, a.pos);
-    const double logp = token_log_prob(zs, V, sequences[a.b][a.pos], nullptr, backward ? &probs : nullptr);
+    const double logp =
+        token_log_prob(zs, V, sequences[a.b][a.pos], nullptr, backward ? &probs : nullptr);
     stats.ce -= logp / N;
     if (backward && w_ce > 0) {
       float* d = drow(a);
@@ -91,22 +93,8 @@ SftStats sft_step(TrainModel& student, const std::vector<SftExample>& batch,
     if (o.kd_weight > 0) {
       // τ²·KL(p_T ‖ p_S) at temperature τ; its gradient in z_S is τ·(p_S − p_T).
       const float* zt = prediction_row(*teacher, p, a.b, a.pos);
-      double ms = -INFINITY, mt = -INFINITY;
-      for (int v = 0; v < V; ++v) {
-        ms = std::max(ms, zs[v] / tau);
-        mt = std::max(mt, zt[v] / tau);
-      }
-      double ss = 0, st = 0;
-      for (int v = 0; v < V; ++v) {
-        ss += (scaled_s[v] = std::exp(zs[v] / tau - ms));
-        st += (scaled_t[v] = std::exp(zt[v] / tau - mt));
-      }
-      double kl = 0;
-      for (int v = 0; v < V; ++v) {
-        const double ps = scaled_s[v] / ss, pt = scaled_t[v] / st;
-        if (pt > 0) kl += pt * (std::log(pt) - std::log(std::max(ps, 1e-300)));
-        if (backward) drow(a)[v] += static_cast<float>(o.kd_weight * tau * (ps - pt) / N);
-      }
+      const double kl =
+          kl_divergence_row(zt, zs, V, tau, o.kd_weight * tau / N, backward ? drow(a) : nullptr);
       stats.kd += tau * tau * kl / N;
     }
   }
@@ -166,7 +154,8 @@ std::vector<SftExample> load_sft_file(const std::string& path, const text::Token
   check(tokenizer.eos_id() >= 0, path + ": the tokenizer has no EOS token");
   std::vector<SftExample> examples;
   read_jsonl(path, [&](const nlohmann::json& j, const std::string& where) {
-    check(j.contains("prompt") && j["prompt"].is_string() && j.contains("response") && j["response"].is_string(),
+    check(j.contains("prompt") && j["prompt"].is_string() && j.contains("response") &&
+              j["response"].is_string(),
           where + ": expected {\"prompt\": \"...\", \"response\": \"...\"}");
     SftExample e;
     e.prompt = tokenizer.encode(j["prompt"].get<std::string>(), true);

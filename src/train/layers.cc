@@ -159,4 +159,26 @@ double cross_entropy(const float* logits, const int* targets, int n, int vocab, 
   return count ? total / count : 0.0;
 }
 
+double kl_divergence_row(const float* teacher, const float* student, int vocab, double tau,
+                         double grad_scale, float* dstudent) {
+  double ms = -INFINITY, mt = -INFINITY;
+  for (int v = 0; v < vocab; ++v) {
+    ms = std::max(ms, student[v] / tau);
+    mt = std::max(mt, teacher[v] / tau);
+  }
+  std::vector<double> es(vocab), et(vocab);
+  double ss = 0, st = 0;
+  for (int v = 0; v < vocab; ++v) {
+    ss += (es[v] = std::exp(student[v] / tau - ms));
+    st += (et[v] = std::exp(teacher[v] / tau - mt));
+  }
+  double kl = 0;
+  for (int v = 0; v < vocab; ++v) {
+    const double ps = es[v] / ss, pt = et[v] / st;
+    if (pt > 0) kl += pt * (std::log(pt) - std::log(std::max(ps, 1e-300)));
+    if (dstudent) dstudent[v] += static_cast<float>(grad_scale * (ps - pt));
+  }
+  return kl;
+}
+
 }  // namespace whale

@@ -104,5 +104,10 @@ double balance_loss(const ModelConfig& c, const MoeCache& cache, int B, int T, B
 // dlogits = weight·(softmax − onehot)/count (zero for rows without a target). Returns the mean.
 double cross_entropy(const float* logits, const int* targets, int n, int vocab, float weight,
                      float* dlogits);
+// KL(softmax(teacher/τ) ‖ softmax(student/τ)) of one row of logits, in double; when dstudent is
+// given, adds grad_scale·(p_student − p_teacher) to it (the KL's gradient in the student's
+// logits is (p_student − p_teacher)/τ). The teacher gets no gradient.
+double kl_divergence_row(const float* teacher, const float* student, int vocab, double tau,
+                         double grad_scale, float* dstudent);
 
 }  // namespace whale

@@ -52,6 +52,15 @@ const TensorView* ParamStore::find(const std::string& name) const {
   return it == views_.end() ? nullptr : &it->second;
 }
 
+size_t ParamStore::freeze_all_but(const std::string& prefix) {
+  size_t trainable = 0;
+  for (Param& p : params_) {
+    if (p.name.rfind(prefix, 0) != 0) p.trainable = false;
+    if (p.trainable) trainable += p.size;
+  }
+  return trainable;
+}
+
 void ParamStore::zero_grads() {
   std::fill(grads_.begin(), grads_.end(), 0.0f);
 }

@@ -41,6 +41,9 @@ class ParamStore : public TensorSource {
 
   const ModelConfig& config() const { return config_; }
   const std::vector<Param>& params() const { return params_; }
+  // Freezes every parameter whose name does not start with prefix (AdamW leaves frozen ones
+  // alone); returns how many values stay trainable.
+  size_t freeze_all_but(const std::string& prefix);
   const Param* param(const std::string& name) const;
   float* values() { return values_.data(); }
   const float* values() const { return values_.data(); }

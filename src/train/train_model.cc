@@ -143,11 +143,12 @@ void TrainModel::forward(const int* tokens, int B, int T, const TrainOptions& op
   linear_train_forward(m.shared_head_head, mtp_out_normed_.data(), nm, mtp_logits_.data());
 }
 
-double TrainModel::backward(const float* dlogits, const float* dmtp_logits) {
+double TrainModel::backward(const float* dlogits, const float* dmtp_logits, bool main) {
   const ModelConfig& c = config_;
   const int B = B_, T = T_, n = B * T, H = c.hidden_size;
-  std::vector<float> dnormed(static_cast<size_t>(n) * H, 0.0f);
-  linear_train_backward(weights_.lm_head, store_, normed_.data(), dlogits, n, dnormed.data());
+  std::vector<float> dnormed(main ? static_cast<size_t>(n) * H : 0, 0.0f);
+  if (main)
+    linear_train_backward(weights_.lm_head, store_, normed_.data(), dlogits, n, dnormed.data());
 
   if (run_mtp_ && dmtp_logits) {
     const MtpWeights& m = weights_.mtp;
@@ -172,6 +173,7 @@ double TrainModel::backward(const float* dlogits, const float* dmtp_logits) {
     }
     rmsnorm_train_backward(mtp_embed_.data(), m.enorm, mtp_erstd_.data(), de.data(), nm, H, store_,
                            de_raw.data());
+    // (Also when main is false: hnorm's weight is the MTP module's; dh_raw then goes unused.)
     rmsnorm_train_backward(mtp_h_.data(), m.hnorm, mtp_hrstd_.data(), dh.data(), nm, H, store_,
                            dh_raw.data());
     float* demb = store_.grad_of(m.embed_tokens.data);
@@ -179,6 +181,7 @@ double TrainModel::backward(const float* dlogits, const float* dmtp_logits) {
       float* row = demb + static_cast<size_t>(mtp_next_[r]) * H;
       for (int d = 0; d < H; ++d) row[d] += de_raw[static_cast<size_t>(r) * H + d];
     }
+    if (!main) return 0;
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < Tm; ++i) {
         float* target = dnormed.data() + static_cast<size_t>(b * T + i) * H;
@@ -187,6 +190,7 @@ double TrainModel::backward(const float* dlogits, const float* dmtp_logits) {
       }
   }
 
+  if (!main) return 0;
   std::vector<float> dx(static_cast<size_t>(n) * H, 0.0f);
   rmsnorm_train_backward(final_in_.data(), weights_.norm, final_rstd_.data(), dnormed.data(), n, H,
                          store_, dx.data());

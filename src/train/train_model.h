@@ -26,7 +26,9 @@ class TrainModel {
   void forward(const int* tokens, int B, int T, const TrainOptions& options);
   // Adds the gradients of (loss whose logits-gradients are given) + α·BAL into the store.
   // dmtp_logits may be null (no MTP loss). Returns the summed BAL over the main MoE layers.
-  double backward(const float* dlogits, const float* dmtp_logits);
+  // main = false: only the MTP module's gradients (dlogits unused, may be null; the main model
+  // is frozen, so nothing flows into it and its BAL is not back-propagated either).
+  double backward(const float* dlogits, const float* dmtp_logits, bool main = true);
 
   const std::vector<float>& logits() const { return logits_; }
   const std::vector<float>& mtp_logits() const { return mtp_logits_; }

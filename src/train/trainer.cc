@@ -92,15 +92,21 @@ std::vector<LogRow> read_log(const std::string& path, long last_step) {
 }
 
 const char* kLogHeader =
-    "step,tokens,loss,ce_main,ce_mtp,bal,val_loss,lr,grad_norm,tokens_per_s,load_imbalance";
+    "step,tokens,loss,ce_main,ce_mtp,bal,val_loss,lr,grad_norm,tokens_per_s,load_imbalance,"
+    "mtp_agreement,val_mtp_agreement";
 
 void draw_plots(const std::string& dir, const std::vector<LogRow>& rows) {
   Series train{"train loss", {}, {}, 0x1f77b4}, val{"validation loss", {}, {}, 0xd62728};
   Series imbalance{"max/mean expert load (worst layer)", {}, {}, 0x2ca02c};
+  Series agreement{"train batch", {}, {}, 0x1f77b4}, val_agreement{"validation", {}, {}, 0xd62728};
   for (const LogRow& r : rows) {
-    std::vector<std::string> f;
-    std::stringstream ss(r.line);
-    for (std::string item; std::getline(ss, item, ',');) f.push_back(item);
+    std::vector<std::string> f;  // (empty fields kept, the last one too)
+    for (size_t start = 0;;) {
+      const size_t comma = r.line.find(',', start);
+      f.push_back(r.line.substr(start, comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
     if (f.size() < 11) continue;
     double step = std::stod(f[0]);
     train.x.push_back(step);
@@ -113,12 +119,21 @@ void draw_plots(const std::string& dir, const std::vector<LogRow>& rows) {
       imbalance.x.push_back(step);
       imbalance.y.push_back(std::stod(f[10]));
     }
+    for (auto [column, series] : {std::pair{11, &agreement}, std::pair{12, &val_agreement}})
+      if (f.size() > static_cast<size_t>(column) && !f[column].empty()) {
+        series->x.push_back(step);
+        series->y.push_back(100 * std::stod(f[column]));
+      }
   }
   write_line_plot(dir + "/loss.png", {train, val},
                   {"Cross-entropy of the next token (nats)", "step", "loss", 900, 520, false});
   if (!imbalance.x.empty())
     write_line_plot(dir + "/experts.png", {imbalance},
                     {"Expert load balance", "step", "max/mean load", 900, 400, false});
+  if (!agreement.x.empty())
+    write_line_plot(dir + "/mtp.png", {agreement, val_agreement},
+                    {"MTP draft agreement with the main model (greedy acceptance)", "step",
+                     "% of positions", 900, 400, false});
 }
 
 }  // namespace
@@ -152,6 +167,16 @@ TrainSummary train(const TrainerConfig& t) {
   } else {
     store.init_random(t.seed, t.init_std);
   }
+  // --train mtp: the MTP module alone learns (model.layers.L.*, its own embedding and head).
+  const std::string mtp_prefix = "model.layers." + std::to_string(config.num_hidden_layers) + ".";
+  if (t.objective.mtp_only) {
+    check(config.has_mtp(),
+          "train: --train mtp needs a model with an MTP module (num_nextn_predict_layers = 1)");
+    check(!t.model_dir.empty() || !resume_dir.empty(),
+          "train: --train mtp tunes the MTP module of a trained model: pass --model DIR");
+    check(t.objective.mtp_weight > 0, "train: --train mtp needs --mtp-weight > 0");
+    store.freeze_all_but(mtp_prefix);
+  }
   AdamW optimizer(store, t.adamw);
   if (!resume_dir.empty()) {
     optimizer.load(resume_dir + "/optimizer.safetensors", store);
@@ -170,6 +195,8 @@ TrainSummary train(const TrainerConfig& t) {
                    {"warmup", t.warmup},
                    {"seed", t.seed},
                    {"mtp_weight", t.objective.mtp_weight},
+                   {"mtp_target", t.objective.mtp_target == MtpTarget::kModel ? "model" : "data"},
+                   {"train", t.objective.mtp_only ? "mtp" : "all"},
                    {"balance_alpha", t.objective.balance_alpha},
                    {"bias_gamma", t.bias_gamma},
                    {"weight_decay", t.adamw.weight_decay},
@@ -231,15 +258,19 @@ TrainSummary train(const TrainerConfig& t) {
 
   const int B = t.batch, T = t.seq_len;
   std::vector<int> tokens(static_cast<size_t>(B) * T);
+  // Validation: the main cross-entropy and, when the MTP module is trained, its agreement.
+  double val_agreement = NAN;
   auto validation_loss = [&]() -> double {
     if (data.val.size() < static_cast<size_t>(T)) return NAN;
-    double total = 0;
-    ObjectiveOptions eval = t.objective;
-    eval.mtp_weight = 0;
+    double total = 0, agreement = 0;
+    const ObjectiveOptions& eval = t.objective;
     for (int i = 0; i < t.eval_batches; ++i) {
       sample_batch(data.val, B, T, t.seed ^ 0x5eed5eedull, i, tokens.data());
-      total += language_model_loss(model, tokens.data(), B, T, eval, false).ce_main;
+      LossParts p = language_model_loss(model, tokens.data(), B, T, eval, false);
+      total += p.ce_main;
+      agreement += p.mtp_agreement;
     }
+    val_agreement = agreement / t.eval_batches;
     return total / t.eval_batches;
   };
 
@@ -275,6 +306,7 @@ TrainSummary train(const TrainerConfig& t) {
       mean.ce_main += p.ce_main / t.accumulation;
       mean.ce_mtp += p.ce_mtp / t.accumulation;
       mean.bal += p.bal / t.accumulation;
+      mean.mtp_agreement = (micro ? mean.mtp_agreement : 0) + p.mtp_agreement / t.accumulation;
       auto l = model.expert_loads();
       if (model.has_mtp_output()) l.push_back(model.mtp_expert_load());
       if (loads.empty())
@@ -291,6 +323,7 @@ TrainSummary train(const TrainerConfig& t) {
     // Auxiliary-loss-free balancing (V3): b_i += γ·sign(mean load − load_i), after the step.
     const size_t main_moe_layers = model.expert_loads().size();
     for (size_t i = 0; i < bias_names.size() && i < loads.size() && t.bias_gamma > 0; ++i) {
+      if (t.objective.mtp_only && bias_names[i].rfind(mtp_prefix, 0) != 0) continue;  // frozen
       const Param* p = store.param(bias_names[i]);
       double mean_load = 0;
       for (int v : loads[i]) mean_load += v;
@@ -325,13 +358,19 @@ TrainSummary train(const TrainerConfig& t) {
                    fmt(mean.loss) + "," + fmt(mean.ce_main) + "," + fmt(mean.ce_mtp) + "," +
                    fmt(mean.bal) + "," + (eval_now ? fmt(val) : "") + "," + fmt(lr) + "," +
                    fmt(grad_norm) + "," + fmt(std::round(B * T * t.accumulation / seconds)) + "," +
-                   (main_moe_layers ? fmt(worst) : "")});
+                   (main_moe_layers ? fmt(worst) : "") + "," +
+                   (std::isnan(mean.mtp_agreement) ? "" : fmt(mean.mtp_agreement)) + "," +
+                   (eval_now && !std::isnan(val_agreement) ? fmt(val_agreement) : "")});
     summary.final_loss = mean.ce_main;
     summary.final_imbalance = worst;
     if (eval_now) summary.final_val_loss = val;
-    char status[160];
-    std::snprintf(status, sizeof status, "%s tok/s, loss %.3f%s",
-                  si(B * T * t.accumulation / seconds).c_str(), mean.ce_main,
+    if (eval_now) summary.final_val_mtp_agreement = val_agreement;
+    char status[200];
+    std::string mtp_status;
+    if (!std::isnan(mean.mtp_agreement))
+      mtp_status = ", MTP agrees " + fmt(std::round(mean.mtp_agreement * 1000) / 10) + "%";
+    std::snprintf(status, sizeof status, "%s tok/s, loss %.3f%s%s",
+                  si(B * T * t.accumulation / seconds).c_str(), mean.ce_main, mtp_status.c_str(),
                   eval_now ? (" val " + fmt(std::round(val * 1000) / 1000)).c_str() : "");
     progress.set_status(status);
     progress.advance(1);

@@ -7,6 +7,7 @@
 // Checkpoints are written to a temp folder and renamed; `--resume` continues from the newest
 // one and, being deterministic, replays exactly the steps an uninterrupted run would take.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -45,6 +46,7 @@ struct TrainSummary {
   long steps = 0;
   double final_loss = 0, final_val_loss = 0, unigram_entropy = 0, tokens_per_second = 0;
   double final_imbalance = 0;
+  double final_val_mtp_agreement = NAN;  // the MTP module's top-1 agreement with the main model
   double seconds = 0, gemm_seconds = 0, gemm_flops = 0;  // where the time went
 };
 
