@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "base/npy.h"
 #include "io/safetensors.h"
@@ -94,15 +95,48 @@ TEST(TrainForward, MatchesInferenceLogits) {
   }
 }
 
-// Central differences of the loss (in double) for a batch of two sequences with the
-// batch-scope balance loss, against the analytic gradient, on entries of every kind.
-TEST(TrainGradient, FiniteDifferencesOnABatch) {
+// Central differences at each probed tensor's largest-gradient entry (the one a wrong formula
+// would move most); returns how many tensors were probed.
+int check_largest_gradients(ParamStore& store, const std::vector<float>& analytic,
+                            const std::function<double()>& loss_at, double abs_tolerance,
+                            const std::function<bool(const Param&)>& probe) {
+  int checked = 0;
+  for (const Param& p : store.params()) {
+    if (!p.trainable || !probe(p)) continue;
+    size_t best = 0;
+    for (size_t i = 0; i < p.size; ++i)
+      if (std::fabs(analytic[p.offset + i]) > std::fabs(analytic[p.offset + best])) best = i;
+    if (analytic[p.offset + best] == 0) continue;
+    float* v = store.values() + p.offset + best;
+    const float saved = *v, eps = 1e-2f * std::max(1.0f, std::fabs(saved));
+    *v = saved + eps;
+    double up = loss_at();
+    *v = saved - eps;
+    double down = loss_at();
+    *v = saved;
+    double numeric = (up - down) / (2 * eps);
+    double a = analytic[p.offset + best];
+    EXPECT_NEAR(numeric, a, 2e-2 * std::fabs(a) + abs_tolerance) << p.name;
+    ++checked;
+  }
+  return checked;
+}
+
+// The tiny preset narrowed further, so that every tensor's probe is cheap.
+ModelConfig narrow_tiny_config() {
   ModelConfig c = preset_config("tiny");
   c.vocab_size = 64;
   c.hidden_size = 32;
   c.num_attention_heads = 2;
   c.q_lora_rank = 16;
   c.kv_lora_rank = 16;
+  return c;
+}
+
+// Central differences of the loss (in double) for a batch of two sequences with the
+// batch-scope balance loss, against the analytic gradient, on entries of every kind.
+TEST(TrainGradient, FiniteDifferencesOnABatch) {
+  ModelConfig c = narrow_tiny_config();
   ParamStore store(c);
   store.init_random(5, 0.3f);
   TrainModel model(store);
@@ -132,27 +166,9 @@ TEST(TrainGradient, FiniteDifferencesOnABatch) {
     double mtp = cross_entropy(model.mtp_logits().data(), mtp_targets.data(), 14, 64, 1, nullptr);
     return ce + options.mtp_weight * mtp + options.balance_alpha * model.balance_loss_value();
   };
-  int checked = 0;
-  for (const Param& p : store.params()) {
-    if (!p.trainable) continue;
-    // A few entries of each tensor: the largest-gradient one and one other.
-    size_t best = 0;
-    for (size_t i = 0; i < p.size; ++i)
-      if (std::fabs(analytic[p.offset + i]) > std::fabs(analytic[p.offset + best])) best = i;
-    if (analytic[p.offset + best] == 0) continue;
-    float* v = store.values() + p.offset + best;
-    const float saved = *v, eps = 1e-2f * std::max(1.0f, std::fabs(saved));
-    *v = saved + eps;
-    double up = loss_at();
-    *v = saved - eps;
-    double down = loss_at();
-    *v = saved;
-    double numeric = (up - down) / (2 * eps);
-    double a = analytic[p.offset + best];
-    EXPECT_NEAR(numeric, a, 2e-2 * std::fabs(a) + 1e-4) << p.name;
-    ++checked;
-  }
-  EXPECT_GT(checked, 30);
+  EXPECT_GT(
+      check_largest_gradients(store, analytic, loss_at, 1e-4, [](const Param&) { return true; }),
+      30);
 }
 
 // --train mtp with --mtp-target model: only the MTP module gets gradients, and they are those of
@@ -160,12 +176,7 @@ TEST(TrainGradient, FiniteDifferencesOnABatch) {
 // independently and probed by central differences. With the data target, the MTP module's
 // gradients are exactly those of full training.
 TEST(TrainGradient, MtpOnlySelfDistillation) {
-  ModelConfig c = preset_config("tiny");
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 16;
-  c.kv_lora_rank = 16;
+  ModelConfig c = narrow_tiny_config();
   ParamStore store(c);
   store.init_random(7, 0.3f);
   TrainModel model(store);
@@ -234,30 +245,11 @@ TEST(TrainGradient, MtpOnlySelfDistillation) {
     int unused;
     return options.mtp_weight * mean_kl(&unused);
   };
-  int checked = 0;
   for (const Param& p : store.params()) {
-    if (!is_mtp(p)) {
-      for (size_t i = 0; i < p.size; ++i) ASSERT_EQ(analytic[p.offset + i], 0.0f) << p.name;
-      continue;
-    }
-    if (!p.trainable) continue;
-    size_t best = 0;
-    for (size_t i = 0; i < p.size; ++i)
-      if (std::fabs(analytic[p.offset + i]) > std::fabs(analytic[p.offset + best])) best = i;
-    if (analytic[p.offset + best] == 0) continue;
-    float* v = store.values() + p.offset + best;
-    const float saved = *v, eps = 1e-2f * std::max(1.0f, std::fabs(saved));
-    *v = saved + eps;
-    double up = loss_at();
-    *v = saved - eps;
-    double down = loss_at();
-    *v = saved;
-    double numeric = (up - down) / (2 * eps);
-    double a = analytic[p.offset + best];
-    EXPECT_NEAR(numeric, a, 2e-2 * std::fabs(a) + 1e-5) << p.name;
-    ++checked;
+    if (is_mtp(p)) continue;
+    for (size_t i = 0; i < p.size; ++i) ASSERT_EQ(analytic[p.offset + i], 0.0f) << p.name;
   }
-  EXPECT_GT(checked, 8);
+  EXPECT_GT(check_largest_gradients(store, analytic, loss_at, 1e-5, is_mtp), 8);
 }
 
 }  // namespace
