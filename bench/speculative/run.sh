@@ -16,12 +16,17 @@
 #                a larger share of a step, as in real models (300 steps: about 22 minutes);
 #              demo: the r1-zero demo shape (hidden 128, 4 layers; overhead-bound) on the task
 #                corpus (TRAIN_STEPS, default 600; about 5 minutes; --mtp-weight 0.3).
+#   TUNE_STEPS then tune its MTP module for this many steps by self-distillation (`whale train
+#              --train mtp --mtp-target model`: only the draft learns, the model's output is
+#              unchanged; 300 steps of the wide model: about 9 minutes); default 0 (no tuning)
 #   DTYPE      bf16 (default): benchmark a bf16 copy (`whale convert --quant bf16`) of an f32 model,
 #              as a trained model is deployed; asis: the model as it is
 #   MTP_QUANT  with DTYPE=bf16: also quantize the MTP module (`--mtp q8` or q4), a cheaper draft
 #   DRAFTS     drafts per verification pass to compare, e.g. "1 2" (default 1)
 #   WHALE      the whale binary (default: build/whale)
 #   N          tokens per generation (default 200)
+#   EOS        ignore (default): always N tokens (--ignore-eos), running on past the end of the
+#              model's document; stop: end at the model's EOS, as a user's generation does
 #   REPEAT     alternating runs per prompt (default 3)
 #   THREADS    threads (default 2)
 set -euo pipefail
@@ -65,6 +70,19 @@ JSON
   model="$work/run/model"
 fi
 
+if [ "${TUNE_STEPS:-0}" -gt 0 ]; then
+  # Self-distillation of the draft: the MTP module alone learns the main model's next-token
+  # distribution (whale train --train mtp --mtp-target model), on the training corpus.
+  echo "== tuning the MTP module of $model to the model itself (${TUNE_STEPS} steps)"
+  [ -d "$work/data" ] || "$WHALE" data synth --kind stories --bytes 2000000 --out "$work/data" > /dev/null
+  "$WHALE" --threads "$THREADS" train --data "$work/data" --model "$model" --train mtp \
+    --mtp-target model --mtp-weight 1 --steps "$TUNE_STEPS" --batch 4 --seq-len 128 --lr 5e-4 \
+    --warmup 20 --schedule cosine --eval-every 100000 --save-every 100000 --out "$work/tune" \
+    > "$work/tune.log" 2>&1
+  grep 'MTP draft agrees' "$work/tune.log" || true
+  model="$work/tune/model"
+fi
+
 if [ "${DTYPE:-bf16}" = bf16 ]; then  # (a bf16 model's copy is the same model)
   mtp=(); [ -n "${MTP_QUANT:-}" ] && mtp=(--mtp "$MTP_QUANT")
   echo "== bf16 copy of $model (whale convert --quant bf16 ${mtp[*]})"
@@ -81,7 +99,8 @@ for prompt in "${prompts[@]}"; do
   declare -A spec_rates=()
   for ((r = 0; r < REPEAT; ++r)); do
     for mode in plain "${draft_counts[@]}"; do
-      args=(--threads "$THREADS" generate --model "$model" --prompt "$prompt" -n "$N" --ignore-eos --stats)
+      args=(--threads "$THREADS" generate --model "$model" --prompt "$prompt" -n "$N" --stats)
+      [ "${EOS:-ignore}" = ignore ] && args+=(--ignore-eos)
       [ "$mode" != plain ] && args+=(--speculative mtp --draft-tokens "$mode")
       "$WHALE" "${args[@]}" > "$work/$mode.out" 2> "$work/$mode.err"
       rate=$(sed -n 's/.*decode [0-9]* tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p' "$work/$mode.err")
@@ -91,6 +110,12 @@ for prompt in "${prompts[@]}"; do
       fi
     done
   done
+  decoded=$(sed -n 's/.*decode \([0-9]*\) tokens in.*/\1/p' "$work/plain.err")
+  if [ "${decoded:-0}" -lt 16 ]; then  # (EOS=stop: the model ended its answer at once)
+    echo "'$prompt': the model stops after $decoded token(s); left out"
+    unset spec_rates
+    continue
+  fi
   p=$(median "${plain_rates[@]}")
   for k in "${draft_counts[@]}"; do
     line=$(grep '^speculative:' "$work/$k.err")
