@@ -299,6 +299,13 @@ TEST(Trainer, LearnsTheSyntheticCorpus) {
       EXPECT_TRUE(same) << p.name << " changed while only the MTP module trains";
   }
   EXPECT_GT(changed, 5);
+  // Resuming that run without --train mtp would train the whole model: a clear error instead.
+  r = run_whale(
+      "train --data " + (tmp / "d") + " --model " + (tmp / "run/model") +
+      " --mtp-target model --mtp-weight 1 --steps 90 --batch 8 --seq-len 64 --resume --out " +
+      (tmp / "mtp"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("resume it with the same options"), std::string::npos) << r.output;
 }
 
 }  // namespace
