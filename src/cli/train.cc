@@ -40,7 +40,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--train", train_what,
                   "Which parameters learn: all, or mtp — the MTP module alone, the main model "
                   "frozen (with --model: tune a trained model's speculative-decoding draft; a "
-                  "step costs about a third of a full one)")
+                  "step costs about 40% of a full one)")
       ->check(CLI::IsMember({"all", "mtp"}));
   cmd->add_option("--mtp-target", mtp_target,
                   "What the MTP module learns: data — the token after next (DeepSeek-V3), or "

@@ -11,7 +11,7 @@
 //   it), i.e. CE_mtp = −Σ_v p_main(v)·log q_mtp(v), defined on every row i ≤ T−2. Decoding
 //   accepts a draft by the main model's judgment, so that is what the draft should predict.
 // - mtp_only: only the MTP module learns; the main model is measured but not back-propagated
-//   (the trainer freezes its parameters), so a step costs about a third of a full one.
+//   (the trainer freezes its parameters), so a step costs about 40% of a full one.
 #pragma once
 #include <cmath>
 #include <string>
