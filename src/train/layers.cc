@@ -166,7 +166,11 @@ double kl_divergence_row(const float* teacher, const float* student, int vocab, 
     ms = std::max(ms, student[v] / tau);
     mt = std::max(mt, teacher[v] / tau);
   }
-  std::vector<double> es(vocab), et(vocab);
+  // Per-thread scratch, kept between calls: a 129k vocabulary's rows would otherwise allocate
+  // (and page-fault) 2 MB each.
+  thread_local std::vector<double> es, et;
+  es.resize(vocab);
+  et.resize(vocab);
   double ss = 0, st = 0;
   for (int v = 0; v < vocab; ++v) {
     ss += (es[v] = std::exp(student[v] / tau - ms));

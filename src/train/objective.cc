@@ -15,6 +15,10 @@ bool parse_mtp_target(const std::string& name, MtpTarget* out) {
   return true;
 }
 
+const char* mtp_target_name(MtpTarget target) {
+  return target == MtpTarget::kModel ? "model" : "data";
+}
+
 LossParts language_model_loss(TrainModel& model, const int* tokens, int B, int T,
                               const ObjectiveOptions& options, bool backward) {
   const ModelConfig& c = model.config();

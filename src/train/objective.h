@@ -7,9 +7,11 @@
 // Two options tune the MTP module as a speculative-decoding draft for a model (EAGLE's and
 // Medusa-2's self-distillation, not in DeepSeek-V3's recipe):
 // - MtpTarget::kModel replaces CE_mtp's one-hot target t_{i+2} by the main model's own
-//   distribution for that token, softmax(logits_{i+1}) (held fixed: no gradient flows through
-//   it), i.e. CE_mtp = −Σ_v p_main(v)·log q_mtp(v), defined on every row i ≤ T−2. Decoding
-//   accepts a draft by the main model's judgment, so that is what the draft should predict.
+//   distribution for that token, p_main = softmax(logits_{i+1}) (held fixed: no gradient flows
+//   through it): the term becomes KL(p_main ‖ q_mtp), the cross-entropy −Σ_v p_main(v)·log
+//   q_mtp(v) less p_main's entropy (the same gradient; zero when the draft matches), on every
+//   row i ≤ T−2. Decoding accepts a draft by the main model's judgment, so that is what the
+//   draft should predict.
 // - mtp_only: only the MTP module learns; the main model is measured but not back-propagated
 //   (the trainer freezes its parameters), so a step costs about 40% of a full one.
 #pragma once
@@ -29,6 +31,7 @@ struct LossParts {
 
 enum class MtpTarget { kData, kModel };
 bool parse_mtp_target(const std::string& name, MtpTarget* out);
+const char* mtp_target_name(MtpTarget target);
 
 struct ObjectiveOptions {
   float mtp_weight = 0.3f;      // λ

@@ -157,6 +157,17 @@ TrainSummary train(const TrainerConfig& t) {
     check(fs::exists(resume_dir + "/trainer_state.json"),
           latest_path + " names a missing checkpoint");
   }
+  const std::string train_what = t.objective.mtp_only ? "mtp" : "all";
+  const std::string mtp_target = mtp_target_name(t.objective.mtp_target);
+  if (!resume_dir.empty() && fs::exists(t.out_dir + "/run.json")) {
+    // What learns, and towards what, must not change halfway through a run.
+    const json before = json::parse(read_file(t.out_dir + "/run.json"));
+    const std::string was_train = before.value("train", "all");
+    const std::string was_target = before.value("mtp_target", "data");
+    check(was_train == train_what && was_target == mtp_target,
+          "train: " + t.out_dir + " was trained with --train " + was_train + " --mtp-target " +
+              was_target + "; resume it with the same options");
+  }
   ModelConfig config =
       resume_dir.empty() ? choose_model_config(t, data) : ModelConfig::load(resume_dir);
   ParamStore store(config);
@@ -186,17 +197,6 @@ TrainSummary train(const TrainerConfig& t) {
   TrainModel model(store);
   const std::vector<std::string> bias_names = routing_bias_names(config);
 
-  const std::string train_what = t.objective.mtp_only ? "mtp" : "all";
-  const std::string mtp_target = t.objective.mtp_target == MtpTarget::kModel ? "model" : "data";
-  if (!resume_dir.empty() && fs::exists(t.out_dir + "/run.json")) {
-    // What learns, and towards what, must not change halfway through a run.
-    const json before = json::parse(read_file(t.out_dir + "/run.json"));
-    const std::string was_train = before.value("train", "all");
-    const std::string was_target = before.value("mtp_target", "data");
-    check(was_train == train_what && was_target == mtp_target,
-          "train: " + t.out_dir + " was trained with --train " + was_train + " --mtp-target " +
-              was_target + "; resume it with the same options");
-  }
   json settings = {{"data", fs::absolute(t.data_dir).string()},
                    {"batch", t.batch},
                    {"seq_len", t.seq_len},
