@@ -273,5 +273,91 @@ TEST(PackedBf16, LoadedBf16ModelsArePacked) {
   set_exact_activations(true);
 }
 
+// Absorbed attention reads a bf16 kv_b_proj through packed copies (MlaWeights::absorbed_keys,
+// absorbed_values) where its head widths fit packed rows: the copies hold exactly W_UK's rows
+// transposed and W_UV's rows; decode on them stays within the fast path's rounding of the plain
+// model; a few rows at once (a speculative verification) give each row the bits of its own step;
+// the exact path ignores them (the same bits as the plain model).
+TEST(PackedBf16, AbsorbedAttentionReadsPackedCopiesOfKvB) {
+  TempDir tmp;
+  auto r = testing::run_whale("init --preset tiny --out " + (tmp / "preset"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json config = nlohmann::json::parse(read_file(tmp / "preset/config.json"));
+  config["kv_lora_rank"] = 128;  // rows of W_UV and of W_UK's copy: multiples of 64
+  config["qk_nope_head_dim"] = 64;
+  config["v_head_dim"] = 64;
+  write_file_atomic(tmp / "config.json", config.dump(2));
+  r = testing::run_whale("init --config " + (tmp / "config.json") +
+                         " --dtype bf16 --seed 4 --out " + (tmp / "bf16"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto model = [&] {
+    testing::FastActivations fast;
+    return Model::load(tmp / "bf16");
+  }();
+  const ModelConfig& c = model->config();
+  const Checkpoint checkpoint(tmp / "bf16");
+  const auto plain = Model::from_source(c, checkpoint);
+  const Weights& w = model->weights();
+  if (!bf16_gemm_available()) {
+    EXPECT_TRUE(w.layers[0].mla.absorbed_keys.empty());
+    GTEST_SKIP() << "no AVX512-BF16: absorbed attention reads kv_b_proj as stored";
+  }
+  const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
+  const int kvr = c.kv_lora_rank;
+  std::vector<const MlaWeights*> mlas;
+  for (const Layer& layer : w.layers) mlas.push_back(&layer.mla);
+  if (w.has_mtp) mlas.push_back(&w.mtp.block.mla);
+  for (const MlaWeights* m : mlas) {
+    const Linear &keys = m->absorbed_keys, &values = m->absorbed_values, &kv_b = m->kv_b_proj;
+    ASSERT_TRUE(keys.bf16_packed() && values.bf16_packed());
+    ASSERT_FALSE(kv_b.bf16_packed());
+    ASSERT_EQ(keys.rows, heads * kvr);
+    ASSERT_EQ(keys.cols, nope);
+    ASSERT_EQ(values.rows, heads * vdim);
+    ASSERT_EQ(values.cols, kvr);
+    const auto* stored = reinterpret_cast<const uint16_t*>(kv_b.data);
+    std::vector<uint16_t> row(kvr);
+    for (int h = 0; h < heads; ++h) {
+      const uint16_t* head = stored + static_cast<size_t>(h) * (nope + vdim) * kvr;
+      for (int k = 0; k < kvr; ++k) {
+        unpack_bf16_row(keys.packed, nope, h * kvr + k, row.data());
+        for (int i = 0; i < nope; ++i)
+          ASSERT_EQ(row[i], head[static_cast<size_t>(i) * kvr + k]) << h << " " << k << " " << i;
+      }
+      for (int i = 0; i < vdim; ++i) {
+        unpack_bf16_row(values.packed, kvr, h * vdim + i, row.data());
+        for (int k = 0; k < kvr; ++k)
+          ASSERT_EQ(row[k], head[static_cast<size_t>(nope + i) * kvr + k]) << h << " " << i;
+      }
+    }
+  }
+  // Decode's byte counts read the copies, not kv_b_proj.
+  const std::vector<const Linear*> read = attention_matrices(w.layers[0]);
+  EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.absorbed_keys), 1);
+  EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.absorbed_values), 1);
+  EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.kv_b_proj), 0);
+  std::vector<int> tokens;
+  for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % c.vocab_size);
+  // Exact: the same bits as the plain model (the copies unused).
+  const std::vector<float> reference = testing::decode_logits(*plain, tokens);
+  ASSERT_EQ(testing::decode_logits(*model, tokens), reference);
+  // Fast: q_nope and the latent sums rounded to bf16 on top of the other products' rounding —
+  // within GoldenBf16's bound of the exact logits, and not those of the plain model's fast path
+  // (the copies are read).
+  testing::FastActivations fast;
+  const std::vector<float> steps = testing::decode_logits(*model, tokens);
+  EXPECT_LT(testing::relative_max_error(steps, reference), 2e-2);
+  EXPECT_NE(steps, testing::decode_logits(*plain, tokens));
+  // A verification's three rows in one pass: each row's logits those of its own step.
+  const size_t V = c.vocab_size;
+  KVCache cache = model->new_cache();
+  const int before = 9;  // stepped, so that the cache holds what decode's steps wrote
+  for (int t = 0; t < before; ++t) model->forward(&tokens[t], 1, cache, nullptr);
+  std::vector<float> rows(3 * V);
+  model->forward(tokens.data() + before, 3, cache, rows.data());
+  for (size_t i = 0; i < rows.size(); ++i)
+    ASSERT_EQ(bits(rows[i]), bits(steps[before * V + i])) << "row " << i / V;
+}
+
 }  // namespace
 }  // namespace whale

@@ -150,6 +150,26 @@ int main(int argc, char** argv) {
                        }
                        return bytes;
                      }});
+  if (c.is_deepseek() && c.q_lora_rank == 0) {
+    // Attention's three plain projections on their own; the rest of its time is the absorbed
+    // core (kv_b_proj's absorption and value rows, the scores over the cache).
+    const auto projection = [&](const char* name, auto matrix) {
+      parts.push_back({name, [&, matrix] {
+                         double bytes = 0;
+                         for (int l = 0; l < L; ++l) {
+                           const Linear& m = matrix(w.layers[l].mla);
+                           linear_forward(m, x.data(), 1, y.data());
+                           bytes += m.bytes();
+                         }
+                         return bytes;
+                       }});
+    };
+    projection("  q_proj", [](const MlaWeights& m) -> const Linear& { return m.q_proj; });
+    projection("  kv_a_proj", [](const MlaWeights& m) -> const Linear& {
+      return m.kv_a_proj_with_mqa;
+    });
+    projection("  o_proj", [](const MlaWeights& m) -> const Linear& { return m.o_proj; });
+  }
   parts.push_back({"dense FFNs", [&] {
                      double bytes = 0;
                      for (int l = 0; l < L; ++l)

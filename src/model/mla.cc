@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "model/attention.h"
 #include "ops/kernels.h"
+#include "ops/precision.h"
 
 namespace whale {
 
@@ -187,30 +188,53 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     std::vector<float> partials(static_cast<size_t>(chunks_total) * heads * partial);
     // Chunk items by groups of 16 heads (a vector of scores).
     const int group_size = std::min(heads, 16), groups = (heads + group_size - 1) / group_size;
-    std::vector<std::pair<int, int>> chunk_items;  // (absorbed row, chunk)
+    // Where pack_bf16_rows made them, the absorption and the values are packed row dots.
+    const bool packed_rows = !w.absorbed_keys.empty() && use_bf16_gemm();
+    std::vector<float> head_values(static_cast<size_t>(A) * heads * vdim);  // [a][head][vdim]
+    std::vector<std::pair<int, int>> chunk_items;                           // (absorbed row, chunk)
     for (int a = 0; a < A; ++a)
       for (int c = 0; c < chunks_of(map.position[absorbed_rows[a]] + 1); ++c)
         chunk_items.push_back({a, c});
 #pragma omp parallel
     {
-      std::vector<float> row(kvr);
       // This thread's copy of one (row, group of heads)'s queries transposed, [width][16]: the
       // heads across the lanes of transposed_scores, zeros past the group's last head.
       AlignedVector<float> group_queries(static_cast<size_t>(width) * 16);
       int group_row = -1, group_h0 = -1;
       std::vector<float> scores_t(static_cast<size_t>(max_chunk) * 16);  // [position][head]
       std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
+      // Head by head, each head for every row in turn: a static split gives each thread its
+      // heads' kv_b rows, in order, read once from memory however many rows there are.
+      if (packed_rows) {
+        // Packed W_UKᵀ: the head's kv_lora_rank rows dotted with every row's q_nope (rounded to
+        // bf16 like every other activation a bf16 matrix takes on this path).
+        std::vector<float> q_nope(static_cast<size_t>(A) * nope);
 #pragma omp for schedule(static)
-      for (int item = 0; item < A * heads; ++item) {
-        // Head by head, each head for every row in turn: a static split gives each thread its
-        // heads' kv_b rows, in order, read once from memory however many rows there are.
-        const int hd = item / A, a = item % A, r = absorbed_rows[a];
-        // The next head's W_UK rows.
-        if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
-        const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
-        float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
-        w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
-        std::copy_n(qh + nope, rope_dim, query + kvr);
+        for (int hd = 0; hd < heads; ++hd) {
+          for (int a = 0; a < A; ++a)
+            std::copy_n(q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk, nope,
+                        q_nope.data() + static_cast<size_t>(a) * nope);
+          const Linear::RowsInput in = w.absorbed_keys.prepare_rows(q_nope.data(), A);
+          // Row hd · kvr + k lands at entry k of row a's query for the head.
+          float* y = absorbed.data() + static_cast<size_t>(hd) * (query_stride - kvr);
+          w.absorbed_keys.rows_dot_range(hd * kvr, (hd + 1) * kvr, in, y, heads * query_stride);
+          for (int a = 0; a < A; ++a)
+            std::copy_n(
+                q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk + nope,
+                rope_dim,
+                absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride + kvr);
+        }
+      } else {
+#pragma omp for schedule(static)
+        for (int item = 0; item < A * heads; ++item) {
+          const int hd = item / A, a = item % A, r = absorbed_rows[a];
+          // The next head's W_UK rows.
+          if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
+          const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
+          float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
+          w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
+          std::copy_n(qh + nope, rope_dim, query + kvr);
+        }
       }
 #pragma omp for schedule(dynamic)
       for (int item = 0; item < static_cast<int>(chunk_items.size()) * groups; ++item) {
@@ -266,30 +290,51 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           j += run;
         }
       }
-#pragma omp for schedule(static)
-      for (int item = 0; item < A * heads; ++item) {
-        const int hd = item / A, a = item % A, r = absorbed_rows[a];  // as the absorption
-        if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);
-        const int chunks = chunks_of(map.position[r] + 1);
+      // Each (row, head)'s chunks combined: its normalized latent Σ p c_KV.
+      const auto latent_sum = [&](int a, int hd, float* row) {
+        const int chunks = chunks_of(map.position[absorbed_rows[a]] + 1);
         const float* first =
             partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
         const size_t stride = static_cast<size_t>(heads) * partial;  // chunk to chunk
         float m = kNegInf;
         for (int c = 0; c < chunks; ++c) m = std::max(m, first[c * stride + kvr]);
-        std::fill(row.begin(), row.end(), 0.0f);
+        std::fill(row, row + kvr, 0.0f);
         float total = 0;
         for (int c = 0; c < chunks; ++c) {
           const float* o = first + c * stride;
           if (o[kvr + 1] == 0.0f) continue;
           const float weight = std::exp(o[kvr] - m);
-          axpy(weight, o, row.data(), kvr);
+          axpy(weight, o, row, kvr);
           total += weight * o[kvr + 1];
         }
-        for (float& v : row) v /= total;
-        float* out_h = attn.data() + (static_cast<size_t>(r) * heads + hd) * vdim;
-        w.kv_b_proj.row_dots(hd * kv_b_rows_per_head + nope, vdim, row.data(), out_h);
+        for (int k = 0; k < kvr; ++k) row[k] /= total;
+      };
+      // The values W_UV (Σ p c_KV), heads split as the absorption's.
+      if (packed_rows) {
+        std::vector<float> latents(static_cast<size_t>(A) * kvr);
+#pragma omp for schedule(static)
+        for (int hd = 0; hd < heads; ++hd) {
+          for (int a = 0; a < A; ++a)
+            latent_sum(a, hd, latents.data() + static_cast<size_t>(a) * kvr);
+          const Linear::RowsInput in = w.absorbed_values.prepare_rows(latents.data(), A);
+          w.absorbed_values.rows_dot_range(hd * vdim, (hd + 1) * vdim, in, head_values.data(),
+                                           static_cast<size_t>(heads) * vdim);
+        }
+      } else {
+        std::vector<float> row(kvr);
+#pragma omp for schedule(static)
+        for (int item = 0; item < A * heads; ++item) {
+          const int hd = item / A, a = item % A;
+          if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);
+          latent_sum(a, hd, row.data());
+          w.kv_b_proj.row_dots(hd * kv_b_rows_per_head + nope, vdim, row.data(),
+                               head_values.data() + (static_cast<size_t>(a) * heads + hd) * vdim);
+        }
       }
     }
+    for (int a = 0; a < A; ++a)
+      std::copy_n(head_values.data() + static_cast<size_t>(a) * heads * vdim, heads * vdim,
+                  attn.data() + static_cast<size_t>(absorbed_rows[a]) * heads * vdim);
   }
   linear_forward(w.o_proj, attn.data(), N, out);
 }

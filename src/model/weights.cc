@@ -289,7 +289,51 @@ struct Bf16Packer {
            !name.ends_with("kv_b_proj.weight") && name.find("embed_tokens") == std::string::npos;
   }
   void matrix(const std::string& name, int, int, bool, Linear& w) {
-    if (!packed(name, w)) return;
+    if (packed(name, w)) pack(w, true);
+  }
+  // Absorbed attention's copies of a bf16 kv_b_proj (MlaWeights::absorbed_keys and
+  // absorbed_values), built here and packed like the rest; left empty where they do not pack.
+  void absorbed(const ModelConfig& c, MlaWeights& m) {
+    const Linear& kv_b = m.kv_b_proj;
+    const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
+    const int kvr = c.kv_lora_rank, per_head = nope + vdim;
+    if (kv_b.dtype != DType::BF16 || kv_b.bf16_packed() || !packed_bf16_fit(nope) ||
+        !packed_bf16_fit(kvr))
+      return;
+    std::vector<uint16_t> keys, values;
+    if (!sizing) {
+      const auto* source = reinterpret_cast<const uint16_t*>(kv_b.data);
+      keys.resize(static_cast<size_t>(heads) * kvr * nope);
+      values.resize(static_cast<size_t>(heads) * vdim * kvr);
+      for (int h = 0; h < heads; ++h) {
+        const uint16_t* head = source + static_cast<size_t>(h) * per_head * kvr;
+        for (int i = 0; i < nope; ++i)  // W_UK's row i of the head, as column i of its copy
+          for (int k = 0; k < kvr; ++k)
+            keys[(static_cast<size_t>(h) * kvr + k) * nope + i] =
+                head[static_cast<size_t>(i) * kvr + k];
+        std::copy_n(head + static_cast<size_t>(nope) * kvr, static_cast<size_t>(vdim) * kvr,
+                    values.data() + static_cast<size_t>(h) * vdim * kvr);
+      }
+    }
+    Linear k, v;
+    k.dtype = v.dtype = DType::BF16;
+    k.rows = heads * kvr;
+    k.cols = nope;
+    k.data = reinterpret_cast<const uint8_t*>(keys.data());
+    v.rows = heads * vdim;
+    v.cols = kvr;
+    v.data = reinterpret_cast<const uint8_t*>(values.data());
+    pack(k, false);
+    pack(v, false);
+    if (sizing) return;
+    // Both or neither (the sources go out of scope here).
+    if (!k.bf16_packed() || !v.bf16_packed()) return;
+    m.absorbed_keys = k;
+    m.absorbed_values = v;
+  }
+  // Packs w's rows into the storage and points w there; its source is the checkpoint's
+  // (done_with is told of it) or a buffer of the caller's.
+  void pack(Linear& w, bool from_checkpoint) {
     const int rows = w.rows, cols = w.cols, segments = packed_bf16_segments(cols);
     const size_t row_bytes = packed_bf16_row_bytes(cols);
     const size_t planes_at = layout.take(rows * row_bytes),
@@ -321,7 +365,7 @@ struct Bf16Packer {
     if (exceptions.size() > static_cast<size_t>(rows) * cols / 100) return;
     offsets[0] = 0;
     for (int r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
-    done_with(w.data, static_cast<size_t>(rows) * cols * 2);
+    if (from_checkpoint) done_with(w.data, static_cast<size_t>(rows) * cols * 2);
     storage->exceptions.push_back(std::move(exceptions));
     w.data = planes;
     w.packed = {planes, bases, offsets, storage->exceptions.back().data()};
@@ -334,12 +378,18 @@ void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* st
                     const std::function<void(const void*, size_t)>& done_with) {
   if (!use_bf16_gemm()) return;
   Bf16Packer packer{done_with, storage};
-  visit_weights(config, w, packer);
+  const auto visit = [&] {
+    visit_weights(config, w, packer);
+    if (!config.is_deepseek()) return;
+    for (Layer& layer : w.layers) packer.absorbed(config, layer.mla);
+    if (w.has_mtp) packer.absorbed(config, w.mtp.block.mla);
+  };
+  visit();
   if (packer.layout.bytes == 0) return;
   storage->pages = PageBuffer(packer.layout.bytes);
   packer.sizing = false;
   packer.layout = {};
-  visit_weights(config, w, packer);
+  visit();
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
 }
 
@@ -389,10 +439,14 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
   const MlaWeights& m = l.mla;
   const DenseAttentionWeights& a = l.attn;
   std::vector<const Linear*> out;
-  for (const Linear* w : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj,
-                          &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj,
-                          &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
-    if (!w->empty()) out.push_back(w);
+  // kv_b_proj as decode reads it: its packed copies where they exist.
+  const bool absorbed = !m.absorbed_keys.empty();
+  for (const Linear* w :
+       {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa,
+        absorbed ? &m.absorbed_keys : &m.kv_b_proj, absorbed ? &m.absorbed_values : nullptr,
+        &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj, &a.q_proj, &a.k_proj,
+        &a.v_proj, &a.o_proj})
+    if (w && !w->empty()) out.push_back(w);
   return out;
 }
 

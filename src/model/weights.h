@@ -74,6 +74,11 @@ struct MlaWeights {
   Vector q_a_layernorm;
   Linear kv_a_proj_with_mqa, kv_b_proj, o_proj;
   Vector kv_a_layernorm;
+  // Absorbed attention's reads of kv_b_proj as packed bf16 rows (pack_bf16_rows builds them from
+  // a bf16 kv_b_proj; empty otherwise): each head's W_UK transposed, [heads · kv_lora_rank,
+  // qk_nope] — its absorption W_UKᵀ q_nope as row dots — and its W_UV rows back to back,
+  // [heads · v_head_dim, kv_lora_rank].
+  Linear absorbed_keys, absorbed_values;
   Indexer indexer;
 };
 
@@ -129,7 +134,8 @@ struct PackedBf16Storage {
 // On CPUs with AVX512-BF16 (and not --exact: ops/precision.h's use_bf16_gemm()), every bf16
 // matrix decode multiplies by row dots whose rows fit (packed_bf16_fit) packed losslessly into
 // storage, 12 bits a value (ops/packed_bf16.h), its Linear pointed there — not the embeddings (a
-// row lookup), nor MLA's kv_b_proj (absorbed attention reads its rows unpacked at every step),
+// row lookup), nor MLA's kv_b_proj (the naive path's GEMM reads it as stored; for absorbed
+// attention the packed copies MlaWeights::absorbed_keys and absorbed_values are built from it),
 // nor a matrix where more than 1% of the values would be exceptions. done_with as above.
 void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* storage,
                     const std::function<void(const void*, size_t)>& done_with);
