@@ -266,7 +266,56 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
     }
     std::vector<int> tokens;
     for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);
-    testing::expect_same_decode(*model, *stored, tokens);
+    // The fast path's W_UV copy takes the latent sums as int8, where the stored model's
+    // kv_b_proj takes them as f32 (AbsorbedValuesReadALaneCopyOfKvB below).
+    testing::expect_same_decode(*model, *stored, tokens, 5e-2);
+  }
+}
+
+// Absorbed attention reads a q8/q4 kv_b_proj's W_UV rows through a copy in group-lane order
+// (MlaWeights::absorbed_values; W_UK stays in kv_b_proj): the copy dequantizes to exactly the
+// stored rows, attention's byte count is the stored model's (the same bytes, read from the copy),
+// and decode on it behaves (testing::expect_absorbed_copies_decode).
+TEST(GroupLanes, AbsorbedValuesReadALaneCopyOfKvB) {
+  TempDir tmp;
+  const std::string dir = testing::init_wide_latent_model(tmp);
+  for (const std::string quant : {"q8", "q4"}) {
+    auto r = testing::run_whale("convert --model " + dir + " --quant " + quant + " --out " +
+                                (tmp / quant));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto model = [&] {
+      testing::FastActivations fast;
+      return Model::load(tmp / quant);
+    }();
+    const ModelConfig& c = model->config();
+    const Checkpoint checkpoint(tmp / quant);
+    const auto stored = Model::from_source(c, checkpoint);
+    const Weights& w = model->weights();
+    if (!vnni_available()) {
+      EXPECT_TRUE(w.layers[0].mla.absorbed_values.empty());
+      GTEST_SKIP() << "no AVX512-VNNI: absorbed attention reads kv_b_proj as stored";
+    }
+    const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
+    const int kvr = c.kv_lora_rank;
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+      const MlaWeights& m = w.layers[l].mla;
+      ASSERT_TRUE(m.absorbed_keys.empty()) << quant;
+      ASSERT_TRUE(m.absorbed_values.group_lanes) << quant;
+      ASSERT_FALSE(m.kv_b_proj.group_lanes);
+      ASSERT_EQ(m.absorbed_values.rows, heads * vdim);
+      ASSERT_EQ(m.absorbed_values.cols, kvr);
+      std::vector<float> copy(kvr), original(kvr);
+      for (int h = 0; h < heads; ++h)
+        for (int i = 0; i < vdim; ++i) {
+          m.absorbed_values.row_to_f32(h * vdim + i, copy.data());
+          m.kv_b_proj.row_to_f32(h * (nope + vdim) + nope + i, original.data());
+          ASSERT_EQ(copy, original) << quant << " layer " << l << " head " << h << " row " << i;
+        }
+      EXPECT_EQ(attention_bytes(w.layers[l]), attention_bytes(stored->weights().layers[l]));
+    }
+    // Int8 latent sums on top of the int8 activations of every other product: within the bound
+    // GroupLanes's fast decode keeps to the stored model (above).
+    testing::expect_absorbed_copies_decode(*model, *stored, 5e-2);
   }
 }
 

@@ -275,27 +275,18 @@ TEST(PackedBf16, LoadedBf16ModelsArePacked) {
 
 // Absorbed attention reads a bf16 kv_b_proj through packed copies (MlaWeights::absorbed_keys,
 // absorbed_values) where its head widths fit packed rows: the copies hold exactly W_UK's rows
-// transposed and W_UV's rows; decode on them stays within the fast path's rounding of the plain
-// model; a few rows at once (a speculative verification) give each row the bits of its own step;
-// the exact path ignores them (the same bits as the plain model).
+// transposed and W_UV's rows, decode's byte counts name them, and decode on them behaves
+// (testing::expect_absorbed_copies_decode: the exact path's bits, the fast path's bound, and a
+// verification pass bit for bit as its steps).
 TEST(PackedBf16, AbsorbedAttentionReadsPackedCopiesOfKvB) {
   TempDir tmp;
-  auto r = testing::run_whale("init --preset tiny --out " + (tmp / "preset"));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  nlohmann::json config = nlohmann::json::parse(read_file(tmp / "preset/config.json"));
-  config["kv_lora_rank"] = 128;  // rows of W_UV and of W_UK's copy: multiples of 64
-  config["qk_nope_head_dim"] = 64;
-  config["v_head_dim"] = 64;
-  write_file_atomic(tmp / "config.json", config.dump(2));
-  r = testing::run_whale("init --config " + (tmp / "config.json") +
-                         " --dtype bf16 --seed 4 --out " + (tmp / "bf16"));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string dir = testing::init_wide_latent_model(tmp);
   const auto model = [&] {
     testing::FastActivations fast;
-    return Model::load(tmp / "bf16");
+    return Model::load(dir);
   }();
   const ModelConfig& c = model->config();
-  const Checkpoint checkpoint(tmp / "bf16");
+  const Checkpoint checkpoint(dir);
   const auto plain = Model::from_source(c, checkpoint);
   const Weights& w = model->weights();
   if (!bf16_gemm_available()) {
@@ -336,27 +327,9 @@ TEST(PackedBf16, AbsorbedAttentionReadsPackedCopiesOfKvB) {
   EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.absorbed_keys), 1);
   EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.absorbed_values), 1);
   EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.kv_b_proj), 0);
-  std::vector<int> tokens;
-  for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % c.vocab_size);
-  // Exact: the same bits as the plain model (the copies unused).
-  const std::vector<float> reference = testing::decode_logits(*plain, tokens);
-  ASSERT_EQ(testing::decode_logits(*model, tokens), reference);
-  // Fast: q_nope and the latent sums rounded to bf16 on top of the other products' rounding —
-  // within GoldenBf16's bound of the exact logits, and not those of the plain model's fast path
-  // (the copies are read).
-  testing::FastActivations fast;
-  const std::vector<float> steps = testing::decode_logits(*model, tokens);
-  EXPECT_LT(testing::relative_max_error(steps, reference), 2e-2);
-  EXPECT_NE(steps, testing::decode_logits(*plain, tokens));
-  // A verification's three rows in one pass: each row's logits those of its own step.
-  const size_t V = c.vocab_size;
-  KVCache cache = model->new_cache();
-  const int before = 9;  // stepped, so that the cache holds what decode's steps wrote
-  for (int t = 0; t < before; ++t) model->forward(&tokens[t], 1, cache, nullptr);
-  std::vector<float> rows(3 * V);
-  model->forward(tokens.data() + before, 3, cache, rows.data());
-  for (size_t i = 0; i < rows.size(); ++i)
-    ASSERT_EQ(bits(rows[i]), bits(steps[before * V + i])) << "row " << i / V;
+  // q_nope and the latent sums rounded to bf16 on top of the other products' rounding: within
+  // GoldenBf16's bound of the exact logits.
+  testing::expect_absorbed_copies_decode(*model, *plain, 2e-2);
 }
 
 }  // namespace

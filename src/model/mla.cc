@@ -188,8 +188,12 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     std::vector<float> partials(static_cast<size_t>(chunks_total) * heads * partial);
     // Chunk items by groups of 16 heads (a vector of scores).
     const int group_size = std::min(heads, 16), groups = (heads + group_size - 1) / group_size;
-    // Where pack_bf16_rows made them, the absorption and the values are packed row dots.
-    const bool packed_rows = !w.absorbed_keys.empty() && use_bf16_gemm();
+    // Where the loader made copies of kv_b_proj (MlaWeights::absorbed_keys / absorbed_values)
+    // and their fast row dots are on, the absorption and the values read those.
+    const auto fast_rows = [](const Linear& m) {
+      return m.bf16_packed() ? use_bf16_gemm() : m.group_lanes && use_vnni();
+    };
+    const bool key_rows = fast_rows(w.absorbed_keys), value_rows = fast_rows(w.absorbed_values);
     std::vector<float> head_values(static_cast<size_t>(A) * heads * vdim);  // [a][head][vdim]
     std::vector<std::pair<int, int>> chunk_items;                           // (absorbed row, chunk)
     for (int a = 0; a < A; ++a)
@@ -205,7 +209,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
       // Head by head, each head for every row in turn: a static split gives each thread its
       // heads' kv_b rows, in order, read once from memory however many rows there are.
-      if (packed_rows) {
+      if (key_rows) {
         // Packed W_UKᵀ: the head's kv_lora_rank rows dotted with every row's q_nope (rounded to
         // bf16 like every other activation a bf16 matrix takes on this path).
         std::vector<float> q_nope(static_cast<size_t>(A) * nope);
@@ -309,8 +313,9 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         }
         for (int k = 0; k < kvr; ++k) row[k] /= total;
       };
-      // The values W_UV (Σ p c_KV), heads split as the absorption's.
-      if (packed_rows) {
+      // The values W_UV (Σ p c_KV), heads split as the absorption's: the latent sums rounded
+      // to bf16 (packed copy) or quantized to int8 (q8/q4 copy), as any activation there.
+      if (value_rows) {
         std::vector<float> latents(static_cast<size_t>(A) * kvr);
 #pragma omp for schedule(static)
         for (int hd = 0; hd < heads; ++hd) {

@@ -256,8 +256,51 @@ struct LaneReorderer {
     w.data = storage + at;
     w.group_lanes = true;
   }
+  // Absorbed attention's copy of a q8/q4 kv_b_proj's W_UV rows (MlaWeights::absorbed_values):
+  // the rows back to back in group-lane order, their scales beside them, so that the value
+  // projection is the lane row dots. (W_UK's transposed copy would need new quantization groups:
+  // the absorption keeps reading kv_b_proj.)
+  void absorbed(const ModelConfig& c, MlaWeights& m) {
+    const Linear& kv_b = m.kv_b_proj;
+    if (!(kv_b.dtype == DType::I8 || kv_b.dtype == DType::U8) || kv_b.group_lanes ||
+        !group_lanes_fit(kv_b.cols))
+      return;
+    const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
+    const size_t rows = static_cast<size_t>(heads) * vdim, row_bytes = kv_b.row_bytes();
+    const size_t scales = (kv_b.dtype == DType::I8 ? 1 : 2) * kv_b.groups();  // f16s a row
+    const size_t codes_at = layout.take(rows * row_bytes),
+                 scales_at = layout.take(rows * scales * sizeof(uint16_t));
+    if (!storage) return;
+    uint8_t* codes = storage + codes_at;
+    auto* scale_copy = reinterpret_cast<uint16_t*>(storage + scales_at);
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < vdim; ++i) {
+        const size_t from = static_cast<size_t>(h) * (nope + vdim) + nope + i,
+                     to = static_cast<size_t>(h) * vdim + i;
+        if (kv_b.dtype == DType::I8)
+          q8_row_to_lanes(reinterpret_cast<const int8_t*>(kv_b.data + from * row_bytes), kv_b.cols,
+                          reinterpret_cast<int8_t*>(codes + to * row_bytes));
+        else
+          q4_row_to_lanes(kv_b.data + from * row_bytes, kv_b.cols, codes + to * row_bytes);
+        std::copy_n(kv_b.qscale + from * scales, scales, scale_copy + to * scales);
+      }
+    Linear v = kv_b;
+    v.rows = static_cast<int>(rows);
+    v.data = codes;
+    v.qscale = scale_copy;
+    v.group_lanes = true;
+    m.absorbed_values = v;
+  }
   void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
 };
+
+// Every MLA block's weights: each layer's, then the MTP block's.
+template <class Fn>
+void for_each_mla(const ModelConfig& config, Weights& w, Fn&& fn) {
+  if (!config.is_deepseek()) return;
+  for (Layer& layer : w.layers) fn(layer.mla);
+  if (w.has_mtp) fn(w.mtp.block.mla);
+}
 }  // namespace
 
 void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
@@ -266,12 +309,16 @@ void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* 
   // back in order before each product.
   if (!use_vnni()) return;
   LaneReorderer reorderer{done_with};
-  visit_weights(config, w, reorderer);
+  const auto visit = [&] {
+    visit_weights(config, w, reorderer);
+    for_each_mla(config, w, [&](MlaWeights& m) { reorderer.absorbed(config, m); });
+  };
+  visit();
   if (reorderer.layout.bytes == 0) return;
   *storage = PageBuffer(reorderer.layout.bytes);
   reorderer.storage = storage->data();
   reorderer.layout = {};
-  visit_weights(config, w, reorderer);
+  visit();
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
 }
 
@@ -380,9 +427,7 @@ void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* st
   Bf16Packer packer{done_with, storage};
   const auto visit = [&] {
     visit_weights(config, w, packer);
-    if (!config.is_deepseek()) return;
-    for (Layer& layer : w.layers) packer.absorbed(config, layer.mla);
-    if (w.has_mtp) packer.absorbed(config, w.mtp.block.mla);
+    for_each_mla(config, w, [&](MlaWeights& m) { packer.absorbed(config, m); });
   };
   visit();
   if (packer.layout.bytes == 0) return;
@@ -439,13 +484,13 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
   const MlaWeights& m = l.mla;
   const DenseAttentionWeights& a = l.attn;
   std::vector<const Linear*> out;
-  // kv_b_proj as decode reads it: its packed copies where they exist.
-  const bool absorbed = !m.absorbed_keys.empty();
+  // kv_b_proj as decode reads it: its copies where they exist (attention_bytes counts only
+  // its W_UK rows beside a lone W_UV copy).
+  const bool keys = !m.absorbed_keys.empty();
   for (const Linear* w :
        {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa,
-        absorbed ? &m.absorbed_keys : &m.kv_b_proj, absorbed ? &m.absorbed_values : nullptr,
-        &m.o_proj, &m.indexer.wq_b, &m.indexer.wk, &m.indexer.weights_proj, &a.q_proj, &a.k_proj,
-        &a.v_proj, &a.o_proj})
+        keys ? &m.absorbed_keys : &m.kv_b_proj, &m.absorbed_values, &m.o_proj, &m.indexer.wq_b,
+        &m.indexer.wk, &m.indexer.weights_proj, &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj})
     if (w && !w->empty()) out.push_back(w);
   return out;
 }
@@ -453,6 +498,10 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
 size_t attention_bytes(const Layer& l) {
   size_t b = 0;
   for (const Linear* w : attention_matrices(l)) b += w->bytes();
+  // With only the W_UV copy (q8, q4), decode reads kv_b_proj's W_UK rows alone.
+  const MlaWeights& m = l.mla;
+  if (m.absorbed_keys.empty() && !m.absorbed_values.empty())
+    b -= m.kv_b_proj.bytes() / m.kv_b_proj.rows * m.absorbed_values.rows;
   return b;
 }
 
@@ -475,6 +524,11 @@ std::vector<const Linear*> decode_fixed_matrices(const Weights& w) {
 size_t decode_fixed_bytes(const Weights& w) {
   size_t fixed = w.embed_tokens.row_bytes();
   for (const Linear* m : decode_fixed_matrices(w)) fixed += m->bytes();
+  for (const Layer& l : w.layers) {  // attention_bytes' correction
+    size_t listed = 0;
+    for (const Linear* m : attention_matrices(l)) listed += m->bytes();
+    fixed -= listed - attention_bytes(l);
+  }
   return fixed;
 }
 

@@ -74,10 +74,12 @@ struct MlaWeights {
   Vector q_a_layernorm;
   Linear kv_a_proj_with_mqa, kv_b_proj, o_proj;
   Vector kv_a_layernorm;
-  // Absorbed attention's reads of kv_b_proj as packed bf16 rows (pack_bf16_rows builds them from
-  // a bf16 kv_b_proj; empty otherwise): each head's W_UK transposed, [heads · kv_lora_rank,
-  // qk_nope] — its absorption W_UKᵀ q_nope as row dots — and its W_UV rows back to back,
-  // [heads · v_head_dim, kv_lora_rank].
+  // Absorbed attention's reads of kv_b_proj as fast row dots, copies the loader makes (empty
+  // otherwise). absorbed_keys: each head's W_UK transposed, [heads · kv_lora_rank, qk_nope] —
+  // the absorption W_UKᵀ q_nope as row dots — packed bf16 (pack_bf16_rows, from a bf16
+  // kv_b_proj). absorbed_values: the heads' W_UV rows back to back, [heads · v_head_dim,
+  // kv_lora_rank], packed bf16 likewise, or from a q8/q4 kv_b_proj in group-lane order
+  // (put_rows_in_group_lanes; W_UK then stays in kv_b_proj: transposed, it would need new groups).
   Linear absorbed_keys, absorbed_values;
   Indexer indexer;
 };
