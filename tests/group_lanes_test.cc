@@ -283,14 +283,10 @@ TEST(GroupLanes, AbsorbedValuesReadALaneCopyOfKvB) {
     auto r = testing::run_whale("convert --model " + dir + " --quant " + quant + " --out " +
                                 (tmp / quant));
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    const auto model = [&] {
-      testing::FastActivations fast;
-      return Model::load(tmp / quant);
-    }();
-    const ModelConfig& c = model->config();
-    const Checkpoint checkpoint(tmp / quant);
-    const auto stored = Model::from_source(c, checkpoint);
-    const Weights& w = model->weights();
+    const testing::LoadedTwice loaded(tmp / quant);
+    const Model &model = *loaded.fast, &stored = *loaded.stored;
+    const ModelConfig& c = model.config();
+    const Weights& w = model.weights();
     if (!vnni_available()) {
       EXPECT_TRUE(w.layers[0].mla.absorbed_values.empty());
       GTEST_SKIP() << "no AVX512-VNNI: absorbed attention reads kv_b_proj as stored";
@@ -311,11 +307,11 @@ TEST(GroupLanes, AbsorbedValuesReadALaneCopyOfKvB) {
           m.kv_b_proj.row_to_f32(h * (nope + vdim) + nope + i, original.data());
           ASSERT_EQ(copy, original) << quant << " layer " << l << " head " << h << " row " << i;
         }
-      EXPECT_EQ(attention_bytes(w.layers[l]), attention_bytes(stored->weights().layers[l]));
+      EXPECT_EQ(attention_bytes(w.layers[l]), attention_bytes(stored.weights().layers[l]));
     }
     // Int8 latent sums on top of the int8 activations of every other product: within the bound
     // GroupLanes's fast decode keeps to the stored model (above).
-    testing::expect_absorbed_copies_decode(*model, *stored, 5e-2);
+    testing::expect_absorbed_copies_decode(model, stored, 5e-2);
   }
 }
 

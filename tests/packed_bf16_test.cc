@@ -281,14 +281,9 @@ TEST(PackedBf16, LoadedBf16ModelsArePacked) {
 TEST(PackedBf16, AbsorbedAttentionReadsPackedCopiesOfKvB) {
   TempDir tmp;
   const std::string dir = testing::init_wide_latent_model(tmp);
-  const auto model = [&] {
-    testing::FastActivations fast;
-    return Model::load(dir);
-  }();
-  const ModelConfig& c = model->config();
-  const Checkpoint checkpoint(dir);
-  const auto plain = Model::from_source(c, checkpoint);
-  const Weights& w = model->weights();
+  const testing::LoadedTwice loaded(dir);
+  const ModelConfig& c = loaded.fast->config();
+  const Weights& w = loaded.fast->weights();
   if (!bf16_gemm_available()) {
     EXPECT_TRUE(w.layers[0].mla.absorbed_keys.empty());
     GTEST_SKIP() << "no AVX512-BF16: absorbed attention reads kv_b_proj as stored";
@@ -329,7 +324,7 @@ TEST(PackedBf16, AbsorbedAttentionReadsPackedCopiesOfKvB) {
   EXPECT_EQ(std::count(read.begin(), read.end(), &w.layers[0].mla.kv_b_proj), 0);
   // q_nope and the latent sums rounded to bf16 on top of the other products' rounding: within
   // GoldenBf16's bound of the exact logits.
-  testing::expect_absorbed_copies_decode(*model, *plain, 2e-2);
+  testing::expect_absorbed_copies_decode(*loaded.fast, *loaded.stored, 2e-2);
 }
 
 }  // namespace

@@ -38,6 +38,23 @@ struct FastActivations {
   ~FastActivations() { set_exact_activations(true); }
 };
 
+// A model folder loaded twice: for the fast paths (Model::load under FastActivations: rows
+// reordered, packed, copied where the CPU has the kernels) and as stored (the checkpoint's
+// tensors as they are).
+struct LoadedTwice {
+  std::unique_ptr<Model> fast;
+  std::unique_ptr<Checkpoint> checkpoint;  // the stored model's tensors
+  std::unique_ptr<Model> stored;
+  explicit LoadedTwice(const std::string& dir) {
+    {
+      FastActivations on;
+      fast = Model::load(dir);
+    }
+    checkpoint = std::make_unique<Checkpoint>(dir);
+    stored = Model::from_source(fast->config(), *checkpoint);
+  }
+};
+
 // A float's bits, for tests that demand the same result bit for bit.
 inline uint32_t bits(float f) {
   uint32_t b;
