@@ -484,8 +484,8 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
   const MlaWeights& m = l.mla;
   const DenseAttentionWeights& a = l.attn;
   std::vector<const Linear*> out;
-  // kv_b_proj as decode reads it: its copies where they exist (attention_bytes counts only
-  // its W_UK rows beside a lone W_UV copy).
+  // kv_b_proj as decode reads it: its copies where they exist (beside a lone W_UV copy,
+  // attention_bytes_unread leaves out kv_b_proj's W_UV rows).
   const bool keys = !m.absorbed_keys.empty();
   for (const Linear* w :
        {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa,
@@ -495,14 +495,20 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
   return out;
 }
 
+namespace {
+// Bytes of the matrices attention_matrices lists that decode does not read: beside a lone W_UV
+// copy (q8, q4), kv_b_proj's W_UV rows (decode reads only its W_UK rows).
+size_t attention_bytes_unread(const Layer& l) {
+  const MlaWeights& m = l.mla;
+  if (!m.absorbed_keys.empty() || m.absorbed_values.empty()) return 0;
+  return m.kv_b_proj.bytes() / m.kv_b_proj.rows * m.absorbed_values.rows;
+}
+}  // namespace
+
 size_t attention_bytes(const Layer& l) {
   size_t b = 0;
   for (const Linear* w : attention_matrices(l)) b += w->bytes();
-  // With only the W_UV copy (q8, q4), decode reads kv_b_proj's W_UK rows alone.
-  const MlaWeights& m = l.mla;
-  if (m.absorbed_keys.empty() && !m.absorbed_values.empty())
-    b -= m.kv_b_proj.bytes() / m.kv_b_proj.rows * m.absorbed_values.rows;
-  return b;
+  return b - attention_bytes_unread(l);
 }
 
 std::vector<const Linear*> decode_fixed_matrices(const Weights& w) {
@@ -524,11 +530,7 @@ std::vector<const Linear*> decode_fixed_matrices(const Weights& w) {
 size_t decode_fixed_bytes(const Weights& w) {
   size_t fixed = w.embed_tokens.row_bytes();
   for (const Linear* m : decode_fixed_matrices(w)) fixed += m->bytes();
-  for (const Layer& l : w.layers) {  // attention_bytes' correction
-    size_t listed = 0;
-    for (const Linear* m : attention_matrices(l)) listed += m->bytes();
-    fixed -= listed - attention_bytes(l);
-  }
+  for (const Layer& l : w.layers) fixed -= attention_bytes_unread(l);
   return fixed;
 }
 
