@@ -365,6 +365,37 @@ TEST(Kernels, EveryE4M3CodeConvertsExactly) {
   });
 }
 
+// Greedy decoding's choice: the first of equal largest values, NaNs skipped, -inf a value like any
+// other, wherever the winner sits (in a pair of vectors, a single vector or the scalar tail).
+TEST(Kernels, ArgmaxMatchesReference) {
+  for_every_target([] {
+    std::mt19937 rng(7);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float inf = std::numeric_limits<float>::infinity();
+    EXPECT_EQ(argmax_f32(nullptr, 0), 0u);
+    for (size_t n : {1, 2, 7, 16, 17, 31, 32, 33, 61, 100, 1000, 102400}) {
+      std::vector<float> x = random_vector(n, rng);
+      EXPECT_EQ(argmax_f32(x.data(), n), argmax_f32_reference(x.data(), n)) << n;
+      for (size_t at : {size_t{0}, n / 3, n - 1}) {
+        std::vector<float> y = x;
+        y[at] = 100.0f;
+        if (at + 5 < n) y[at + 5] = 100.0f;  // a tie: the first wins
+        EXPECT_EQ(argmax_f32(y.data(), n), at) << n;
+        y[at] = nan;  // skipped, not a winner
+        const size_t want = at + 5 < n ? at + 5 : argmax_f32_reference(y.data(), n);
+        EXPECT_EQ(argmax_f32(y.data(), n), want) << n;
+        EXPECT_EQ(argmax_f32_reference(y.data(), n), want) << n;
+      }
+      std::vector<float> lows(n, -inf);
+      lows[0] = nan;
+      EXPECT_EQ(argmax_f32(lows.data(), n), n > 1 ? 1u : 0u) << n;
+      std::vector<float> nans(n, nan);
+      EXPECT_EQ(argmax_f32(nans.data(), n), 0u) << n;
+      EXPECT_EQ(argmax_f32_reference(nans.data(), n), 0u) << n;
+    }
+  });
+}
+
 // The SIMD exponentials of the activation and softmax against std::exp, for every target, over
 // lengths with and without a tail and arguments far into both ends of the range.
 TEST(Kernels, SiluAndShiftedExpMatchScalar) {

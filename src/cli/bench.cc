@@ -150,9 +150,7 @@ void add_bench_command(CLI::App& app) {
       model->forward(tokens.data(), static_cast<int>(tokens.size()), cache, nullptr, hidden.data());
       linear_forward(w.lm_head, hidden.data() + (tokens.size() - 1) * H, 1, logits.data());
     };
-    auto argmax = [&] {
-      return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    };
+    auto greedy = [&] { return static_cast<int>(argmax_f32(logits.data(), logits.size())); };
 
     // Warm-up: fault every page of the weights in (and a short prefill), so the timings below
     // are neither disk reads nor page faults. The weights the model reads, not the checkpoint's
@@ -176,7 +174,7 @@ void add_bench_command(CLI::App& app) {
     KVCache cache = model->new_cache();
     auto start = std::chrono::steady_clock::now();
     prefill(prompt(decode_prompt), cache);
-    int next = argmax();
+    int next = greedy();
     const double ttft = seconds_since(start);
 
     const double rss = peak_rss_mib();  // before the bandwidth probe's buffer adds to it
@@ -205,7 +203,7 @@ void add_bench_command(CLI::App& app) {
         start = std::chrono::steady_clock::now();
         for (int i = 0; i < tokens; ++i) {
           model->forward(&next, 1, cache, logits.data(), nullptr, options);
-          next = argmax();
+          next = greedy();
         }
         const double seconds = seconds_since(start);
         probes.push_back(probe.measure(repeats));
@@ -240,7 +238,7 @@ void add_bench_command(CLI::App& app) {
       for (int step = 0; step < steps; ++step) {
         for (int i = 0; i < n; ++i) {
           const float* row = batch_logits.data() + static_cast<size_t>(i) * V;
-          tokens[i] = static_cast<int>(std::max_element(row, row + V) - row);
+          tokens[i] = static_cast<int>(argmax_f32(row, V));
         }
         model->forward_batch(tokens.data(), pointers, ones, batch_logits.data(), nullptr, last);
       }

@@ -6,11 +6,12 @@
 #include <vector>
 
 #include "base/error.h"
+#include "ops/kernels.h"
 
 namespace whale {
 
 int argmax(const float* x, int n) {
-  return static_cast<int>(std::max_element(x, x + n) - x);
+  return static_cast<int>(argmax_f32(x, static_cast<size_t>(std::max(n, 0))));
 }
 
 Sampler::Sampler(const SamplingParams& p) : params_(p), rng_(p.seed) {

@@ -948,6 +948,31 @@ float ExpShifted(float* x, size_t n, float shift) {
   return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
+// Two passes: the largest value (NaN lanes replaced by -inf), then the first index holding it.
+size_t ArgmaxF32(const float* x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto lowest = hn::Set(d, -std::numeric_limits<float>::infinity());
+  auto m0 = lowest, m1 = lowest;
+  const auto skip_nan = [&](auto v) HWY_ATTR { return hn::IfThenElse(hn::IsNaN(v), lowest, v); };
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    m0 = hn::Max(m0, skip_nan(hn::LoadU(d, x + i)));
+    m1 = hn::Max(m1, skip_nan(hn::LoadU(d, x + i + N)));
+  }
+  float best = hn::GetLane(hn::MaxOfLanes(d, hn::Max(m0, m1)));
+  for (; i < n; ++i)
+    if (x[i] > best) best = x[i];  // a NaN compares false
+  const auto vbest = hn::Set(d, best);
+  for (i = 0; i + N <= n; i += N) {
+    const intptr_t lane = hn::FindFirstTrue(d, hn::Eq(hn::LoadU(d, x + i), vbest));
+    if (lane >= 0) return i + static_cast<size_t>(lane);
+  }
+  for (; i < n; ++i)
+    if (x[i] == best) return i;
+  return 0;  // no value but NaNs
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace whale
 HWY_AFTER_NAMESPACE();
@@ -969,6 +994,7 @@ HWY_EXPORT(DotQ8EachRow);
 HWY_EXPORT(TransposedScores);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(ExpShifted);
+HWY_EXPORT(ArgmaxF32);
 HWY_EXPORT(DotF16);
 HWY_EXPORT(F16ToF32);
 HWY_EXPORT(DotQ8);
@@ -1096,6 +1122,17 @@ void silu_mul_kernel(float* gate, const float* up, size_t n) {
 }
 float exp_shifted(float* x, size_t n, float shift) {
   return HWY_DYNAMIC_DISPATCH(ExpShifted)(x, n, shift);
+}
+size_t argmax_f32(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(ArgmaxF32)(x, n); }
+size_t argmax_f32_reference(const float* x, size_t n) {
+  size_t best = 0;
+  bool found = false;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isnan(x[i]) && (!found || x[i] > x[best])) {
+      best = i;
+      found = true;
+    }
+  return best;
 }
 void weighted_rows_sum(const float* p, size_t ldp, size_t G, const float* v, size_t ldv, size_t n,
                        size_t D, float* out, size_t ldo) {
