@@ -147,7 +147,7 @@ WHALE_VNNI_TARGET void quantize_lane_row(const float* x, int cols, uint8_t* row)
 // activations' lanes past G are zeros) into the R rows' sums: per row two vpdpbusd chains (even
 // and odd slices) from the row's sum starts, then one conversion and FMA by the weight ×
 // activation scales.
-template <int R, bool kShort>
+template <int R, bool kShort, bool kOverread = false>
 WHALE_VNNI_TARGET __attribute__((always_inline)) inline void block_sums(
     const uint8_t* w, const uint16_t* block_scales, int G, const uint8_t* const* xr, size_t at,
     __m512* sum) {
@@ -164,8 +164,9 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void block_sums(
   }
 #pragma GCC unroll 8
   for (int k = 0; k < kSlices; ++k) {
-    const __m512i slice =
-        kShort ? _mm512_maskz_loadu_epi8(bytes, w + 4 * G * k) : _mm512_loadu_si512(w + 64 * k);
+    const __m512i slice = !kShort     ? _mm512_loadu_si512(w + 64 * k)
+                          : kOverread ? _mm512_loadu_si512(w + 4 * G * k)
+                                      : _mm512_maskz_loadu_epi8(bytes, w + 4 * G * k);
     const __m512i wv = _mm512_xor_si512(slice, flip);
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t)
@@ -185,7 +186,7 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void block_sums(
 // group (activation slice k) and in its high nibbles values 16 + 4k … (slice 4 + k); the sums
 // start at 0 (nibbles are unsigned already), and each group adds min · Σ x̂ = min · scale · Σ
 // codes, with Σ codes = −start / 128 from the activations' sum starts (exact in f32).
-template <int R, bool kShort>
+template <int R, bool kShort, bool kOverread = false>
 WHALE_VNNI_TARGET __attribute__((always_inline)) inline void q4_block_sums(
     const uint8_t* w, const uint16_t* block_pairs, int G, const uint8_t* const* xr, size_t at,
     __m512* sum) {
@@ -207,8 +208,9 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void q4_block_sums(
   for (int t = 0; t < R; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
-    const __m512i slice =
-        kShort ? _mm512_maskz_loadu_epi8(bytes, w + 4 * G * k) : _mm512_loadu_si512(w + 64 * k);
+    const __m512i slice = !kShort     ? _mm512_loadu_si512(w + 64 * k)
+                          : kOverread ? _mm512_loadu_si512(w + 4 * G * k)
+                                      : _mm512_maskz_loadu_epi8(bytes, w + 4 * G * k);
     const __m512i lo = _mm512_and_si512(slice, low);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(slice, 4), low);
 #pragma GCC unroll 6
@@ -232,7 +234,7 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void q4_block_sums(
 
 // out[t] for R activation rows from t0, the weight row read once (q8: a block is 512 code bytes
 // and 16 scales; q4: 256 packed bytes and 16 (scale, min) pairs).
-template <bool Q4, int R>
+template <bool Q4, int R, bool kOverread>
 WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const uint8_t* w,
                                                                            const uint16_t* scales,
                                                                            int cols,
@@ -250,7 +252,7 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const
   const int groups = cols / kGroup, full = groups / kLaneBlockGroups;
   for (int b = 0; b < full; ++b) {
     const uint8_t* block = w + static_cast<size_t>(b) * kBlockBytes;
-    prefetch_weights_ahead(block, kBlockBytes);  // (kernels.h)
+    prefetch_page_ahead(block, kBlockBytes);  // (kernels.h)
     const size_t at = static_cast<size_t>(b) * LaneActivations::kBlockBytes;
     if constexpr (Q4)
       q4_block_sums<R, false>(block, scales + b * kBlockScales, kLaneBlockGroups, xr, at, sum);
@@ -259,11 +261,15 @@ WHALE_VNNI_TARGET __attribute__((always_inline)) inline void lane_dot_rows(const
   }
   if (const int G = groups - full * kLaneBlockGroups; G > 0) {
     const uint8_t* block = w + static_cast<size_t>(full) * kBlockBytes;
+    // The short block is a step of its own length, the next row's first block follows it: every
+    // page start falls in exactly one step (prefetch_page_ahead; prefetch_weights_ahead assumes
+    // steps of one size, and rows of 1408 columns left some pages without a prefetch).
+    prefetch_page_ahead(block, G * (Q4 ? kGroup / 2 : kGroup));  // (kernels.h)
     const size_t at = static_cast<size_t>(full) * LaneActivations::kBlockBytes;
     if constexpr (Q4)
-      q4_block_sums<R, true>(block, scales + full * kBlockScales, G, xr, at, sum);
+      q4_block_sums<R, true, kOverread>(block, scales + full * kBlockScales, G, xr, at, sum);
     else
-      block_sums<R, true>(block, scales + full * kBlockScales, G, xr, at, sum);
+      block_sums<R, true, kOverread>(block, scales + full * kBlockScales, G, xr, at, sum);
   }
 #pragma GCC unroll 6
   for (int t = 0; t < R; ++t) out[t] = _mm512_reduce_add_ps(sum[t]);
@@ -292,9 +298,24 @@ template <bool Q4, int R>
 WHALE_VNNI_TARGET void lane_row_range(const uint8_t* w, const uint16_t* scales, int rows, int cols,
                                       const LaneActivations& x, int t0, float* y, size_t ldy) {
   const size_t row_bytes = Q4 ? cols / 2 : cols, row_scales = (Q4 ? 2 : 1) * (cols / kGroup);
+  // A row's short last block (cols not a multiple of 512) is read by whole 64-byte loads at its
+  // 4G-byte slice steps, up to 64 − 4G bytes into the next row (lanes past G meet activation
+  // codes of zero, so the sums are the same bits), except on the range's last row, whose next
+  // bytes may lie past the matrix: there under a mask. Masked, v2-lite-8l's expert down_proj
+  // (1408 columns: 2 blocks and 12 groups) read from memory at 49–62% of its gate_proj's rate;
+  // with whole loads, which also touch the next row's first line early, at 78–89%, and q8 decode
+  // steps ran 1.05–1.06× faster (bench/inference/README.md, session 19). Rows too short to hold
+  // the overhang stay masked.
+  const int short_groups = cols / kGroup % kLaneBlockGroups;
+  // Rows whose next row holds all the overhang (not rows of a group or two of q4).
+  const int overread_rows =
+      short_groups > 0 && 64 - 4 * short_groups <= static_cast<int>(row_bytes) ? rows - 1 : 0;
   for (int r = 0; r < rows; ++r) {
     float out[R];
-    lane_dot_rows<Q4, R>(w + r * row_bytes, scales + r * row_scales, cols, x, t0, out);
+    if (r < overread_rows)
+      lane_dot_rows<Q4, R, true>(w + r * row_bytes, scales + r * row_scales, cols, x, t0, out);
+    else
+      lane_dot_rows<Q4, R, false>(w + r * row_bytes, scales + r * row_scales, cols, x, t0, out);
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) y[(t0 + t) * ldy + r] = out[t];
   }

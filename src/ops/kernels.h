@@ -89,6 +89,15 @@ float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
 constexpr size_t kPageBytes = 4096;
 constexpr size_t kWeightPrefetchBytes = 2 * kPageBytes;
 
+// For steps of any sizes laid end to end: the step that holds a page's first byte prefetches
+// the page after next.
+inline void prefetch_page_ahead(const void* p, size_t step) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p), last = first + step - 1;
+  if ((first & (kPageBytes - 1)) == 0 || ((first ^ last) & ~(kPageBytes - 1)) != 0)
+    __builtin_prefetch(
+        reinterpret_cast<const char*>((last & ~(kPageBytes - 1)) + kWeightPrefetchBytes), 0, 2);
+}
+
 // Whether a step of `step` bytes (≤ a page) starting at p is the first of its page: through a
 // stream of such steps, exactly one per page.
 inline bool first_step_of_page(const void* p, size_t step) {
