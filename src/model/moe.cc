@@ -1,6 +1,8 @@
 // DeepSeekMoE (DeepSeek-V2 §2.2, DeepSeek-V3 §2.1.2, MISSION §1).
 #include "model/moe.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -8,6 +10,7 @@
 
 #include "ops/linear.h"
 #include "ops/nn.h"
+#include "ops/work_shares.h"
 
 namespace whale {
 
@@ -44,9 +47,12 @@ struct FfnJob {
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
-  // Chunks of 32 rows (as linear_forward's smallest), handed out by a guided schedule: long runs
-  // of consecutive rows first, single chunks at the end (q8 decode of v2-lite-8l 5–15% faster
-  // than one chunk at a time). A job's gate chunks, then its up chunks, so that a thread's run
+  // Chunks of 32 rows, handed out by WorkShares (ops/work_shares.h) in shares of equal bytes:
+  // each thread streams its own run of consecutive rows and takes the back half of the other's
+  // when done (q8 decode of v2-lite-8l 5–15% faster than one chunk at a time, as OpenMP's
+  // guided schedule gave; 1.003–1.039× faster than guided, which cannot take back the half a
+  // slow thread holds: alternated in one process, session 19). A job's gate chunks, then its up
+  // chunks, so that a thread's run
   // reads one matrix at a time — one stream — where chunks that each read gate rows then up rows
   // kept two going: decode 1.05× (bf16) and 1.05× (q8) faster on v2-lite-8l (alternated in one
   // process; bench/inference/README.md, session 13).
@@ -73,17 +79,40 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   }
   // Each expert's input, prepared once for its gate and up rows (and up and gate share it).
   for (FfnJob& job : jobs) job.in = job.f->gate_proj.prepare_rows(job.x, job.n);
+  const auto cost = [&](const std::vector<Chunk>& list, bool is_down) {
+    std::vector<double> c(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
+      const FeedForward& f = *jobs[list[i].job].f;
+      const Linear& w = is_down ? f.down_proj : f.gate_proj;
+      c[i] = static_cast<double>(list[i].r1 - list[i].r0) * w.row_bytes();
+    }
+    return c;
+  };
+  const int team = WorkShares::team(parallel);
+  WorkShares gate_up_shares(cost(gate_up, false), team), down_shares(cost(down, true), team);
+  const auto gate_up_chunk = [&](int i) {
+    const Chunk& ch = gate_up[i];
+    FfnJob& job = jobs[ch.job];
+    const Linear& w = ch.up ? job.f->up_proj : job.f->gate_proj;
+    w.rows_dot_range(ch.r0, ch.r1, job.in, (ch.up ? job.up : job.gate).data(), w.rows);
+  };
+  const auto down_chunk = [&](int i) {
+    const Chunk& ch = down[i];
+    FfnJob& job = jobs[ch.job];
+    const FeedForward& f = *job.f;
+    const int H = f.down_proj.rows;
+    f.down_proj.rows_dot_range(ch.r0, ch.r1, job.down_in, job.out, H);
+    if (!f.down_bias.empty())
+      for (int t = 0; t < job.n; ++t)
+        for (int r = ch.r0; r < ch.r1; ++r)
+          job.out[static_cast<size_t>(t) * H + r] += f.down_bias[r];
+  };
 #pragma omp parallel if (parallel)
   {
-    // The row dots linear_forward uses for so few tokens.
-#pragma omp for schedule(guided)
-    for (size_t i = 0; i < gate_up.size(); ++i) {
-      const Chunk& ch = gate_up[i];
-      FfnJob& job = jobs[ch.job];
-      const Linear& w = ch.up ? job.f->up_proj : job.f->gate_proj;
-      w.rows_dot_range(ch.r0, ch.r1, job.in, (ch.up ? job.up : job.gate).data(), w.rows);
-    }
-    // The activations, prepared for the down rows once all of a job's gate/up rows are done.
+    const int me = omp_get_thread_num();
+    for (int i; (i = gate_up_shares.next(me)) >= 0;) gate_up_chunk(i);
+#pragma omp barrier
+      // The activations, prepared for the down rows once all of a job's gate/up rows are done.
 #pragma omp for schedule(dynamic)
     for (size_t j = 0; j < jobs.size(); ++j) {
       FfnJob& job = jobs[j];
@@ -93,18 +122,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
                  job.up.data() + static_cast<size_t>(t) * inter, 0, inter);
       job.down_in = job.f->down_proj.prepare_rows(job.gate.data(), job.n);
     }
-#pragma omp for schedule(guided)
-    for (size_t i = 0; i < down.size(); ++i) {
-      const Chunk& ch = down[i];
-      FfnJob& job = jobs[ch.job];
-      const FeedForward& f = *job.f;
-      const int H = f.down_proj.rows;
-      f.down_proj.rows_dot_range(ch.r0, ch.r1, job.down_in, job.out, H);
-      if (!f.down_bias.empty())
-        for (int t = 0; t < job.n; ++t)
-          for (int r = ch.r0; r < ch.r1; ++r)
-            job.out[static_cast<size_t>(t) * H + r] += f.down_bias[r];
-    }
+    for (int i; (i = down_shares.next(me)) >= 0;) down_chunk(i);
   }
 }
 

@@ -1,0 +1,83 @@
+#include "ops/work_shares.h"
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace whale {
+
+namespace {
+constexpr uint64_t pack(uint32_t begin, uint32_t end) {
+  return static_cast<uint64_t>(begin) << 32 | end;
+}
+constexpr uint32_t begin_of(uint64_t range) {
+  return static_cast<uint32_t>(range >> 32);
+}
+constexpr uint32_t end_of(uint64_t range) {
+  return static_cast<uint32_t>(range);
+}
+}  // namespace
+
+WorkShares::WorkShares(int n, int threads)
+    : WorkShares(std::vector<double>(std::max(n, 0), 1.0), threads) {}
+
+WorkShares::WorkShares(const std::vector<double>& cost, int threads)
+    : shares_(std::max(threads, 1)) {
+  const int n = static_cast<int>(cost.size()), T = static_cast<int>(shares_.size());
+  double total = 0;
+  for (double c : cost) total += c;
+  // Share t ends at the first item whose cumulative cost reaches (t + 1) / T of the total.
+  int begin = 0;
+  double sum = 0;
+  for (int t = 0; t < T; ++t) {
+    int end = begin;
+    const double target = total * (t + 1) / T;
+    while (end < n && (t == T - 1 || sum + cost[end] / 2 < target)) sum += cost[end++];
+    shares_[t].range.store(pack(begin, end), std::memory_order_relaxed);
+    begin = end;
+  }
+  check(begin == n, "WorkShares: items left out of the shares");
+}
+
+int WorkShares::team(bool parallel) {
+  return parallel && !omp_in_parallel() ? omp_get_max_threads() : 1;
+}
+
+int WorkShares::next(int t) {
+  if (t < 0 || t >= static_cast<int>(shares_.size())) return -1;  // a thread with no share
+  Share& own = shares_[t];
+  for (;;) {
+    uint64_t range = own.range.load(std::memory_order_acquire);
+    if (begin_of(range) < end_of(range)) {
+      if (own.range.compare_exchange_weak(range, pack(begin_of(range) + 1, end_of(range)),
+                                          std::memory_order_acq_rel))
+        return static_cast<int>(begin_of(range));
+      continue;  // a thief took part of it: look again
+    }
+    // Own share done: the back half of the largest share left (all of a single item).
+    int victim = -1;
+    uint64_t victim_range = 0;
+    uint32_t most = 0;
+    for (int v = 0; v < static_cast<int>(shares_.size()); ++v) {
+      if (v == t) continue;
+      const uint64_t r = shares_[v].range.load(std::memory_order_acquire);
+      if (end_of(r) > begin_of(r) && end_of(r) - begin_of(r) > most) {
+        most = end_of(r) - begin_of(r);
+        victim = v;
+        victim_range = r;
+      }
+    }
+    if (victim < 0) return -1;
+    const uint32_t b = begin_of(victim_range), e = end_of(victim_range), mid = b + (e - b) / 2;
+    if (!shares_[victim].range.compare_exchange_strong(victim_range, pack(b, mid),
+                                                       std::memory_order_acq_rel))
+      continue;  // the owner or another thief moved first
+    // Only this thread writes its own share while it is empty (thieves skip empty shares).
+    own.range.store(pack(mid + 1, e), std::memory_order_release);
+    return static_cast<int>(mid);
+  }
+}
+
+}  // namespace whale
