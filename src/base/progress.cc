@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace whale {
@@ -31,11 +32,18 @@ Progress::~Progress() {
   finish();
 }
 
+double Progress::fraction(double seconds) const {
+  double f = time_budget_ > 0 ? seconds / time_budget_
+             : total_         ? static_cast<double>(done_) / total_
+                              : 1.0;
+  return f > 1 ? 1 : f;
+}
+
 void Progress::advance(size_t amount) {
   done_ += amount;
   if (label_.empty()) return;
   auto now = std::chrono::steady_clock::now();
-  int decile = total_ ? static_cast<int>(10 * done_ / total_) : 0;
+  int decile = static_cast<int>(10 * fraction(std::chrono::duration<double>(now - start_).count()));
   if (tty_ ? now - last_draw_ > std::chrono::milliseconds(100) : decile != last_decile_) {
     last_draw_ = now;
     last_decile_ = decile;
@@ -51,17 +59,17 @@ void Progress::finish() {
 
 void Progress::draw(bool final) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double fraction = total_ ? static_cast<double>(done_) / total_ : 1.0;
-  if (fraction > 1) fraction = 1;
+  const double f = final && time_budget_ > 0 ? 1.0 : fraction(seconds);  // time up or work done
   const int width = 30;
-  std::string bar(static_cast<int>(fraction * width), '#');
+  std::string bar(static_cast<int>(f * width), '#');
   bar.resize(width, '.');
   double rate = seconds > 0 ? done_ / seconds : 0;
-  double eta = rate > 0 && total_ > done_ ? (total_ - done_) / rate : 0;
+  double eta = time_budget_ > 0             ? std::max(0.0, time_budget_ - seconds)
+               : rate > 0 && total_ > done_ ? (total_ - done_) / rate
+                                            : 0;
   std::fprintf(stderr, "%s%s [%s] %3.0f%% %s%s/s %s %.0fs %s%s", tty_ ? "\r" : "", label_.c_str(),
-               bar.c_str(), fraction * 100, si(rate).c_str(), unit_.c_str(),
-               final ? "done in" : "ETA", final ? seconds : eta, status_.c_str(),
-               tty_ && !final ? "\x1b[K" : "\n");
+               bar.c_str(), f * 100, si(rate).c_str(), unit_.c_str(), final ? "done in" : "ETA",
+               final ? seconds : eta, status_.c_str(), tty_ && !final ? "\x1b[K" : "\n");
   std::fflush(stderr);
 }
 

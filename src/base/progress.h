@@ -13,6 +13,9 @@ class Progress {
   void advance(size_t amount);
   void set_status(std::string status) { status_ = std::move(status); }
   void set_total(size_t total) { total_ = total; }
+  // For work bounded by time rather than a count (a training loop with a time budget): the bar
+  // and the ETA follow the fraction of `seconds` elapsed; the rate stays per unit of work.
+  void set_time_budget(double seconds) { time_budget_ = seconds; }
   void finish();
   ~Progress();
 
@@ -22,6 +25,8 @@ class Progress {
   size_t total_, done_ = 0;
   bool tty_, finished_ = false;
   int last_decile_ = -1;
+  double time_budget_ = 0;  // seconds; 0: the bar follows done / total
+  double fraction(double seconds) const;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };
 

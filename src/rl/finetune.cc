@@ -23,6 +23,7 @@ FinetuneSummary run_finetune(ParamStore& store, const FinetuneLoop& loop,
   log += ",lr,grad_norm\n";
   Series loss{loop.columns.empty() ? "loss" : loop.columns[0], {}, {}, 0x1f77b4};
   Progress progress(loop.progress ? loop.name : "", static_cast<size_t>(loop.steps), " steps");
+  if (loop.time_budget_seconds > 0) progress.set_time_budget(loop.time_budget_seconds);
   FinetuneSummary summary;
   const auto start = clock::now();
   for (long i = 0; i < loop.steps; ++i) {
@@ -31,7 +32,8 @@ FinetuneSummary run_finetune(ParamStore& store, const FinetuneLoop& loop,
       break;
     store.zero_grads();
     const std::vector<double> values = step(i);
-    const float lr = loop.lr * std::min(1.0f, static_cast<float>(i + 1) / std::max<long>(1, loop.warmup));
+    const float lr =
+        loop.lr * std::min(1.0f, static_cast<float>(i + 1) / std::max<long>(1, loop.warmup));
     const float norm = optimizer.step(store, lr);
     char cell[40];
     log += std::to_string(i);
