@@ -52,10 +52,9 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   // when done (q8 decode of v2-lite-8l 5–15% faster than one chunk at a time, as OpenMP's
   // guided schedule gave; 1.003–1.039× faster than guided, which cannot take back the half a
   // slow thread holds: alternated in one process, session 19). A job's gate chunks, then its up
-  // chunks, so that a thread's run
-  // reads one matrix at a time — one stream — where chunks that each read gate rows then up rows
-  // kept two going: decode 1.05× (bf16) and 1.05× (q8) faster on v2-lite-8l (alternated in one
-  // process; bench/inference/README.md, session 13).
+  // chunks, so that a thread's run reads one matrix at a time — one stream — where chunks that
+  // each read gate rows then up rows kept two going: decode 1.05× (bf16) and 1.05× (q8) faster
+  // on v2-lite-8l (alternated in one process; bench/inference/README.md, session 13).
   constexpr int kRowsPerChunk = 32;
   struct Chunk {
     int job, r0, r1;

@@ -20,8 +20,14 @@ constexpr uint32_t end_of(uint64_t range) {
 }
 }  // namespace
 
-WorkShares::WorkShares(int n, int threads)
-    : WorkShares(std::vector<double>(std::max(n, 0), 1.0), threads) {}
+WorkShares::WorkShares(int n, int threads) : shares_(std::max(threads, 1)) {
+  // Equal counts, without a cost per item (linear_forward makes one of these per matrix).
+  const int64_t items = std::max(n, 0), T = static_cast<int64_t>(shares_.size());
+  for (int64_t t = 0; t < T; ++t)
+    shares_[t].range.store(
+        pack(static_cast<uint32_t>(items * t / T), static_cast<uint32_t>(items * (t + 1) / T)),
+        std::memory_order_relaxed);
+}
 
 WorkShares::WorkShares(const std::vector<double>& cost, int threads)
     : shares_(std::max(threads, 1)) {
