@@ -38,6 +38,10 @@ TEST(Kernels, DotProductsMatchScalarReferences) {
     }
     const float tol = 1e-5f * std::sqrt(static_cast<float>(n)) * 4;
     EXPECT_NEAR(dot_f32(a.data(), b.data(), n), dot_f32_reference(a.data(), b.data(), n), tol) << n;
+    EXPECT_NEAR(stream_sum_f32(a.data(), n), stream_sum_f32_reference(a.data(), n), tol) << n;
+    EXPECT_NEAR(stream_sum_f32(a.data() + 1, n - 1), stream_sum_f32_reference(a.data() + 1, n - 1),
+                tol)
+        << n;  // unaligned
     EXPECT_NEAR(dot_bf16(a16.data(), b.data(), n), dot_bf16_reference(a16.data(), b.data(), n), tol)
         << n;
     std::vector<uint16_t> a_half(n);

@@ -120,9 +120,10 @@ Weights load_weights(const ModelConfig& config, const TensorSource& source);
 
 // On CPUs with AVX512-VNNI (and not --exact: ops/precision.h's use_vnni()), every q8 and q4
 // matrix whose rows fit (ops/group_lanes.h) copied into
-// storage with its rows in decode's group-lane order (on huge pages where the system allows), its
-// Linear pointed there. done_with is told of each source range the weights no longer read
-// (Model::load drops those pages of the mapped file from memory). storage must outlive the weights.
+// storage with its rows in decode's group-lane order, its scales after it (on huge pages where the
+// system allows), its Linear pointed there. done_with is told of each source range the weights no
+// longer read (Model::load drops those pages of the mapped file from memory). storage must outlive
+// the weights.
 void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* storage,
                              const std::function<void(const void*, size_t)>& done_with);
 

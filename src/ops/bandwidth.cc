@@ -32,8 +32,11 @@ double BandwidthProbe::measure(int repeats) const {
       const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
       const size_t chunk = (n / threads + 15) / 16 * 16;
       const size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
-      // dot(a, a) reads each element once, with the SIMD loads the kernels use.
-      total += dot_f32(buffer + begin, buffer + begin, end - begin);
+      // One load per element, with the weight kernels' page prefetch. Until session 21 this was
+      // dot(a, a): two loads and an FMA per vector, which read 13–28% slower than this on the
+      // 2-core Zen 5 VM (bench/inference/README.md, session 21) — no ceiling, since the head's
+      // q8 rows read faster than it.
+      total += stream_sum_f32(buffer + begin, end - begin);
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

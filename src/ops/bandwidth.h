@@ -1,6 +1,6 @@
 // The machine's memory bandwidth as decode meets it: a streaming read of a buffer much larger
 // than the caches, on huge pages where the system allows, split over the OpenMP threads, with
-// the SIMD loads the kernels use.
+// the SIMD loads and the page prefetch the kernels use (ops/kernels.h's stream_sum_f32).
 #pragma once
 #include <cstddef>
 

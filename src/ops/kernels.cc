@@ -522,6 +522,24 @@ float DotF32(const float* a, const float* b, size_t n) {
   DotF32Rows<1>(a, b, 0, n, &out);
   return out;
 }
+// One load per element into four sums, with the weight kernels' page prefetch: the bandwidth
+// probe's read (ops/bandwidth.h).
+float StreamSumF32(const float* a, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto s0 = hn::Zero(d), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    prefetch_weights_ahead(a + i, 4 * N * sizeof(float));  // (kernels.h)
+    s0 = hn::Add(s0, hn::LoadU(d, a + i));
+    s1 = hn::Add(s1, hn::LoadU(d, a + i + N));
+    s2 = hn::Add(s2, hn::LoadU(d, a + i + 2 * N));
+    s3 = hn::Add(s3, hn::LoadU(d, a + i + 3 * N));
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
+  for (; i < n; ++i) sum += a[i];
+  return sum;
+}
 void DotF32Multi(const float* w, const float* x, size_t ldx, size_t T, size_t n, float* out) {
   InPasses(T, [&](size_t t0, auto R)
                   HWY_ATTR { DotF32Rows<decltype(R)::value>(w, x + t0 * ldx, ldx, n, out + t0); });
@@ -981,6 +999,7 @@ HWY_AFTER_NAMESPACE();
 namespace whale {
 
 HWY_EXPORT(DotF32);
+HWY_EXPORT(StreamSumF32);
 HWY_EXPORT(DotBf16);
 HWY_EXPORT(DotE4M3);
 HWY_EXPORT(Bf16ToF32);
@@ -1079,6 +1098,9 @@ float dot_f16_reference(const uint16_t* w, const float* x, size_t n) {
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
 }
+float stream_sum_f32(const float* a, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(StreamSumF32)(a, n);
+}
 float dot_bf16(const uint16_t* w, const float* x, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotBf16)(w, x, n);
 }
@@ -1123,7 +1145,9 @@ void silu_mul_kernel(float* gate, const float* up, size_t n) {
 float exp_shifted(float* x, size_t n, float shift) {
   return HWY_DYNAMIC_DISPATCH(ExpShifted)(x, n, shift);
 }
-size_t argmax_f32(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(ArgmaxF32)(x, n); }
+size_t argmax_f32(const float* x, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(ArgmaxF32)(x, n);
+}
 size_t argmax_f32_reference(const float* x, size_t n) {
   size_t best = 0;
   bool found = false;
@@ -1161,6 +1185,11 @@ void weighted_rows_sum_reference(const float* p, size_t ldp, size_t G, const flo
     }
 }
 
+float stream_sum_f32_reference(const float* a, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += a[i];
+  return static_cast<float>(sum);
+}
 float dot_f32_reference(const float* a, const float* b, size_t n) {
   double sum = 0;
   for (size_t i = 0; i < n; ++i) sum += static_cast<double>(a[i]) * b[i];

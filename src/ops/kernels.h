@@ -9,6 +9,9 @@
 namespace whale {
 
 float dot_f32(const float* a, const float* b, size_t n);
+// Σ a[i], read as the weight kernels read their rows (the page prefetch below): the bandwidth
+// probe's streaming read.
+float stream_sum_f32(const float* a, size_t n);
 float dot_bf16(const uint16_t* w, const float* x, size_t n);  // w bf16
 // w fp8 e4m3 codes with one scale per `block` codes (DeepSeek-V3's 128-wide blocks along a row):
 // Σ_b block_scales[b] · Σ_{i in block b} w[i] · x[i]; NaN if any code is a NaN (0x7F, 0xFF), as
@@ -131,6 +134,7 @@ void dot_q4_rows(const uint8_t* packed, const uint16_t* scale_min, const float* 
                  size_t T, size_t n, float* out);
 
 float dot_f32_reference(const float* a, const float* b, size_t n);
+float stream_sum_f32_reference(const float* a, size_t n);
 float dot_bf16_reference(const uint16_t* w, const float* x, size_t n);
 float dot_e4m3_reference(const uint8_t* w, const float* block_scales, size_t block, const float* x,
                          size_t n);
