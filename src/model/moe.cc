@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -40,14 +41,18 @@ struct FfnJob {
   const FeedForward* f;
   const float* x;  // [n, hidden]
   int n;
-  float* out;                    // [n, hidden]
-  std::vector<float> gate = {};  // [n, inter]: gate, then the activation
-  std::vector<float> up = {};
-  Linear::RowsInput in = {}, down_in = {};  // x for gate/up, the activation for down
+  float* out;             // [n, hidden]
+  float* gate = nullptr;  // [n, inter]: gate, then the activation (in ffn_forward_few's scratch)
+  float* up = nullptr;    // [n, inter]
+  const Linear::RowsInput* in = nullptr;  // x prepared for gate/up, shared by jobs with the same x
+  Linear::RowsInput down_in = {};         // the activation prepared for down
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
-  // Chunks of 32 rows, handed out by WorkShares (ops/work_shares.h) in shares of equal bytes:
+  // Chunks of about 128 KiB of rows (a power of two from 16 rows: q8 64 rows of gate/up, bf16
+  // packed 32; 32 rows for every format before session 21, when this was 1.02–1.05× faster for
+  // q8 and 1.04× for q4, level for bf16; linear_forward's 16-row chunks did not gain so), handed
+  // out by WorkShares (ops/work_shares.h) in shares of equal bytes:
   // each thread streams its own run of consecutive rows and takes the back half of the other's
   // when done (q8 decode of v2-lite-8l 5–15% faster than one chunk at a time, as OpenMP's
   // guided schedule gave; 1.003–1.039× faster than guided, which cannot take back the half a
@@ -55,29 +60,60 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   // chunks, so that a thread's run reads one matrix at a time — one stream — where chunks that
   // each read gate rows then up rows kept two going: decode 1.05× (bf16) and 1.05× (q8) faster
   // on v2-lite-8l (alternated in one process; bench/inference/README.md, session 13).
-  constexpr int kRowsPerChunk = 32;
+  const auto rows_per_chunk = [](const Linear& w) {
+    const size_t rows = (size_t{128} << 10) / std::max<size_t>(w.row_bytes(), 1);
+    return static_cast<int>(std::max<size_t>(16, std::bit_floor(rows)));
+  };
   struct Chunk {
     int job, r0, r1;
     bool up;  // gate/up chunks: which of the two
   };
+  // The jobs' gate and up rows in one scratch kept from call to call (not allocated and zeroed
+  // for every layer), the chunk lists sized up front.
+  thread_local std::vector<float> scratch;
+  size_t floats = 0, gate_up_chunks = 0, down_chunks = 0;
+  const auto chunks = [&](const Linear& w) {
+    return static_cast<size_t>(w.rows + rows_per_chunk(w) - 1) / rows_per_chunk(w);
+  };
+  for (const FfnJob& job : jobs) {
+    floats += 2 * static_cast<size_t>(job.n) * job.f->gate_proj.rows;
+    gate_up_chunks += 2 * chunks(job.f->gate_proj);
+    down_chunks += chunks(job.f->down_proj);
+  }
+  if (scratch.size() < floats) scratch.resize(floats);
   std::vector<Chunk> gate_up, down;
+  gate_up.reserve(gate_up_chunks);
+  down.reserve(down_chunks);
   bool parallel = false;  // threads where linear_forward would use them for any of the matrices
+  float* next_rows = scratch.data();
   for (int j = 0; j < static_cast<int>(jobs.size()); ++j) {
     FfnJob& job = jobs[j];
     const FeedForward& f = *job.f;
     const int inter = f.gate_proj.rows, H = f.down_proj.rows;
-    job.gate.resize(static_cast<size_t>(job.n) * inter);
-    job.up.resize(job.gate.size());
+    job.gate = next_rows;
+    job.up = job.gate + static_cast<size_t>(job.n) * inter;
+    next_rows = job.up + static_cast<size_t>(job.n) * inter;
     for (bool up : {false, true})
-      for (int r0 = 0; r0 < inter; r0 += kRowsPerChunk)
-        gate_up.push_back({j, r0, std::min(r0 + kRowsPerChunk, inter), up});
-    for (int r0 = 0; r0 < H; r0 += kRowsPerChunk)
-      down.push_back({j, r0, std::min(r0 + kRowsPerChunk, H), false});
+      for (int r0 = 0, n = rows_per_chunk(f.gate_proj); r0 < inter; r0 += n)
+        gate_up.push_back({j, r0, std::min(r0 + n, inter), up});
+    for (int r0 = 0, n = rows_per_chunk(f.down_proj); r0 < H; r0 += n)
+      down.push_back({j, r0, std::min(r0 + n, H), false});
     for (const Linear* w : {&f.gate_proj, &f.down_proj})
       parallel |= static_cast<size_t>(w->rows) * w->cols * job.n > kLinearParallelWork;
   }
-  // Each expert's input, prepared once for its gate and up rows (and up and gate share it).
-  for (FfnJob& job : jobs) job.in = job.f->gate_proj.prepare_rows(job.x, job.n);
+  // Each distinct input prepared once for the gate and up rows of every job that takes it: a
+  // decode step's shared and routed experts all take the token (moe_forward passes it
+  // uncopied), and preparing it once per expert cost ~40 µs a q8 step.
+  std::vector<Linear::RowsInput> inputs;
+  inputs.reserve(jobs.size());  // no reallocation: the jobs point into it
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    FfnJob& job = jobs[j];
+    for (size_t k = 0; k < j && !job.in; ++k)
+      if (jobs[k].x == job.x && jobs[k].n == job.n &&
+          jobs[k].f->gate_proj.same_rows_input(job.f->gate_proj))
+        job.in = jobs[k].in;
+    if (!job.in) job.in = &inputs.emplace_back(job.f->gate_proj.prepare_rows(job.x, job.n));
+  }
   const auto cost = [&](const std::vector<Chunk>& list, bool is_down) {
     std::vector<double> c(list.size());
     for (size_t i = 0; i < list.size(); ++i) {
@@ -93,7 +129,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
     const Chunk& ch = gate_up[i];
     FfnJob& job = jobs[ch.job];
     const Linear& w = ch.up ? job.f->up_proj : job.f->gate_proj;
-    w.rows_dot_range(ch.r0, ch.r1, job.in, (ch.up ? job.up : job.gate).data(), w.rows);
+    w.rows_dot_range(ch.r0, ch.r1, *job.in, ch.up ? job.up : job.gate, w.rows);
   };
   const auto down_chunk = [&](int i) {
     const Chunk& ch = down[i];
@@ -117,9 +153,9 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
       FfnJob& job = jobs[j];
       const int inter = job.f->gate_proj.rows;
       for (int t = 0; t < job.n; ++t)
-        activate(*job.f, job.gate.data() + static_cast<size_t>(t) * inter,
-                 job.up.data() + static_cast<size_t>(t) * inter, 0, inter);
-      job.down_in = job.f->down_proj.prepare_rows(job.gate.data(), job.n);
+        activate(*job.f, job.gate + static_cast<size_t>(t) * inter,
+                 job.up + static_cast<size_t>(t) * inter, 0, inter);
+      job.down_in = job.f->down_proj.prepare_rows(job.gate, job.n);
     }
     for (int i; (i = down_shares.next(me)) >= 0;) down_chunk(i);
   }
@@ -260,10 +296,15 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
     for (int e = 0; e < E; ++e) {
       if (slots[e].empty()) continue;
-      gather(e, x[e]);
-      y[e].resize(x[e].size());
+      // An expert with one token reads it in place (and shares its preparation with the rest).
+      const float* xe = u + static_cast<size_t>(slots[e][0] / K) * H;
+      if (slots[e].size() > 1) {
+        gather(e, x[e]);
+        xe = x[e].data();
+      }
+      y[e].resize(slots[e].size() * H);
       jobs.push_back({.f = &moe.experts[e],
-                      .x = x[e].data(),
+                      .x = xe,
                       .n = static_cast<int>(slots[e].size()),
                       .out = y[e].data()});
     }

@@ -182,6 +182,21 @@ void Linear::rows_dot(int r, const float* x, int T, float* out) const {
   }
 }
 
+namespace {
+// Where prepare_rows puts the rounded rows on the bf16 path, in elements (see there; 0 for other
+// dtypes).
+size_t bf16_input_shift(const Linear& w) {
+  return w.dtype == DType::BF16 && !w.bf16_packed() && reinterpret_cast<uintptr_t>(w.data) % 32 == 0
+             ? 8
+             : 0;
+}
+}  // namespace
+
+bool Linear::same_rows_input(const Linear& o) const {
+  return dtype == o.dtype && cols == o.cols && group_lanes == o.group_lanes &&
+         bf16_packed() == o.bf16_packed() && bf16_input_shift(*this) == bf16_input_shift(o);
+}
+
 Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
   RowsInput in;
   in.x = x;
@@ -196,8 +211,7 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     // whole lines, where a load across two lines costs two (alternated in one process, packed
     // v2-lite-8l decode 1.06× faster on lines than 16 bytes off, a two-row verification of the
     // 85M model 1.14×).
-    const size_t shift =
-        !bf16_packed() && reinterpret_cast<uintptr_t>(data) % 32 == 0 ? 8 : 0;  // elements
+    const size_t shift = bf16_input_shift(*this);
     in.ldx = bf16_row_stride(cols);
     in.bf16.resize(shift + static_cast<size_t>(T) * in.ldx);
     in.xb_shift = shift;

@@ -86,6 +86,10 @@ struct Linear {
     const uint16_t* xb() const { return bf16.empty() ? nullptr : bf16.data() + xb_shift; }
   };
   RowsInput prepare_rows(const float* x, int T) const;
+  // Whether prepare_rows gives `other` the same rows for the same x (the same format, width and
+  // bf16 offset), so that one preparation serves both: a decode step's experts all take the
+  // same token.
+  bool same_rows_input(const Linear& other) const;
   // out[t] for t < in.T: rows_dot on the prepared activations, each row batch-independent.
   void rows_dot(int r, const RowsInput& in, float* out) const;
   // Rows [r0, r1) of y = W · x on the prepared activations: y[t · ldy + r] = rows_dot(r)'s out[t]
