@@ -2,7 +2,8 @@
 // the same round: a 1 GiB buffer read as matrices of S bytes, each thread a contiguous half of
 // each matrix (as decode's row splits read a matrix), with a barrier after every matrix (as the
 // dependencies between a step's products impose) and without one. No arithmetic but the probe's
-// own dot product: the rate the pattern allows any kernel. The probe (`whale bench`'s ceiling)
+// own read (stream_sum_f32 since session 21; the dot product before): the rate the pattern allows
+// any kernel. The probe (`whale bench`'s ceiling)
 // is the same buffer read as one half per thread. Rounds alternate the order of the patterns.
 //
 //   g++ -O2 -std=c++20 -fopenmp -I src bench/inference/stream_pattern.cc build/libwhale_core.a \
@@ -43,7 +44,7 @@ double read_pass(const float* buffer, size_t floats, const Pattern& p, double* s
     const size_t half = matrix / threads;
     for (size_t m = 0; m + matrix <= floats; m += matrix) {
       const float* mine = buffer + m + half * me;
-      total += dot_f32(mine, mine, half);
+      total += stream_sum_f32(mine, half);
       if (p.barrier) {
 #pragma omp barrier
       }

@@ -33,7 +33,7 @@ double BandwidthProbe::measure(int repeats) const {
       const size_t chunk = (n / threads + 15) / 16 * 16;
       const size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
       // One load per element, with the weight kernels' page prefetch. Until session 21 this was
-      // dot(a, a): two loads and an FMA per vector, which read 13–28% slower than this on the
+      // dot(a, a): two loads and an FMA per vector, which read 9–28% slower than this on the
       // 2-core Zen 5 VM (bench/inference/README.md, session 21) — no ceiling, since the head's
       // q8 rows read faster than it.
       total += stream_sum_f32(buffer + begin, end - begin);
