@@ -101,8 +101,10 @@ void few_tokens_are_bit_identical(bool q8) {
   c.hidden_size = 128;
   c.n_routed_experts = 8;
   c.num_experts_per_tok = 3;
-  // Not a multiple of the 16-row chunks (f32); q8 groups are 32 wide.
-  c.moe_intermediate_size = q8 ? 96 : 80;
+  // Each expert's gate/up rows span two of the region's ~128 KiB chunks, the second partial
+  // (f32 rows of 128 values: 256 a chunk; q8: 1024), and its down rows two whole ones; q8 groups
+  // are 32 wide.
+  c.moe_intermediate_size = q8 ? 1056 : 300;
   c.n_group = 2;
   c.topk_group = 1;
   c.topk_method = "noaux_tc";

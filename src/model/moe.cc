@@ -49,9 +49,9 @@ struct FfnJob {
 };
 
 void ffn_forward_few(std::vector<FfnJob>& jobs) {
-  // Chunks of about 128 KiB of rows (a power of two from 16 rows: q8 64 rows of gate/up, bf16
-  // packed 32; 32 rows for every format before session 21, when this was 1.02–1.05× faster for
-  // q8 and 1.04× for q4, level for bf16; linear_forward's 16-row chunks did not gain so), handed
+  // Chunks of about 128 KiB of rows, a power of two from 16 (v2-lite-8l: q8 64 rows, q4 128,
+  // bf16 packed 32; 32 rows for every format before session 21: q8 and q4 decode 1.00–1.04×
+  // faster, alternated in one process; linear_forward's 16-row chunks did not gain so), handed
   // out by WorkShares (ops/work_shares.h) in shares of equal bytes:
   // each thread streams its own run of consecutive rows and takes the back half of the other's
   // when done (q8 decode of v2-lite-8l 5–15% faster than one chunk at a time, as OpenMP's
@@ -73,7 +73,8 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   thread_local std::vector<float> scratch;
   size_t floats = 0, gate_up_chunks = 0, down_chunks = 0;
   const auto chunks = [&](const Linear& w) {
-    return static_cast<size_t>(w.rows + rows_per_chunk(w) - 1) / rows_per_chunk(w);
+    const int n = rows_per_chunk(w);
+    return static_cast<size_t>((w.rows + n - 1) / n);
   };
   for (const FfnJob& job : jobs) {
     floats += 2 * static_cast<size_t>(job.n) * job.f->gate_proj.rows;
