@@ -304,17 +304,18 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
     }
     std::vector<int> tokens;
     for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);
-    // The fast path's W_UV copy takes the latent sums as int8, where the stored model's
-    // kv_b_proj takes them as f32 (AbsorbedValuesReadALaneCopyOfKvB below).
+    // The fast path's copies of kv_b_proj take q_nope and the latent sums as int8, where the
+    // stored model's kv_b_proj takes them as f32 (AbsorbedAttentionReadsCopiesOfKvB below).
     testing::expect_same_decode(*model, *stored, tokens, 5e-2);
   }
 }
 
-// Absorbed attention reads a q8/q4 kv_b_proj's W_UV rows through a copy in group-lane order
-// (MlaWeights::absorbed_values; W_UK stays in kv_b_proj): the copy dequantizes to exactly the
-// stored rows, attention's byte count is the stored model's (the same bytes, read from the copy),
-// and decode on it behaves (testing::expect_absorbed_copies_decode).
-TEST(GroupLanes, AbsorbedValuesReadALaneCopyOfKvB) {
+// Absorbed attention reads a q8/q4 kv_b_proj through copies: W_UV's rows in group-lane order
+// (MlaWeights::absorbed_values) and each head's W_UK in column blocks (absorbed_keys_int8,
+// ops/transposed_int8.h). The copies dequantize to exactly the stored values, attention's byte
+// count is the stored model's (the same bytes, read from the copies), and decode on them behaves
+// (testing::expect_absorbed_copies_decode).
+TEST(GroupLanes, AbsorbedAttentionReadsCopiesOfKvB) {
   TempDir tmp;
   const std::string dir = testing::init_wide_latent_model(tmp);
   for (const std::string quant : {"q8", "q4"}) {
@@ -345,6 +346,19 @@ TEST(GroupLanes, AbsorbedValuesReadALaneCopyOfKvB) {
           m.kv_b_proj.row_to_f32(h * (nope + vdim) + nope + i, original.data());
           ASSERT_EQ(copy, original) << quant << " layer " << l << " head " << h << " row " << i;
         }
+      ASSERT_EQ(m.absorbed_keys_int8.size(), static_cast<size_t>(heads)) << quant;
+      for (int h = 0; h < heads; ++h) {
+        const TransposedInt8& keys = m.absorbed_keys_int8[h];
+        ASSERT_EQ(keys.q4, quant == "q4");
+        ASSERT_EQ(keys.rows, nope);
+        ASSERT_EQ(keys.cols, kvr);
+        for (int i = 0; i < nope; ++i) {
+          m.kv_b_proj.row_to_f32(h * (nope + vdim) + i, original.data());
+          for (int k = 0; k < kvr; ++k)
+            ASSERT_EQ(transposed_int8_value(keys, i, k), original[k])
+                << quant << " layer " << l << " head " << h << " W_UK row " << i;
+        }
+      }
       EXPECT_EQ(attention_bytes(w.layers[l]), attention_bytes(stored.weights().layers[l]));
     }
     // Int8 latent sums on top of the int8 activations of every other product: within the bound

@@ -32,6 +32,24 @@ std::vector<float> latent_entries(const ModelConfig& c, const MlaWeights& w, con
   return kv_a;
 }
 
+// Buffers that grow and are never given back: decode runs absorbed attention once a layer per
+// step, and fresh zeroed buffers each time cost more than the work they hold (their lines long
+// evicted by the weights' stream, every first write read memory first).
+template <class Vector>
+float* grown(Vector& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+struct DecodeScratch {  // the calling thread's, shared with the team
+  AlignedVector<float> absorbed;
+  std::vector<float> partials, head_values;
+};
+thread_local DecodeScratch decode_scratch;
+struct ThreadScratch {  // each thread's own
+  AlignedVector<float> group_queries;
+  std::vector<float> scores_t, scores;
+};
+
 }  // namespace
 
 RowMap::RowMap(const std::vector<Segment>& segments) {
@@ -182,10 +200,11 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     // threads write neighbouring heads, and lines they shared would move between the cores at
     // every store (the transposed layout the scores take, all heads of a k on one line, did).
     const size_t query_stride = (static_cast<size_t>(width) + 15) / 16 * 16;
-    AlignedVector<float> absorbed(static_cast<size_t>(A) * heads * query_stride);
+    float* absorbed = grown(decode_scratch.absorbed, static_cast<size_t>(A) * heads * query_stride);
     // Per chunk and head: its latent sum Σ e^(score − m) c_KV, then m and Σ e^(score − m).
     const int partial = kvr + 2;
-    std::vector<float> partials(static_cast<size_t>(chunks_total) * heads * partial);
+    float* partials =
+        grown(decode_scratch.partials, static_cast<size_t>(chunks_total) * heads * partial);
     // Chunk items by groups of 16 heads (a vector of scores).
     const int group_size = std::min(heads, 16), groups = (heads + group_size - 1) / group_size;
     // Where the loader made copies of kv_b_proj (MlaWeights::absorbed_keys / absorbed_values)
@@ -194,8 +213,10 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       return m.bf16_packed() ? use_bf16_gemm() : m.group_lanes && use_vnni();
     };
     const bool key_rows = fast_rows(w.absorbed_keys), value_rows = fast_rows(w.absorbed_values);
-    std::vector<float> head_values(static_cast<size_t>(A) * heads * vdim);  // [a][head][vdim]
-    std::vector<std::pair<int, int>> chunk_items;                           // (absorbed row, chunk)
+    const bool int8_keys = !w.absorbed_keys_int8.empty() && use_vnni();
+    float* head_values = grown(decode_scratch.head_values,
+                               static_cast<size_t>(A) * heads * vdim);  // [a][head][vdim]
+    std::vector<std::pair<int, int>> chunk_items;                       // (absorbed row, chunk)
     for (int a = 0; a < A; ++a)
       for (int c = 0; c < chunks_of(map.position[absorbed_rows[a]] + 1); ++c)
         chunk_items.push_back({a, c});
@@ -203,10 +224,12 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     {
       // This thread's copy of one (row, group of heads)'s queries transposed, [width][16]: the
       // heads across the lanes of transposed_scores, zeros past the group's last head.
-      AlignedVector<float> group_queries(static_cast<size_t>(width) * 16);
+      thread_local ThreadScratch mine;
+      float* group_queries = grown(mine.group_queries, static_cast<size_t>(width) * 16);
       int group_row = -1, group_h0 = -1;
-      std::vector<float> scores_t(static_cast<size_t>(max_chunk) * 16);  // [position][head]
-      std::vector<float> scores(static_cast<size_t>(group_size) * max_chunk);
+      float* scores_t =
+          grown(mine.scores_t, static_cast<size_t>(max_chunk) * 16);  // [position][head]
+      float* scores = grown(mine.scores, static_cast<size_t>(group_size) * max_chunk);
       // Head by head, each head for every row in turn: a static split gives each thread its
       // heads' kv_b rows, in order, read once from memory however many rows there are.
       if (key_rows) {
@@ -220,13 +243,23 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
                         q_nope.data() + static_cast<size_t>(a) * nope);
           const Linear::RowsInput in = w.absorbed_keys.prepare_rows(q_nope.data(), A);
           // Row hd · kvr + k lands at entry k of row a's query for the head.
-          float* y = absorbed.data() + static_cast<size_t>(hd) * (query_stride - kvr);
+          float* y = absorbed + static_cast<size_t>(hd) * (query_stride - kvr);
           w.absorbed_keys.rows_dot_range(hd * kvr, (hd + 1) * kvr, in, y, heads * query_stride);
           for (int a = 0; a < A; ++a)
-            std::copy_n(
-                q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk + nope,
-                rope_dim,
-                absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride + kvr);
+            std::copy_n(q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk + nope,
+                        rope_dim,
+                        absorbed + (static_cast<size_t>(a) * heads + hd) * query_stride + kvr);
+        }
+      } else if (int8_keys) {
+        // W_UK's int8 copies, head by head: q_nope · each row's scales quantized to int8, the
+        // sums by vpdpbusd (ops/transposed_int8.h).
+#pragma omp for schedule(static)
+        for (int item = 0; item < A * heads; ++item) {
+          const int hd = item / A, a = item % A, r = absorbed_rows[a];
+          const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
+          float* query = absorbed + (static_cast<size_t>(a) * heads + hd) * query_stride;
+          transposed_int8_product(w.absorbed_keys_int8[hd], qh, query);
+          std::copy_n(qh + nope, rope_dim, query + kvr);
         }
       } else {
 #pragma omp for schedule(static)
@@ -235,8 +268,9 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           // The next head's W_UK rows.
           if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
           const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
-          float* query = absorbed.data() + (static_cast<size_t>(a) * heads + hd) * query_stride;
-          w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);  // onto zeros
+          float* query = absorbed + (static_cast<size_t>(a) * heads + hd) * query_stride;
+          std::fill_n(query, kvr, 0.0f);
+          w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);
           std::copy_n(qh + nope, rope_dim, query + kvr);
         }
       }
@@ -250,10 +284,10 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         const int visible = map.position[r] + 1, chunk = chunk_of(visible), s0 = c * chunk;
         const int n = std::min(chunk, visible - s0);
         if (a != group_row || h0 != group_h0) {
-          std::fill(group_queries.begin(), group_queries.end(), 0.0f);
+          std::fill_n(group_queries, static_cast<size_t>(width) * 16, 0.0f);
           for (int g = 0; g < G; ++g) {
             const float* query =
-                absorbed.data() + (static_cast<size_t>(a) * heads + h0 + g) * query_stride;
+                absorbed + (static_cast<size_t>(a) * heads + h0 + g) * query_stride;
             for (int k = 0; k < width; ++k)
               group_queries[static_cast<size_t>(k) * 16 + g] = query[k];
           }
@@ -264,8 +298,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         // contiguous in the cache (pages), then per head (scaled, masked).
         for (int j = 0; j < n;) {
           const int run = cache.contiguous_entries(s0 + j, n - j);
-          transposed_scores(group_queries.data(), 16, G, cache.entry(s0 + j, width), width, run,
-                            width, scores_t.data() + static_cast<size_t>(j) * 16, 16);
+          transposed_scores(group_queries, 16, G, cache.entry(s0 + j, width), width, run, width,
+                            scores_t + static_cast<size_t>(j) * 16, 16);
           j += run;
         }
         for (int g = 0; g < G; ++g)
@@ -274,10 +308,9 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
                 !mask.empty() && !mask[t][s0 + j]
                     ? kNegInf
                     : scores_t[static_cast<size_t>(j) * 16 + g] * scale;
-        float* out_c =
-            partials.data() + ((static_cast<size_t>(chunk_base[a]) + c) * heads + h0) * partial;
+        float* out_c = partials + ((static_cast<size_t>(chunk_base[a]) + c) * heads + h0) * partial;
         for (int g = 0; g < G; ++g) {
-          float* sg = scores.data() + static_cast<size_t>(g) * max_chunk;
+          float* sg = scores + static_cast<size_t>(g) * max_chunk;
           float* o = out_c + static_cast<size_t>(g) * partial;
           const float m = *std::max_element(sg, sg + n);
           std::fill(o, o + kvr, 0.0f);
@@ -289,16 +322,15 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         // Σ_j p[g][j] · c_KV(s0 + j), over the same runs.
         for (int j = 0; j < n;) {
           const int run = cache.contiguous_entries(s0 + j, n - j);
-          weighted_rows_sum(scores.data() + j, max_chunk, G, cache.entry(s0 + j, width), width, run,
-                            kvr, out_c, partial);
+          weighted_rows_sum(scores + j, max_chunk, G, cache.entry(s0 + j, width), width, run, kvr,
+                            out_c, partial);
           j += run;
         }
       }
       // Each (row, head)'s chunks combined: its normalized latent Σ p c_KV.
       const auto latent_sum = [&](int a, int hd, float* row) {
         const int chunks = chunks_of(map.position[absorbed_rows[a]] + 1);
-        const float* first =
-            partials.data() + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
+        const float* first = partials + (static_cast<size_t>(chunk_base[a]) * heads + hd) * partial;
         const size_t stride = static_cast<size_t>(heads) * partial;  // chunk to chunk
         float m = kNegInf;
         for (int c = 0; c < chunks; ++c) m = std::max(m, first[c * stride + kvr]);
@@ -322,7 +354,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           for (int a = 0; a < A; ++a)
             latent_sum(a, hd, latents.data() + static_cast<size_t>(a) * kvr);
           const Linear::RowsInput in = w.absorbed_values.prepare_rows(latents.data(), A);
-          w.absorbed_values.rows_dot_range(hd * vdim, (hd + 1) * vdim, in, head_values.data(),
+          w.absorbed_values.rows_dot_range(hd * vdim, (hd + 1) * vdim, in, head_values,
                                            static_cast<size_t>(heads) * vdim);
         }
       } else {
@@ -333,12 +365,12 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);
           latent_sum(a, hd, row.data());
           w.kv_b_proj.row_dots(hd * kv_b_rows_per_head + nope, vdim, row.data(),
-                               head_values.data() + (static_cast<size_t>(a) * heads + hd) * vdim);
+                               head_values + (static_cast<size_t>(a) * heads + hd) * vdim);
         }
       }
     }
     for (int a = 0; a < A; ++a)
-      std::copy_n(head_values.data() + static_cast<size_t>(a) * heads * vdim, heads * vdim,
+      std::copy_n(head_values + static_cast<size_t>(a) * heads * vdim, heads * vdim,
                   attn.data() + static_cast<size_t>(absorbed_rows[a]) * heads * vdim);
   }
   linear_forward(w.o_proj, attn.data(), N, out);

@@ -263,15 +263,16 @@ struct LaneReorderer {
     w.data = storage + at;
     w.group_lanes = true;
   }
-  // Absorbed attention's copy of a q8/q4 kv_b_proj's W_UV rows (MlaWeights::absorbed_values):
-  // the rows back to back in group-lane order, their scales beside them, so that the value
-  // projection is the lane row dots. (W_UK's transposed copy would need new quantization groups:
-  // the absorption keeps reading kv_b_proj.)
+  // Absorbed attention's copies of a q8/q4 kv_b_proj (MlaWeights::absorbed_values and
+  // absorbed_keys_int8): the W_UV rows back to back in group-lane order, their scales beside them,
+  // so that the value projection is the lane row dots; each head's W_UK rows in column blocks
+  // (ops/transposed_int8.h), so that the absorption W_UKᵀ q_nope is int8 arithmetic too.
   void absorbed(const ModelConfig& c, MlaWeights& m) {
     const Linear& kv_b = m.kv_b_proj;
     if (!(kv_b.dtype == DType::I8 || kv_b.dtype == DType::U8) || kv_b.group_lanes ||
         !group_lanes_fit(kv_b.cols))
       return;
+    absorbed_keys(c, m);
     const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
     const size_t rows = static_cast<size_t>(heads) * vdim, row_bytes = kv_b.row_bytes();
     const size_t scales = (kv_b.dtype == DType::I8 ? 1 : 2) * kv_b.groups();  // f16s a row
@@ -297,6 +298,34 @@ struct LaneReorderer {
     v.qscale = scale_copy;
     v.group_lanes = true;
     m.absorbed_values = v;
+  }
+  void absorbed_keys(const ModelConfig& c, MlaWeights& m) {
+    const Linear& kv_b = m.kv_b_proj;
+    const int heads = c.num_attention_heads, nope = c.qk_nope_head_dim, vdim = c.v_head_dim;
+    if (!transposed_int8_fit(nope, kv_b.cols)) return;
+    TransposedInt8 head;
+    head.q4 = kv_b.dtype == DType::U8;
+    head.rows = nope;
+    head.cols = kv_b.cols;
+    const size_t codes_at = layout.take(heads * head.code_bytes());
+    const size_t scales_at = layout.take(heads * head.scale_count() * sizeof(uint16_t));
+    const size_t mins_at = head.q4 ? layout.take(heads * head.scale_count() * sizeof(uint16_t)) : 0;
+    if (!storage) return;
+    const size_t row_scales = (head.q4 ? 2 : 1) * kv_b.groups();
+    m.absorbed_keys_int8.clear();
+    for (int h = 0; h < heads; ++h) {
+      auto* codes = storage + codes_at + h * head.code_bytes();
+      auto* scales = reinterpret_cast<uint16_t*>(storage + scales_at) + h * head.scale_count();
+      auto* mins = head.q4 ? reinterpret_cast<uint16_t*>(storage + mins_at) + h * head.scale_count()
+                           : nullptr;
+      const size_t first_row = static_cast<size_t>(h) * (nope + vdim);
+      transpose_int8_rows(head.q4, head.rows, head.cols, kv_b.data + first_row * kv_b.row_bytes(),
+                          kv_b.qscale + first_row * row_scales, codes, scales, mins);
+      head.codes = codes;
+      head.scales = scales;
+      head.mins = mins;
+      m.absorbed_keys_int8.push_back(head);
+    }
   }
   void vector(const std::string&, int, WeightSpec::Kind, Vector&) {}
 };
@@ -504,7 +533,8 @@ std::vector<const Linear*> attention_matrices(const Layer& l) {
 
 namespace {
 // Bytes of the matrices attention_matrices lists that decode does not read: beside a lone W_UV
-// copy (q8, q4), kv_b_proj's W_UV rows (decode reads only its W_UK rows).
+// copy (q8, q4), kv_b_proj's W_UV rows (decode reads only its W_UK rows, or W_UK's int8 copies
+// in their place: the same codes and scales, as many bytes).
 size_t attention_bytes_unread(const Layer& l) {
   const MlaWeights& m = l.mla;
   if (!m.absorbed_keys.empty() || m.absorbed_values.empty()) return 0;

@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "ops/linear.h"
+#include "ops/transposed_int8.h"
 
 namespace whale {
 
@@ -79,8 +80,11 @@ struct MlaWeights {
   // the absorption W_UKᵀ q_nope as row dots — packed bf16 (pack_bf16_rows, from a bf16
   // kv_b_proj). absorbed_values: the heads' W_UV rows back to back, [heads · v_head_dim,
   // kv_lora_rank], packed bf16 likewise, or from a q8/q4 kv_b_proj in group-lane order
-  // (put_rows_in_group_lanes; W_UK then stays in kv_b_proj: transposed, it would need new groups).
+  // (put_rows_in_group_lanes). absorbed_keys_int8: from a q8/q4 kv_b_proj, each head's W_UK
+  // [qk_nope, kv_lora_rank] laid out for the product by its transpose (ops/transposed_int8.h):
+  // the same codes and scales, so that the absorption is int8 arithmetic too.
   Linear absorbed_keys, absorbed_values;
+  std::vector<TransposedInt8> absorbed_keys_int8;  // one per head
   Indexer indexer;
 };
 
