@@ -64,7 +64,6 @@ TEST(WorkShares, EdgeCases) {
   WorkShares single(5, 1);
   EXPECT_EQ(drain(single, 0), (std::vector<int>{0, 1, 2, 3, 4}));
   EXPECT_EQ(single.next(1), -1);  // a thread beyond the shares
-  EXPECT_EQ(WorkShares::team(false), 1);
 }
 
 // Fewer threads than shares (a region that got one thread): the absent shares are stolen.

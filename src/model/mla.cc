@@ -1,5 +1,4 @@
 // Multi-head Latent Attention (DeepSeek-V2 §2.1, MISSION §1), over a batch of segments.
-#include <omp.h>
 
 #include <algorithm>
 #include <bit>
@@ -11,6 +10,7 @@
 #include "model/attention.h"
 #include "ops/kernels.h"
 #include "ops/precision.h"
+#include "ops/team.h"
 
 namespace whale {
 
@@ -146,11 +146,10 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
                   rope_keys.data() + static_cast<size_t>(s) * rope_dim);
     const int ld_q = heads * qk, ld_kv = heads * kv_b_rows_per_head;
     const int block = attention_block_rows(L), blocks = (seg.rows + block - 1) / block;
-#pragma omp parallel
-    {
+    RegionItems work(heads * blocks);
+    parallel_region(true, [&](int, int) {
       std::vector<float> scores(static_cast<size_t>(block) * L);
-#pragma omp for schedule(dynamic)
-      for (int item = 0; item < heads * blocks; ++item) {
+      for (int item; (item = work.next()) >= 0;) {
         const int hd = item % heads, t0 = item / heads * block;
         const float* qh = q.data() + (static_cast<size_t>(row0 + t0) * heads + hd) * qk;
         const float* kv = expanded[i].data() + static_cast<size_t>(hd) * kv_b_rows_per_head;
@@ -160,7 +159,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
             scores.data(), attn.data() + (static_cast<size_t>(row0 + t0) * heads + hd) * vdim,
             heads * vdim);
       }
-    }
+    });
   }
 
   // Absorbed rows (decode, speculative verification, the MTP rows after it): each head's query
@@ -220,8 +219,8 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
     for (int a = 0; a < A; ++a)
       for (int c = 0; c < chunks_of(map.position[absorbed_rows[a]] + 1); ++c)
         chunk_items.push_back({a, c});
-#pragma omp parallel
-    {
+    RegionItems chunk_work(static_cast<int>(chunk_items.size()) * groups);
+    parallel_region(true, [&](int rank, int threads) {
       // This thread's copy of one (row, group of heads)'s queries transposed, [width][16]: the
       // heads across the lanes of transposed_scores, zeros past the group's last head.
       thread_local ThreadScratch mine;
@@ -236,8 +235,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
         // Packed W_UKᵀ: the head's kv_lora_rank rows dotted with every row's q_nope (rounded to
         // bf16 like every other activation a bf16 matrix takes on this path).
         std::vector<float> q_nope(static_cast<size_t>(A) * nope);
-#pragma omp for schedule(static)
-        for (int hd = 0; hd < heads; ++hd) {
+        region_static(heads, rank, threads, [&](int hd) {
           for (int a = 0; a < A; ++a)
             std::copy_n(q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk, nope,
                         q_nope.data() + static_cast<size_t>(a) * nope);
@@ -249,21 +247,19 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
             std::copy_n(q.data() + (static_cast<size_t>(absorbed_rows[a]) * heads + hd) * qk + nope,
                         rope_dim,
                         absorbed + (static_cast<size_t>(a) * heads + hd) * query_stride + kvr);
-        }
+        });
       } else if (int8_keys) {
         // W_UK's int8 copies, head by head: q_nope · each row's scales quantized to int8, the
         // sums by vpdpbusd (ops/transposed_int8.h).
-#pragma omp for schedule(static)
-        for (int item = 0; item < A * heads; ++item) {
+        region_static(A * heads, rank, threads, [&](int item) {
           const int hd = item / A, a = item % A, r = absorbed_rows[a];
           const float* qh = q.data() + (static_cast<size_t>(r) * heads + hd) * qk;
           float* query = absorbed + (static_cast<size_t>(a) * heads + hd) * query_stride;
           transposed_int8_product(w.absorbed_keys_int8[hd], qh, query);
           std::copy_n(qh + nope, rope_dim, query + kvr);
-        }
+        });
       } else {
-#pragma omp for schedule(static)
-        for (int item = 0; item < A * heads; ++item) {
+        region_static(A * heads, rank, threads, [&](int item) {
           const int hd = item / A, a = item % A, r = absorbed_rows[a];
           // The next head's W_UK rows.
           if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head, nope);
@@ -272,10 +268,10 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           std::fill_n(query, kvr, 0.0f);
           w.kv_b_proj.weighted_rows_sum(hd * kv_b_rows_per_head, nope, qh, query);
           std::copy_n(qh + nope, rope_dim, query + kvr);
-        }
+        });
       }
-#pragma omp for schedule(dynamic)
-      for (int item = 0; item < static_cast<int>(chunk_items.size()) * groups; ++item) {
+      region_barrier();
+      for (int item; (item = chunk_work.next()) >= 0;) {
         const auto [a, c] = chunk_items[item / groups];
         const int h0 = item % groups * group_size, G = std::min(heads, h0 + group_size) - h0;
         const int r = absorbed_rows[a], si = map.segment[r], t = r - first_row[si];
@@ -327,6 +323,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
           j += run;
         }
       }
+      region_barrier();
       // Each (row, head)'s chunks combined: its normalized latent Σ p c_KV.
       const auto latent_sum = [&](int a, int hd, float* row) {
         const int chunks = chunks_of(map.position[absorbed_rows[a]] + 1);
@@ -349,26 +346,24 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
       // to bf16 (packed copy) or quantized to int8 (q8/q4 copy), as any activation there.
       if (value_rows) {
         std::vector<float> latents(static_cast<size_t>(A) * kvr);
-#pragma omp for schedule(static)
-        for (int hd = 0; hd < heads; ++hd) {
+        region_static(heads, rank, threads, [&](int hd) {
           for (int a = 0; a < A; ++a)
             latent_sum(a, hd, latents.data() + static_cast<size_t>(a) * kvr);
           const Linear::RowsInput in = w.absorbed_values.prepare_rows(latents.data(), A);
           w.absorbed_values.rows_dot_range(hd * vdim, (hd + 1) * vdim, in, head_values,
                                            static_cast<size_t>(heads) * vdim);
-        }
+        });
       } else {
         std::vector<float> row(kvr);
-#pragma omp for schedule(static)
-        for (int item = 0; item < A * heads; ++item) {
+        region_static(A * heads, rank, threads, [&](int item) {
           const int hd = item / A, a = item % A;
           if (a == 0) w.kv_b_proj.prefetch_rows((hd + 1) % heads * kv_b_rows_per_head + nope, vdim);
           latent_sum(a, hd, row.data());
           w.kv_b_proj.row_dots(hd * kv_b_rows_per_head + nope, vdim, row.data(),
                                head_values + (static_cast<size_t>(a) * heads + hd) * vdim);
-        }
+        });
       }
-    }
+    });
     for (int a = 0; a < A; ++a)
       std::copy_n(head_values + static_cast<size_t>(a) * heads * vdim, heads * vdim,
                   attn.data() + static_cast<size_t>(absorbed_rows[a]) * heads * vdim);

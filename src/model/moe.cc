@@ -11,6 +11,7 @@
 
 #include "ops/linear.h"
 #include "ops/nn.h"
+#include "ops/team.h"
 #include "ops/work_shares.h"
 
 namespace whale {
@@ -124,7 +125,7 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
     }
     return c;
   };
-  const int team = WorkShares::team(parallel);
+  const int team = region_threads(parallel);
   WorkShares gate_up_shares(cost(gate_up, false), team), down_shares(cost(down, true), team);
   const auto gate_up_chunk = [&](int i) {
     const Chunk& ch = gate_up[i];
@@ -143,14 +144,12 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
         for (int r = ch.r0; r < ch.r1; ++r)
           job.out[static_cast<size_t>(t) * H + r] += f.down_bias[r];
   };
-#pragma omp parallel if (parallel)
-  {
-    const int me = omp_get_thread_num();
+  RegionItems activations(static_cast<int>(jobs.size()));
+  parallel_region(parallel, [&](int me, int) {
     for (int i; (i = gate_up_shares.next(me)) >= 0;) gate_up_chunk(i);
-#pragma omp barrier
-      // The activations, prepared for the down rows once all of a job's gate/up rows are done.
-#pragma omp for schedule(dynamic)
-    for (size_t j = 0; j < jobs.size(); ++j) {
+    region_barrier();
+    // The activations, prepared for the down rows once all of a job's gate/up rows are done.
+    for (int j; (j = activations.next()) >= 0;) {
       FfnJob& job = jobs[j];
       const int inter = job.f->gate_proj.rows;
       for (int t = 0; t < job.n; ++t)
@@ -158,8 +157,9 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
                  job.up + static_cast<size_t>(t) * inter, 0, inter);
       job.down_in = job.f->down_proj.prepare_rows(job.gate, job.n);
     }
+    region_barrier();
     for (int i; (i = down_shares.next(me)) >= 0;) down_chunk(i);
-  }
+  });
 }
 
 }  // namespace

@@ -61,6 +61,12 @@ class Model {
   ParamCounts parameter_counts() const;
 
  private:
+  // forward_batch's and mtp_forward's work once their input is checked.
+  void mtp_rows(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
+                float* logits, const ForwardOptions& options, float* head_input) const;
+  void forward_rows(const int* tokens, int T, const std::vector<KVCache*>& caches,
+                    const std::vector<int>& counts, float* logits, float* normed_hidden,
+                    const ForwardOptions& options) const;
   void block_forward(const Layer& layer, int layer_index, float* x,
                      const std::vector<Segment>& segments, const ForwardOptions& options) const;
   void check_tokens(const int* tokens, int T) const;

@@ -9,6 +9,7 @@
 #include "ops/gemm.h"
 #include "ops/kernels.h"
 #include "ops/precision.h"
+#include "ops/team.h"
 #include "ops/work_shares.h"
 
 namespace whale {
@@ -291,10 +292,11 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
     constexpr int kChunkRows = 16;
     const Linear::RowsInput in = w.prepare_rows(x, T);
     const int chunks = (rows + kChunkRows - 1) / kChunkRows;
-    WorkShares shares(chunks, WorkShares::team(threads));
-#pragma omp parallel if (threads)
-    for (int c; (c = shares.next(omp_get_thread_num())) >= 0;)
-      w.rows_dot_range(c * kChunkRows, std::min(rows, (c + 1) * kChunkRows), in, y, rows);
+    WorkShares shares(chunks, region_threads(threads));
+    parallel_region(threads, [&](int rank, int) {
+      for (int c; (c = shares.next(rank)) >= 0;)
+        w.rows_dot_range(c * kChunkRows, std::min(rows, (c + 1) * kChunkRows), in, y, rows);
+    });
     return;
   }
   if (w.bf16_packed() && use_bf16_gemm()) {

@@ -1,7 +1,5 @@
 #include "ops/work_shares.h"
 
-#include <omp.h>
-
 #include <algorithm>
 
 #include "base/error.h"
@@ -45,10 +43,6 @@ WorkShares::WorkShares(const std::vector<double>& cost, int threads)
     begin = end;
   }
   check(begin == n, "WorkShares: items left out of the shares");
-}
-
-int WorkShares::team(bool parallel) {
-  return parallel && !omp_in_parallel() ? omp_get_max_threads() : 1;
 }
 
 int WorkShares::next(int t) {

@@ -29,10 +29,6 @@ class WorkShares {
   // item (the absent threads' shares are stolen); a thread t beyond the shares gets none.
   int next(int t);
 
-  // The threads a decode region over `work` will have: omp_get_max_threads() where it forks
-  // (parallel, and not already inside a parallel region), else 1.
-  static int team(bool parallel);
-
  private:
   // A share [begin, end) packed as begin << 32 | end, on its own cache line: the owner's pops
   // and the thieves' compare-exchanges only meet when a share is being stolen from.
