@@ -5,6 +5,7 @@
 #include "model/attention.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
+#include "ops/team.h"
 
 namespace whale {
 
@@ -62,11 +63,10 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
       std::copy_n(entry + kv_dim, kv_dim, values.data() + static_cast<size_t>(s) * kv_dim);
     }
     const int block = attention_block_rows(L), blocks = (seg.rows + block - 1) / block;
-#pragma omp parallel
-    {
+    RegionItems work(heads * blocks);
+    parallel_region(true, [&](int, int) {
       std::vector<float> scores(static_cast<size_t>(block) * L);
-#pragma omp for schedule(dynamic)
-      for (int item = 0; item < heads * blocks; ++item) {
+      for (int item; (item = work.next()) >= 0;) {
         const int i = item % heads, kvh = i / group, t0 = item / heads * block;
         const size_t first = (row0 + t0) * q_dim + i * hd;
         attention_block({{q.data() + first, q_dim, keys.data() + kvh * hd, kv_dim, hd}}, scale,
@@ -74,28 +74,26 @@ void dense_attention_forward(const ModelConfig& c, const DenseAttentionWeights& 
                         std::min(block, seg.rows - t0), {}, scores.data(), attn.data() + first,
                         q_dim);
       }
-    }
+    });
   }
-#pragma omp parallel
-  {
+  parallel_region(true, [&](int rank, int threads) {
     std::vector<float> scores(max_len);
-#pragma omp for collapse(2) schedule(static)
-    for (int r = 0; r < N; ++r)
-      for (int i = 0; i < heads; ++i) {
-        if (by_blocks[map.segment[r]]) continue;
-        const LayerCache& cache = *segments[map.segment[r]].cache;
-        const int kvh = i / group;
-        const float* qi = q.data() + static_cast<size_t>(r) * q_dim + i * hd;
-        const int visible = map.position[r] + 1;
-        for (int s = 0; s < visible; ++s)
-          scores[s] = dot_f32(qi, cache.entry(s, width) + kvh * hd, hd) * scale;
-        softmax(scores.data(), visible);
-        float* o = attn.data() + static_cast<size_t>(r) * q_dim + i * hd;
-        std::fill(o, o + hd, 0.0f);
-        for (int s = 0; s < visible; ++s)
-          axpy(scores[s], cache.entry(s, width) + kv_dim + kvh * hd, o, hd);
-      }
-  }
+    region_static(N * heads, rank, threads, [&](int item) {
+      const int r = item / heads, i = item % heads;
+      if (by_blocks[map.segment[r]]) return;
+      const LayerCache& cache = *segments[map.segment[r]].cache;
+      const int kvh = i / group;
+      const float* qi = q.data() + static_cast<size_t>(r) * q_dim + i * hd;
+      const int visible = map.position[r] + 1;
+      for (int s = 0; s < visible; ++s)
+        scores[s] = dot_f32(qi, cache.entry(s, width) + kvh * hd, hd) * scale;
+      softmax(scores.data(), visible);
+      float* o = attn.data() + static_cast<size_t>(r) * q_dim + i * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int s = 0; s < visible; ++s)
+        axpy(scores[s], cache.entry(s, width) + kv_dim + kvh * hd, o, hd);
+    });
+  });
   linear_forward(w.o_proj, attn.data(), N, out);
   add_bias(out, w.o_bias, N, c.hidden_size);
 }

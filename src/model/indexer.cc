@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "model/attention.h"
+#include "ops/team.h"
 
 namespace whale {
 
@@ -64,16 +65,14 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
       1.0f / std::sqrt(static_cast<float>(heads)) / std::sqrt(static_cast<float>(dim));
 
   AttentionMask allowed(T);
-#pragma omp parallel
-  {
+  parallel_region(true, [&](int rank, int threads) {
     std::vector<uint8_t> q_codes(static_cast<size_t>(heads) * dim);
     std::vector<float> q_scales(static_cast<size_t>(heads) * blocks), scores;
     std::vector<int> order;
-#pragma omp for schedule(static)
-    for (int t = 0; t < T; ++t) {
+    region_static(T, rank, threads, [&](int t) {
       const int visible = pos0 + t + 1;
       allowed[t].assign(visible, 1);
-      if (visible <= c.index_topk) continue;  // every causal position fits in the top-k
+      if (visible <= c.index_topk) return;  // every causal position fits in the top-k
       for (int j = 0; j < heads; ++j) {
         float* qj = q.data() + (static_cast<size_t>(t) * heads + j) * dim;
         rotate_and_quantize(c, rope, qj, pos0 + t, q_codes.data() + j * dim,
@@ -99,8 +98,8 @@ AttentionMask indexer_select(const ModelConfig& c, const Indexer& w, const Rope&
           [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
       allowed[t].assign(visible, 0);
       for (int i = 0; i < c.index_topk; ++i) allowed[t][order[i]] = 1;
-    }
-  }
+    });
+  });
   (void)H;
   return allowed;
 }

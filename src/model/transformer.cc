@@ -72,11 +72,11 @@ namespace {
 // A few rows (decode, speculative verification, MTP drafts): their work inside one team of
 // threads, whose parallel pieces start and meet by spinning instead of a libgomp region per
 // product (ops/team.h: q8 v2-lite-8l decode 1.03–1.06× faster in fast minutes, alternated in one
-// process). Only MLA models without V3.2's indexer: every parallel piece of their steps is a
-// parallel_region (an OpenMP region left inside the team would run on one thread).
+// process). Every parallel piece of a few rows' forward is a parallel_region (an OpenMP region
+// left inside the team would run on one thread).
 template <class Work>
-void in_decode_team(const ModelConfig& c, int rows, const Work& work) {
-  if (rows < kGemmMinTokens && c.is_deepseek() && !c.has_indexer())
+void in_decode_team(int rows, const Work& work) {
+  if (rows < kGemmMinTokens)
     with_decode_team(work);
   else
     work();
@@ -98,8 +98,7 @@ void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches
     T += n;
   }
   check_tokens(tokens, T);
-  const ModelConfig& c = config_;
-  in_decode_team(c, T,
+  in_decode_team(T,
                  [&] { forward_rows(tokens, T, caches, counts, logits, normed_hidden, options); });
 }
 
@@ -143,9 +142,8 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
   check(weights_.has_mtp, "this model has no MTP module (num_nextn_predict_layers is 0)");
   check(T > 0, "MTP forward needs at least one token");
   check_tokens(next_tokens, T);
-  in_decode_team(config_, T, [&] {
-    mtp_rows(next_tokens, normed_hidden, T, mtp_cache, logits, options, head_input);
-  });
+  in_decode_team(
+      T, [&] { mtp_rows(next_tokens, normed_hidden, T, mtp_cache, logits, options, head_input); });
 }
 
 void Model::mtp_rows(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,
