@@ -12,6 +12,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "ops/group_lanes.h"
+#include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/precision.h"
 #include "test_util.h"
@@ -86,9 +87,9 @@ std::vector<float> moe_reference(const ModelConfig& c, const Moe& moe, const flo
     for (int i = 0; i < n; ++i)
       std::copy_n(u + static_cast<size_t>(slots[i] / K) * H, H, x.data() + i * H);
     ffn_forward(moe.experts[e], x.data(), n, y.data());
-    for (int i = 0; i < n; ++i)
-      for (int d = 0; d < H; ++d)
-        out[static_cast<size_t>(slots[i] / K) * H + d] += r.gates[slots[i]] * y[i * H + d];
+    for (int i = 0; i < n; ++i)  // gate · y added as moe_forward adds it (one FMA an element)
+      axpy(r.gates[slots[i]], y.data() + i * H, out.data() + static_cast<size_t>(slots[i] / K) * H,
+           H);
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <limits>
 #include <numeric>
 
+#include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/nn.h"
 #include "ops/team.h"
@@ -279,35 +280,39 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     for (size_t i = 0; i < slots[e].size(); ++i)
       std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, x.data() + i * H);
   };
-  // out += Σ over expert e's tokens of gate · y.
-  const auto combine = [&](int e, const std::vector<float>& y) {
-    for (size_t i = 0; i < slots[e].size(); ++i) {
-      const float g = r.gates[slots[e][i]];
-      float* o = out + static_cast<size_t>(slots[e][i] / K) * H;
-      const float* yi = y.data() + i * H;
-      for (int d = 0; d < H; ++d) o[d] += g * yi[d];
-    }
+  // out += Σ over expert e's tokens of gate · y (y: [tokens of e, H]).
+  const auto combine = [&](int e, const float* y) {
+    for (size_t i = 0; i < slots[e].size(); ++i)
+      axpy(r.gates[slots[e][i]], y + i * H, out + static_cast<size_t>(slots[e][i] / K) * H, H);
   };
   if (!moe.has_shared) std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
 
   if (T < kGemmMinTokens) {
-    // A decode step (or a few tokens): every expert in one parallel region.
-    std::vector<std::vector<float>> x(E), y(E);
+    // A decode step (or a few tokens): every expert in one parallel region. The experts' outputs
+    // (and inputs gathered for experts with several tokens) in one scratch kept between layers:
+    // fresh zeroed vectors per expert and layer met memory at every first write (their lines
+    // evicted by the weights' stream).
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < 2 * static_cast<size_t>(T) * K * H) scratch.resize(2 * T * K * H);
+    float* next_y = scratch.data();
+    float* next_x = scratch.data() + static_cast<size_t>(T) * K * H;
+    std::vector<float*> y(E);
     std::vector<FfnJob> jobs;
     if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
     for (int e = 0; e < E; ++e) {
       if (slots[e].empty()) continue;
+      const size_t n = slots[e].size();
       // An expert with one token reads it in place (and shares its preparation with the rest).
       const float* xe = u + static_cast<size_t>(slots[e][0] / K) * H;
-      if (slots[e].size() > 1) {
-        gather(e, x[e]);
-        xe = x[e].data();
+      if (n > 1) {
+        for (size_t i = 0; i < n; ++i)
+          std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, next_x + i * H);
+        xe = next_x;
+        next_x += n * H;
       }
-      y[e].resize(slots[e].size() * H);
-      jobs.push_back({.f = &moe.experts[e],
-                      .x = xe,
-                      .n = static_cast<int>(slots[e].size()),
-                      .out = y[e].data()});
+      y[e] = next_y;
+      next_y += n * H;
+      jobs.push_back({.f = &moe.experts[e], .x = xe, .n = static_cast<int>(n), .out = y[e]});
     }
     ffn_forward_few(jobs);
     for (int e = 0; e < E; ++e)
@@ -351,7 +356,7 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
       }
     }
     for (size_t i = w0; i < w1; ++i) {
-      combine(active[i], y[active[i]]);
+      combine(active[i], y[active[i]].data());
       std::vector<float>().swap(y[active[i]]);
     }
   }
