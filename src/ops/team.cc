@@ -45,23 +45,17 @@ class Team {
   explicit Team(int threads) : threads_(threads) {}
   int threads() const { return threads_; }
 
-  // Leader: body on every rank; returns once every worker has finished it (and rethrows the
-  // leader's own exception only then, so that no worker still runs a body whose captures are
-  // gone).
-  void run(const std::function<void(int, int)>& body) {
+  // Leader: body on every rank; returns once every worker has finished it. A body must not
+  // throw (noexcept: the program ends, as when an exception leaves an OpenMP region): the other
+  // threads may be waiting for it at a barrier, and would run on with captures that are gone.
+  void run(const std::function<void(int, int)>& body) noexcept {
     body_ = &body;
     done_.value.store(0, std::memory_order_relaxed);
     start_.value.fetch_add(1, std::memory_order_release);
-    std::exception_ptr error;
-    try {
-      body(0, threads_);
-    } catch (...) {
-      error = std::current_exception();
-    }
+    body(0, threads_);
     wait_until([&] {
       return done_.value.load(std::memory_order_acquire) == static_cast<uint64_t>(threads_ - 1);
     });
-    if (error) std::rethrow_exception(error);
   }
 
   // Worker: serves regions until stop().

@@ -19,7 +19,8 @@ namespace whale {
 
 // Runs body(rank, threads) on every thread of a region: the decode team's threads when this
 // thread leads one (and is not already inside one of its regions), else an OpenMP parallel region
-// of omp_get_max_threads() threads when `parallel` (one thread otherwise, or when nested).
+// of omp_get_max_threads() threads when `parallel` (one thread otherwise, or when nested). As in
+// an OpenMP region, an exception must not leave the body (the program ends).
 void parallel_region(bool parallel, const std::function<void(int rank, int threads)>& body);
 // Inside parallel_region's body: waits for every thread of the region.
 void region_barrier();
@@ -50,8 +51,7 @@ class RegionItems {
 
 // Runs fn on this thread while the other omp_get_max_threads() − 1 threads serve its
 // parallel_regions; just fn where there is one thread, more threads than cores, or inside a
-// parallel region already.
-// fn's exceptions reach the caller.
+// parallel region already. fn's exceptions from outside its regions reach the caller.
 void with_decode_team(const std::function<void()>& fn);
 
 }  // namespace whale
