@@ -97,7 +97,8 @@ TEST(TransposedInt8, ReferenceIsTheProductUpToActivationRounding) {
         err += (y[c] - exact) * (y[c] - exact);
         norm += exact * exact;
       }
-      // int8 activations per 32 rows: 0.45–0.65% here (q4's nibbles uncentred: 0.9–1.6%).
+      // int8 activations per 32 rows: 0.45–0.65% here (q4's nibbles taken as 0 … 15 instead of
+      // centred on 8, as a first version did: 0.9–1.6%).
       EXPECT_LT(std::sqrt(err / norm), 0.01) << (q4 ? "q4 " : "q8 ") << rows << "×" << cols;
     }
 }
@@ -134,6 +135,17 @@ TEST(TransposedInt8, RejectsShapesThatDoNotFit) {
   EXPECT_THROW(transpose_int8_rows(false, 48, 64, codes.data(), scales.data(), codes.data(),
                                    scales.data(), nullptr),
                std::exception);
+  // The product's own check: codes off a cache line (its whole-line loads), or a shape past the
+  // activations' room on the stack.
+  std::mt19937 rng(6);
+  const Transposed t(false, 32, 32, rng);
+  std::vector<float> p(32, 1.0f), y(32);
+  TransposedInt8 off = t.w;
+  off.codes += 1;
+  EXPECT_THROW(transposed_int8_product(off, p.data(), y.data()), std::exception);
+  TransposedInt8 tall = t.w;
+  tall.rows = kTransposedInt8MaxRows + 32;
+  EXPECT_THROW(transposed_int8_product(tall, p.data(), y.data()), std::exception);
 }
 
 }  // namespace

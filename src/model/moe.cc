@@ -293,9 +293,10 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     // fresh zeroed vectors per expert and layer met memory at every first write (their lines
     // evicted by the weights' stream).
     thread_local std::vector<float> scratch;
-    if (scratch.size() < 2 * static_cast<size_t>(T) * K * H) scratch.resize(2 * T * K * H);
+    const size_t rows_floats = static_cast<size_t>(T) * K * H;  // every (token, expert) row
+    if (scratch.size() < 2 * rows_floats) scratch.resize(2 * rows_floats);
     float* next_y = scratch.data();
-    float* next_x = scratch.data() + static_cast<size_t>(T) * K * H;
+    float* next_x = scratch.data() + rows_floats;
     std::vector<float*> y(E);
     std::vector<FfnJob> jobs;
     if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});

@@ -73,10 +73,11 @@ namespace {
 // threads, whose parallel pieces start and meet by spinning instead of a libgomp region per
 // product (ops/team.h: q8 v2-lite-8l decode 1.03–1.06× faster in fast minutes, alternated in one
 // process). Every parallel piece of a few rows' forward is a parallel_region (an OpenMP region
-// left inside the team would run on one thread).
+// left inside the team would run on one thread) — except forced naive MLA, whose expansion of
+// the cached latents is a product of many rows (sgemm and OpenMP tiles): it stays outside.
 template <class Work>
-void in_decode_team(int rows, const Work& work) {
-  if (rows < kGemmMinTokens)
+void in_decode_team(int rows, const ForwardOptions& options, const Work& work) {
+  if (rows < kGemmMinTokens && options.attention != AttentionPath::kNaive)
     with_decode_team(work);
   else
     work();
@@ -98,7 +99,7 @@ void Model::forward_batch(const int* tokens, const std::vector<KVCache*>& caches
     T += n;
   }
   check_tokens(tokens, T);
-  in_decode_team(T,
+  in_decode_team(T, options,
                  [&] { forward_rows(tokens, T, caches, counts, logits, normed_hidden, options); });
 }
 
@@ -142,8 +143,9 @@ void Model::mtp_forward(const int* next_tokens, const float* normed_hidden, int 
   check(weights_.has_mtp, "this model has no MTP module (num_nextn_predict_layers is 0)");
   check(T > 0, "MTP forward needs at least one token");
   check_tokens(next_tokens, T);
-  in_decode_team(
-      T, [&] { mtp_rows(next_tokens, normed_hidden, T, mtp_cache, logits, options, head_input); });
+  in_decode_team(T, options, [&] {
+    mtp_rows(next_tokens, normed_hidden, T, mtp_cache, logits, options, head_input);
+  });
 }
 
 void Model::mtp_rows(const int* next_tokens, const float* normed_hidden, int T, KVCache& mtp_cache,

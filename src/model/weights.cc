@@ -344,7 +344,7 @@ void put_rows_in_group_lanes(const ModelConfig& config, Weights& w, PageBuffer* 
   // Only where the reordered kernels will run: on the exact path every row would have to be put
   // back in order before each product.
   if (!use_vnni()) return;
-  LaneReorderer reorderer{done_with};
+  LaneReorderer reorderer{done_with, nullptr, {}};
   const auto visit = [&] {
     visit_weights(config, w, reorderer);
     for_each_mla(config, w, [&](MlaWeights& m) { reorderer.absorbed(config, m); });
@@ -460,7 +460,7 @@ struct Bf16Packer {
 void pack_bf16_rows(const ModelConfig& config, Weights& w, PackedBf16Storage* storage,
                     const std::function<void(const void*, size_t)>& done_with) {
   if (!use_bf16_gemm()) return;
-  Bf16Packer packer{done_with, storage};
+  Bf16Packer packer{done_with, storage, true, {}};
   const auto visit = [&] {
     visit_weights(config, w, packer);
     for_each_mla(config, w, [&](MlaWeights& m) { packer.absorbed(config, m); });

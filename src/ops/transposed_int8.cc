@@ -189,6 +189,9 @@ void transpose_int8_rows(bool q4, int rows, int cols, const uint8_t* stored_code
 }
 
 void transposed_int8_product(const TransposedInt8& w, const float* p, float* y) {
+  if (!transposed_int8_fit(w.rows, w.cols) || reinterpret_cast<uintptr_t>(w.codes) % kLine != 0)
+    throw Error("transposed_int8_product: a " + std::to_string(w.rows) + " × " +
+                std::to_string(w.cols) + " matrix that does not fit, or codes off a cache line");
   if (w.q4)
     product<true>(w, p, y);
   else

@@ -12,9 +12,9 @@
 //   y[c] = Σ_32-row groups σ · Σ_r a8[r] · code[r][c]  (+ Σ_r p[r] · (min[r][g] + 8 · scale[r][g])
 //          for q4, whose codes count as nibble − 8: centred, their rounding costs 0.5–0.6% of
 //          the product, as q8's does, where the raw nibbles cost 0.9–1.6%).
-// The codes enter as unsigned bytes — q8's as code + 128, q4's nibbles as they are, two blocks to
-// a line (the low nibbles rows 8k … 8k + 3, the high ones 8k + 4 … 8k + 7) — and −128 · Σ a8
-// (q4: −8 · Σ a8) takes the offsets back.
+// The codes enter as unsigned bytes — q8's as code + 128, q4's nibbles as they are, 8 rows of a
+// column block to a line (the low nibbles rows 8k … 8k + 3, the high ones 8k + 4 … 8k + 7) — and
+// −128 · Σ a8 (q4: −8 · Σ a8) takes the offsets back.
 // Scales (and q4 minimums) are stored transposed, [cols / 32][rows] f16, so that a group's are
 // contiguous.
 #pragma once
@@ -51,7 +51,9 @@ void transpose_int8_rows(bool q4, int rows, int cols, const uint8_t* stored_code
                          const uint16_t* stored_scales, uint8_t* codes, uint16_t* scales,
                          uint16_t* mins);
 
-// y[c] = Σ_r p[r] · W[r][c] for c < cols (p has rows values). Needs AVX512-VNNI (use_vnni()).
+// y[c] = Σ_r p[r] · W[r][c] for c < cols (p has rows values). Needs AVX512-VNNI (use_vnni()), a
+// shape that fits (transposed_int8_fit: its activations live on the stack) and codes on a
+// 64-byte boundary (whole-line loads); checked.
 void transposed_int8_product(const TransposedInt8& w, const float* p, float* y);
 // Scalar reference: the same activation codes, integer sums and float finish.
 void transposed_int8_product_reference(const TransposedInt8& w, const float* p, float* y);

@@ -97,7 +97,7 @@ bool parse_number(const std::string& text, long* out) {
 
 bool check_countdown(const std::string& expression, const std::vector<int>& numbers, long target) {
   if (expression.size() > 64) return false;
-  Parser parser{expression};
+  Parser parser{expression, 0, {}, true};
   Fraction v = parser.sum();
   parser.skip();
   if (!parser.ok || parser.i != expression.size()) return false;
