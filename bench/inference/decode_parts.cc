@@ -34,6 +34,7 @@
 #include "ops/linear.h"
 #include "ops/nn.h"
 #include "ops/precision.h"
+#include "ops/team.h"
 
 using namespace whale;
 
@@ -124,17 +125,17 @@ int main(int argc, char** argv) {
          uint64_t sink = 0;
          for (const auto* list : lists)
            for (const Linear* x : *list) bytes += x->rows * x->row_bytes();
-#pragma omp parallel reduction(^ : sink)
-         {
-           const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+         std::vector<uint64_t> sinks(8 * omp_get_max_threads());  // a cache line a thread
+         parallel_region(true, [&](int t, int threads) {
            for (const auto* list : lists)
              for (const Linear* x : *list) {
                const size_t n = x->rows * x->row_bytes();
                const size_t half = (n / threads + 63) / 64 * 64;
                const size_t begin = std::min(n, t * half);
-               sink ^= read_bytes(x->data + begin, std::min(n, begin + half) - begin);
+               sinks[8 * t] ^= read_bytes(x->data + begin, std::min(n, begin + half) - begin);
              }
-         }
+         });
+         for (uint64_t v : sinks) sink ^= v;
          if (sink == 1) std::printf(" ");  // keep the reads
          return bytes;
        }});
@@ -168,9 +169,8 @@ int main(int argc, char** argv) {
                        }});
     };
     projection("  q_proj", [](const MlaWeights& m) -> const Linear& { return m.q_proj; });
-    projection("  kv_a_proj", [](const MlaWeights& m) -> const Linear& {
-      return m.kv_a_proj_with_mqa;
-    });
+    projection("  kv_a_proj",
+               [](const MlaWeights& m) -> const Linear& { return m.kv_a_proj_with_mqa; });
     projection("  o_proj", [](const MlaWeights& m) -> const Linear& { return m.o_proj; });
   }
   parts.push_back({"dense FFNs", [&] {
@@ -204,7 +204,10 @@ int main(int argc, char** argv) {
       part.run();  // warm: the first run after another part meets its weights cold as well
       const double start = now();
       double bytes = 0;
-      for (int i = 0; i < kRepeats; ++i) bytes += part.run();
+      // Inside the decode team, as the step runs its parallel pieces (ops/team.h).
+      with_decode_team([&] {
+        for (int i = 0; i < kRepeats; ++i) bytes += part.run();
+      });
       part.seconds += now() - start;
       part.bytes += bytes;
       part.probe_bytes_per_s += probe / rounds;

@@ -34,4 +34,13 @@ struct CacheAligned {
 template <class T>
 using AlignedVector = std::vector<T, CacheAligned<T>>;
 
+// A scratch vector that grows and is never given back: decode's per-layer buffers, kept between
+// layers, because fresh zeroed ones each time cost more than the work they hold (their lines long
+// evicted by the weights' stream, every first write read memory first). Its data, ≥ n elements.
+template <class Vector>
+typename Vector::value_type* grown(Vector& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 }  // namespace whale

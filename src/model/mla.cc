@@ -32,14 +32,7 @@ std::vector<float> latent_entries(const ModelConfig& c, const MlaWeights& w, con
   return kv_a;
 }
 
-// Buffers that grow and are never given back: decode runs absorbed attention once a layer per
-// step, and fresh zeroed buffers each time cost more than the work they hold (their lines long
-// evicted by the weights' stream, every first write read memory first).
-template <class Vector>
-float* grown(Vector& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
+// Absorbed attention's buffers, kept between layers (base/aligned.h's grown).
 struct DecodeScratch {  // the calling thread's, shared with the team
   AlignedVector<float> absorbed;
   std::vector<float> partials, head_values;

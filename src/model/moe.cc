@@ -9,6 +9,7 @@
 #include <limits>
 #include <numeric>
 
+#include "base/aligned.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
 #include "ops/nn.h"
@@ -83,12 +84,11 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
     gate_up_chunks += 2 * chunks(job.f->gate_proj);
     down_chunks += chunks(job.f->down_proj);
   }
-  if (scratch.size() < floats) scratch.resize(floats);
   std::vector<Chunk> gate_up, down;
   gate_up.reserve(gate_up_chunks);
   down.reserve(down_chunks);
   bool parallel = false;  // threads where linear_forward would use them for any of the matrices
-  float* next_rows = scratch.data();
+  float* next_rows = grown(scratch, floats);
   for (int j = 0; j < static_cast<int>(jobs.size()); ++j) {
     FfnJob& job = jobs[j];
     const FeedForward& f = *job.f;
@@ -294,9 +294,8 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     // evicted by the weights' stream).
     thread_local std::vector<float> scratch;
     const size_t rows_floats = static_cast<size_t>(T) * K * H;  // every (token, expert) row
-    if (scratch.size() < 2 * rows_floats) scratch.resize(2 * rows_floats);
-    float* next_y = scratch.data();
-    float* next_x = scratch.data() + rows_floats;
+    float* next_y = grown(scratch, 2 * rows_floats);
+    float* next_x = next_y + rows_floats;
     std::vector<float*> y(E);
     std::vector<FfnJob> jobs;
     if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
