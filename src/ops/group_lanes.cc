@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
+#include <vector>
 
 #include "base/error.h"
 #include "ops/kernels.h"
@@ -337,6 +339,90 @@ void row_range(const uint8_t* w, const uint16_t* scales, int rows, int cols,
 }
 
 }  // namespace
+
+int super_rows(int cols) {
+  check(group_lanes_fit(cols), "super rows need whole groups of 32 values");
+  return kLaneBlockGroups / std::gcd(cols / kGroup, kLaneBlockGroups);
+}
+
+void quantize_super_activations(const float* x, int T, int cols, LaneActivations* out) {
+  const int R = super_rows(cols);
+  std::vector<float> repeated(static_cast<size_t>(T) * R * cols);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < R; ++k)
+      std::copy_n(x + static_cast<size_t>(t) * cols, cols,
+                  repeated.data() + (static_cast<size_t>(t) * R + k) * cols);
+  quantize_lane_activations(repeated.data(), T, R * cols, out);
+}
+
+namespace {
+// A super row of R rows against one activation row: each block's lane sums go to the rows its
+// groups belong to — the whole block to one row's sum, or, where the block holds the end of one
+// row and the start of the next (or more, for rows shorter than a block), lane masks.
+template <int R>
+WHALE_VNNI_TARGET __attribute__((always_inline)) inline void super_row_dots(
+    const uint8_t* w, const uint16_t* scales, int groups, const uint8_t* xr, float* out) {
+  __m512 sum[R];
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) sum[k] = _mm512_setzero_ps();
+  const int blocks = R * groups / kLaneBlockGroups;
+  for (int b = 0; b < blocks; ++b) {
+    const uint8_t* block = w + static_cast<size_t>(b) * kBlockValues;
+    prefetch_page_ahead(block, kBlockValues);  // (kernels.h)
+    const size_t at = static_cast<size_t>(b) * LaneActivations::kBlockBytes;
+    const int g0 = b * kLaneBlockGroups, first_row = g0 / groups,
+              last_row = (g0 + kLaneBlockGroups - 1) / groups;
+    __m512 lanes = _mm512_setzero_ps();
+    block_sums<1, false>(block, scales + g0, kLaneBlockGroups, &xr, at, &lanes);
+    if (first_row == last_row) {
+      sum[first_row] = _mm512_add_ps(sum[first_row], lanes);
+      continue;
+    }
+    for (int k = first_row; k <= last_row; ++k) {
+      // Lanes i with k · groups ≤ g0 + i < (k + 1) · groups.
+      const int lo = std::max(0, k * groups - g0), hi = std::min(16, (k + 1) * groups - g0);
+      const __mmask16 mask = static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+      sum[k] = _mm512_mask_add_ps(sum[k], mask, sum[k], lanes);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) out[k] = _mm512_reduce_add_ps(sum[k]);
+}
+
+template <int R>
+WHALE_VNNI_TARGET void super_rows_range(const uint8_t* w, const uint16_t* scales, int rows,
+                                        int cols, const LaneActivations& xs, float* y, size_t ldy) {
+  const int groups = cols / kGroup;
+  for (int r = 0; r < rows; r += R)
+    // Token by token: the super row (R · cols bytes, a few KiB) stays in L1 for the next token.
+    for (int t = 0; t < xs.T; ++t) {
+      float out[R];
+      super_row_dots<R>(w + static_cast<size_t>(r) * cols, scales + static_cast<size_t>(r) * groups,
+                        groups, xs.row(t), out);
+      for (int k = 0; k < R; ++k) y[t * ldy + r + k] = out[k];
+    }
+}
+}  // namespace
+
+void q8_super_rows_dot_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
+                             const LaneActivations& xs, float* y, size_t ldy) {
+  const int R = super_rows(cols);
+  check(rows % R == 0 && xs.cols == R * cols,
+        "super rows: whole super rows, and activations from quantize_super_activations");
+  const auto* w = reinterpret_cast<const uint8_t*>(lanes);
+  switch (R) {
+    case 1:
+      return super_rows_range<1>(w, scales, rows, cols, xs, y, ldy);
+    case 2:
+      return super_rows_range<2>(w, scales, rows, cols, xs, y, ldy);
+    case 4:
+      return super_rows_range<4>(w, scales, rows, cols, xs, y, ldy);
+    case 8:
+      return super_rows_range<8>(w, scales, rows, cols, xs, y, ldy);
+    default:
+      return super_rows_range<16>(w, scales, rows, cols, xs, y, ldy);
+  }
+}
 
 void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
                             const LaneActivations& x, float* y, size_t ldy) {

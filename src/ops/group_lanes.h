@@ -89,4 +89,29 @@ void q8_lanes_dot_row_range(const int8_t* lanes, const uint16_t* scales, int row
 void q4_lanes_dot_row_range(const uint8_t* lanes, const uint16_t* scale_min, int rows, int cols,
                             const LaneActivations& x, float* y, size_t ldy);
 
+// Super rows: a row whose length is not a multiple of 512 ends in a short block, and such rows
+// stream from memory slower than rows of whole blocks — not for the short block's arithmetic
+// (skipped, its bytes still streamed, 1408-value rows read no faster), but for the row's shape:
+// on the 2-core Zen 5 VM, two threads over 512 MB, 1408 values 59–68 GB/s and 2816 values 57–58
+// against 75–81 for 1536 or 3072 (bench/inference/README.md, session 23). The super-row order
+// puts super_rows(cols) = R consecutive rows into group-lane order as one row of R · cols values
+// (q8_row_to_lanes over the R rows' codes at once): every block whole, the same bytes, and the
+// scales as they are ([rows][groups] is the super rows' group order already). Read so, 1408 and
+// 2816 values stream at 75–80 GB/s (a prototype of the kernel below, bench/inference/
+// super_rows.cc). Not yet what Model::load lays out: prefill's panels and the readers that put a
+// row back in order would have to learn the order too.
+//
+// Rows per super row: the fewest whose groups fill whole blocks (1 for rows of whole blocks).
+int super_rows(int cols);
+// Rows [0, rows) (a multiple of super_rows(cols)) of a q8 matrix in super-row order, against the
+// activation rows of x̂ repeated super_rows(cols) times (quantize_super_activations): y[t · ldy +
+// r] = Σ_c w[r][c] · x̂[t][c]. Each token's sums run in the same order whatever T (batch
+// independent); the order differs from q8_lanes_dot_row_range's, so the bits may too.
+void q8_super_rows_dot_range(const int8_t* lanes, const uint16_t* scales, int rows, int cols,
+                             const LaneActivations& xs, float* y, size_t ldy);
+// x [T, cols] repeated super_rows(cols) times along each row, quantized as
+// quantize_lane_activations quantizes (groups of 32 are whole, so every copy has the same codes and
+// scales).
+void quantize_super_activations(const float* x, int T, int cols, LaneActivations* out);
+
 }  // namespace whale

@@ -40,6 +40,12 @@ HWY_INLINE void ForRows(const F& f) {
   ForRowsImpl(f, std::make_index_sequence<R>());
 }
 
+// The row dots below (f32, bf16, f16, fp8, and q8/q4 in the stored order: what decode reads
+// where Model::load makes no group-lane or packed copies — the exact path, CPUs without AVX512,
+// fp8 checkpoints) take no page prefetch. They had one in the source, which GCC 12 removed in
+// every one of them (kernels.h's WHALE_PREFETCH_INLINE); restored, f32 and bf16 rows read from
+// memory alike and fp8 rows (compute-bound) ~15% slower (`whale bench --kernels`, alternated,
+// session 23).
 template <size_t R>
 HWY_INLINE void DotF32Rows(const float* a, const float* x, size_t ldx, size_t n, float* out) {
   const hn::ScalableTag<float> d;
@@ -48,7 +54,6 @@ HWY_INLINE void DotF32Rows(const float* a, const float* x, size_t ldx, size_t n,
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
-    prefetch_weights_ahead(a + i, 4 * N * sizeof(float));  // (kernels.h)
     const auto w0 = hn::LoadU(d, a + i), w1 = hn::LoadU(d, a + i + N);
     const auto w2 = hn::LoadU(d, a + i + 2 * N), w3 = hn::LoadU(d, a + i + 3 * N);
     ForRows<R>(WHALE_ROW {
@@ -90,7 +95,6 @@ HWY_INLINE void DotBf16Rows(const uint16_t* w, const float* x, size_t ldx, size_
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = s2[t] = s3[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
-    prefetch_weights_ahead(w + i, 4 * N * sizeof(uint16_t));  // (kernels.h)
     const auto w0 = LoadBf16(d, du16, w + i), w1 = LoadBf16(d, du16, w + i + N);
     const auto w2 = LoadBf16(d, du16, w + i + 2 * N), w3 = LoadBf16(d, du16, w + i + 3 * N);
     ForRows<R>(WHALE_ROW {
@@ -130,7 +134,6 @@ HWY_INLINE void DotF16Rows(const uint16_t* w, const float* x, size_t ldx, size_t
   ForRows<R>(WHALE_ROW { s0[t] = s1[t] = hn::Zero(d); });
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    prefetch_weights_ahead(w + i, 2 * N * sizeof(uint16_t));  // (kernels.h)
     const auto w0 = LoadF16(d, w + i), w1 = LoadF16(d, w + i + N);
     ForRows<R>(WHALE_ROW {
       const float* xt = x + t * ldx + i;
@@ -216,7 +219,6 @@ HWY_INLINE void DotE4M3Rows(const uint8_t* w, const float* scales, size_t block,
     ForRows<R>(WHALE_ROW { s0[t] = s1[t] = hn::Zero(d); });
     size_t i = 0;
     for (; i + 2 * N <= len; i += 2 * N) {
-      prefetch_weights_ahead(w + c + i, 2 * N);  // (kernels.h)
       const auto w0 = LoadE4M3(d, w + c + i), w1 = LoadE4M3(d, w + c + i + N);
       ForRows<R>(WHALE_ROW {
         const float* xt = x + t * ldx + c + i;
@@ -314,7 +316,6 @@ HWY_INLINE void DotQ8Rows(const int8_t* codes, const uint16_t* scales, const flo
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
-      prefetch_weights_ahead(w + g * kGroup, 2 * kGroup);  // (kernels.h)
       GroupDotQ8<R>(w + g * kGroup, xg + g * kGroup, ldx, acc);
       const V s_even = hn::Set(d, s[g]);
       ForRows<R>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], s_even, t0[t]); });
@@ -410,7 +411,6 @@ HWY_INLINE void DotQ4Rows(const uint8_t* packed, const uint16_t* scale_min, cons
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
-      prefetch_weights_ahead(b + g * (kGroup / 2), kGroup);  // (kernels.h)
       GroupDotQ4<R>(b + g * (kGroup / 2), xg + g * kGroup, ldx, acc, xsum);
       const V sc0 = hn::Set(d, s[2 * g]), mn0 = hn::Set(d, s[2 * g + 1]);
       ForRows<R>(WHALE_ROW {
@@ -717,7 +717,6 @@ HWY_INLINE void DotBf16WeightRows(const uint16_t* w, size_t ldw, const float* x,
     const auto x2 = hn::LoadU(d, x + i + 2 * N), x3 = hn::LoadU(d, x + i + 3 * N);
     ForRows<K>(WHALE_ROW {
       const uint16_t* wt = w + t * ldw + i;
-      prefetch_weights_ahead(wt, 4 * N * sizeof(uint16_t));  // (kernels.h)
       s0[t] = hn::MulAdd(LoadBf16(d, du16, wt), x0, s0[t]);
       s1[t] = hn::MulAdd(LoadBf16(d, du16, wt + N), x1, s1[t]);
       s2[t] = hn::MulAdd(LoadBf16(d, du16, wt + 2 * N), x2, s2[t]);
@@ -843,7 +842,6 @@ HWY_INLINE void DotQ8WeightRows(const int8_t* codes, size_t ld_codes, const uint
     const float* xg = x + g0 * kGroup;
     size_t g = 0;
     for (; g + 2 <= count; g += 2) {
-      ForRows<K>(WHALE_ROW { prefetch_weights_ahead(w + t * ld_codes + g * kGroup, 2 * kGroup); });
       GroupDotQ8Weights<K>(w + g * kGroup, ld_codes, xg + g * kGroup, acc);
       ForRows<K>(WHALE_ROW { t0[t] = hn::MulAdd(acc[t], hn::Set(d, s[t][g]), t0[t]); });
       GroupDotQ8Weights<K>(w + (g + 1) * kGroup, ld_codes, xg + (g + 1) * kGroup, acc);

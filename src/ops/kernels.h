@@ -80,6 +80,13 @@ void q4_to_f32(const uint8_t* packed, const uint16_t* scale_min, float* out, siz
 float q8_element(const int8_t* codes, const uint16_t* scales, size_t i);
 float q4_element(const uint8_t* packed, const uint16_t* scale_min, size_t i);
 
+// The prefetch helpers below are always inlined: GCC 12 otherwise keeps them as calls through
+// its interprocedural passes, where mod/ref analysis finds no effect in a function that only
+// prefetches and deletes the call — silently, in some callers and not others (session 23: the
+// Highway row dots here, and a new super-row kernel, had lost their page prefetch; a harness
+// calling the group-lane kernels' helpers read rows at half the rate).
+#define WHALE_PREFETCH_INLINE __attribute__((always_inline)) inline
+
 // Decode's row-dot kernels (kernels.cc, bf16_gemm.cc, int8_gemm.cc, group_lanes.cc,
 // packed_bf16.cc) stream weight rows from memory. Once per 4 KiB page of those bytes they prefetch
 // one line kWeightPrefetchBytes ahead into L2 — the first line of the page after next: the
@@ -94,7 +101,7 @@ constexpr size_t kWeightPrefetchBytes = 2 * kPageBytes;
 
 // For steps of any sizes laid end to end: the step that holds a page's first byte prefetches
 // the page after next.
-inline void prefetch_page_ahead(const void* p, size_t step) {
+WHALE_PREFETCH_INLINE void prefetch_page_ahead(const void* p, size_t step) {
   const uintptr_t first = reinterpret_cast<uintptr_t>(p), last = first + step - 1;
   if ((first & (kPageBytes - 1)) == 0 || ((first ^ last) & ~(kPageBytes - 1)) != 0)
     __builtin_prefetch(
@@ -103,12 +110,12 @@ inline void prefetch_page_ahead(const void* p, size_t step) {
 
 // Whether a step of `step` bytes (≤ a page) starting at p is the first of its page: through a
 // stream of such steps, exactly one per page.
-inline bool first_step_of_page(const void* p, size_t step) {
+WHALE_PREFETCH_INLINE bool first_step_of_page(const void* p, size_t step) {
   return (reinterpret_cast<uintptr_t>(p) & (kPageBytes - 1)) < step;
 }
 
 // Called with each step's first weight byte p: on a page's first step, the prefetch.
-inline void prefetch_weights_ahead(const void* p, size_t step) {
+WHALE_PREFETCH_INLINE void prefetch_weights_ahead(const void* p, size_t step) {
   if (first_step_of_page(p, step))
     __builtin_prefetch(
         reinterpret_cast<const char*>((reinterpret_cast<uintptr_t>(p) & ~(kPageBytes - 1)) +
