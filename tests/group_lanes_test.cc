@@ -44,7 +44,8 @@ struct LaneMatrix {
   std::vector<uint8_t> codes, lanes;  // q8 codes or q4 packed bytes
   std::vector<uint16_t> scales;       // q8 scales or q4 (scale, min) pairs
   Linear stored, reordered;
-  LaneMatrix(DType dtype_, int rows_, int cols_, std::mt19937& rng)
+  // super: q8 rows in super rows of super_rows(cols) (group_lanes.h) instead of row by row.
+  LaneMatrix(DType dtype_, int rows_, int cols_, std::mt19937& rng, bool super = false)
       : dtype(dtype_), rows(rows_), cols(cols_) {
     const auto w = random_vector(static_cast<size_t>(rows) * cols, rng, 0.2f);
     for (Linear* l : {&stored, &reordered}) {
@@ -73,6 +74,13 @@ struct LaneMatrix {
     stored.data = codes.data();
     reordered.data = lanes.data();
     reordered.group_lanes = true;
+    if (super) {
+      const int R = super_rows(cols);
+      for (int r = 0; r < rows; r += R)
+        q8_row_to_lanes(reinterpret_cast<const int8_t*>(codes.data()) + r * row_bytes, R * cols,
+                        reinterpret_cast<int8_t*>(lanes.data()) + r * row_bytes);
+      reordered.super_rows = R;
+    }
   }
   bool q4() const { return dtype == DType::U8; }
   const char* name() const { return q4() ? "q4" : "q8"; }
@@ -317,6 +325,15 @@ TEST(GroupLanes, LinearOverReorderedRowsMatchesTheStoredOrder) {
           m.reordered, m.stored, vnni_available(), rng,
           [&](const float* xt, int r, float) { return 1e-5f * m.abs_sum(r, xt) + 1e-6f; });
     }
+  // q8 in super rows (as Model::load lays out rows of 1408 and 2816 values): the same on every
+  // path — the row dots (whole ranges and single rows), prefill's tiles, the dequantized rows.
+  for (int cols : {384, 1408, 2816}) {
+    const LaneMatrix m(DType::I8, 40, cols, rng, true);
+    ASSERT_GT(m.reordered.super_rows, 1);
+    testing::expect_same_products(
+        m.reordered, m.stored, vnni_available(), rng,
+        [&](const float* xt, int r, float) { return 1e-5f * m.abs_sum(r, xt) + 1e-6f; });
+  }
 }
 
 // A q8 model from disk: on VNNI CPUs (fast paths) its quantized matrices come reordered, on cache
@@ -325,7 +342,14 @@ TEST(GroupLanes, LinearOverReorderedRowsMatchesTheStoredOrder) {
 // rounding on the fast one.
 TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
   TempDir tmp;
-  auto r = testing::run_whale("init --preset tiny --dtype bf16 --seed 7 --out " + (tmp / "bf16"));
+  // The tiny preset with a dense FFN of 768 (24 groups: its down_proj's q8 rows in super rows).
+  auto r = testing::run_whale("init --preset tiny --out " + (tmp / "preset"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json config = nlohmann::json::parse(read_file(tmp / "preset/config.json"));
+  config["intermediate_size"] = 768;
+  write_file_atomic(tmp / "config.json", config.dump(2));
+  r = testing::run_whale("init --config " + (tmp / "config.json") +
+                         " --dtype bf16 --seed 7 --out " + (tmp / "bf16"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const std::string quant : {"q8", "q4"}) {
     r = testing::run_whale("convert --model " + (tmp / "bf16") + " --quant " + quant + " --out " +
@@ -340,7 +364,7 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
     EXPECT_FALSE(Model::load(tmp / quant)->weights().layers[0].mla.o_proj.group_lanes);
     const Checkpoint checkpoint(tmp / quant);
     const auto stored = Model::from_source(model->config(), checkpoint);
-    int reordered = 0, quantized = 0;
+    int reordered = 0, quantized = 0, super = 0;
     for (const Layer& layer : model->weights().layers)
       for (const Linear* w : {&layer.mla.kv_a_proj_with_mqa, &layer.mla.o_proj,
                               &layer.mlp.down_proj, &layer.moe.shared.up_proj}) {
@@ -350,10 +374,16 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
         if (!w->group_lanes) continue;
         ++reordered;
         EXPECT_EQ(reinterpret_cast<uintptr_t>(w->data) % 64, 0u);
+        // q8 rows of a few blocks ending in half a block go in super rows of 2 (the dense
+        // down_proj's 768 values); q4 rows, whole blocks and other short blocks row by row.
+        EXPECT_EQ(w->super_rows,
+                  w->dtype == DType::I8 && w->cols < 4096 && super_rows(w->cols) == 2 ? 2 : 1);
+        super += w->super_rows > 1;
       }
     EXPECT_GT(quantized, 0);
     if (vnni_available()) {
       EXPECT_GT(reordered, 0);
+      if (quant == "q8") EXPECT_GT(super, 0);
     }
     std::vector<int> tokens;
     for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);

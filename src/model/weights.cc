@@ -251,10 +251,18 @@ struct LaneReorderer {
     const uint8_t* source = w.data;
     uint8_t* lanes = storage + at;
     const size_t row_bytes = w.row_bytes();
+    // q8 rows of a few blocks that end in half a block (v2-lite-8l's shared experts' down_proj,
+    // 2816 values) as super rows of 2 (ops/group_lanes.h): every block whole. Alternated in one
+    // process (pairs of steps of two loaded models), q8 decode 1.022 / 1.022× (median of 20
+    // rounds each); also the routed experts' 1408-value rows (super rows of 4) only 1.008× (mean),
+    // their rows reading no faster that way from memory (bench/inference/README.md, session 23).
+    const int lane_rows =
+        w.dtype == DType::I8 && w.cols < 8 * 512 && super_rows(w.cols) == 2 && w.rows % 2 == 0 ? 2
+                                                                                               : 1;
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < w.rows; ++r) {
+    for (int r = 0; r < w.rows; r += lane_rows) {
       if (w.dtype == DType::I8)
-        q8_row_to_lanes(reinterpret_cast<const int8_t*>(source + r * row_bytes), w.cols,
+        q8_row_to_lanes(reinterpret_cast<const int8_t*>(source + r * row_bytes), lane_rows * w.cols,
                         reinterpret_cast<int8_t*>(lanes + r * row_bytes));
       else
         q4_row_to_lanes(source + r * row_bytes, w.cols, lanes + r * row_bytes);
@@ -262,6 +270,7 @@ struct LaneReorderer {
     done_with(source, n);
     w.data = storage + at;
     w.group_lanes = true;
+    w.super_rows = lane_rows;
   }
   // Absorbed attention's copies of a q8/q4 kv_b_proj (MlaWeights::absorbed_values and
   // absorbed_keys_int8): the W_UV rows back to back in group-lane order, their scales beside them,

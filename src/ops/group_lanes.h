@@ -96,10 +96,12 @@ void q4_lanes_dot_row_range(const uint8_t* lanes, const uint16_t* scale_min, int
 // against 75–81 for 1536 or 3072 (bench/inference/README.md, session 23). The super-row order
 // puts super_rows(cols) = R consecutive rows into group-lane order as one row of R · cols values
 // (q8_row_to_lanes over the R rows' codes at once): every block whole, the same bytes, and the
-// scales as they are ([rows][groups] is the super rows' group order already). Read so, 1408 and
-// 2816 values stream at 75–80 GB/s (a prototype of the kernel below, bench/inference/
-// super_rows.cc). Not yet what Model::load lays out: prefill's panels and the readers that put a
-// row back in order would have to learn the order too.
+// scales as they are ([rows][groups] is the super rows' group order already). Read so, 2816
+// values stream at 67–75 GB/s where rows read 43–59, and 1408 values at 65–75 against 65–69
+// (bench/inference/super_rows.cc). Model::load lays out q8 rows of fewer than 8 blocks that take
+// super rows of 2 this way (v2-lite-8l's shared experts' down_proj: q8 decode 1.02× faster,
+// alternated in one process); Linear::super_rows says so to every reader (decode's row dots
+// here, prefill's panels in int8_gemm.cc, the rows put back in order).
 //
 // Rows per super row: the fewest whose groups fill whole blocks (1 for rows of whole blocks).
 int super_rows(int cols);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "base/error.h"
 #include "ops/group_lanes.h"
 #include "ops/kernels.h"
 #include "ops/linear.h"
@@ -287,30 +288,37 @@ struct PanelCopy {
   std::vector<uint8_t> values;
   std::vector<float> scales, mins;
   int groups = 0;
-  bool lanes = false;
+  int lanes = 0;       // as q8_gemm's
+  int super_rows = 1;  // rows per lane row (lanes > 1: super rows)
   const uint8_t* row(int r) const {
     return values.data() + static_cast<size_t>(r) * groups * kGroup;
   }
-  // Where values 4k … 4k + 3 of group g sit in a row: at place[g].first + k · place[g].step
-  // (a table per panel: the tiles' inner loop only reads it).
+  // Where values 4k … 4k + 3 of group g sit in row r: at place(r, g).first + k · step from
+  // row(r) (a table per panel, per row of a super row: the tiles' inner loop only reads it). A
+  // super row's rows are each a row's length apart, so a row's values lie in its super row
+  // relative to where it would start, before it as well as after.
   struct Place {
     int first, step;
   };
-  std::vector<Place> place;
+  std::vector<Place> places;
+  const Place& place(int r, int g) const { return places[(r % super_rows) * groups + g]; }
   void locate_groups() {  // the order is group_lanes.h's q8_lane_index (q4's values alike)
-    place.resize(groups);
-    const int cols = groups * kGroup;
-    for (int g = 0; g < groups; ++g) {
-      const int first = lanes ? static_cast<int>(q8_lane_index(cols, g * kGroup)) : g * kGroup;
-      const int second = lanes ? static_cast<int>(q8_lane_index(cols, g * kGroup + 4)) : first + 4;
-      place[g] = {first, second - first};
-    }
+    super_rows = lanes > 1 ? lanes : 1;
+    places.resize(static_cast<size_t>(super_rows) * groups);
+    const int cols = groups * kGroup, lane_cols = super_rows * cols;
+    for (int k = 0; k < super_rows; ++k)
+      for (int g = 0; g < groups; ++g) {
+        const int i = k * cols + g * kGroup;  // the group's first value in its lane row
+        const int first = lanes ? static_cast<int>(q8_lane_index(lane_cols, i)) : i;
+        const int second = lanes ? static_cast<int>(q8_lane_index(lane_cols, i + 4)) : i + 4;
+        places[k * groups + g] = {first - k * cols, second - first};
+      }
   }
 };
 
 template <bool Q4>
 WHALE_VNNI_TARGET void copy_panel(const uint8_t* w, const uint16_t* scales, int cols, int rows,
-                                  bool lanes, PanelCopy* out) {
+                                  int lanes, PanelCopy* out) {
   const int groups = groups_of(cols);
   const size_t row_bytes = Format<Q4>::row_bytes(cols);
   const size_t row_scales = static_cast<size_t>(groups) * Format<Q4>::kScalesPerGroup;
@@ -395,7 +403,13 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
   }
   for (int g = 0; g < w.groups; ++g) {
     const uint8_t* xg = x.group(b, g);
-    const auto [first, step] = w.place[g];
+    int first[R], step[R];
+#pragma GCC unroll 8
+    for (int a = 0; a < R; ++a) {
+      const PanelCopy::Place& p = w.place(r + a, g);
+      first[a] = p.first;
+      step[a] = p.step;
+    }
     // q8's codes + 128 against x̂: the sums start from −128 · Σ x̂ of the group, per token.
     const __m512i start =
         Q4 ? _mm512_setzero_si512() : _mm512_load_si512(xg + TokenBlocks::kOffsetsOffset);
@@ -408,7 +422,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
 #pragma GCC unroll 8
       for (int a = 0; a < R; ++a) {
         int32_t four;
-        std::memcpy(&four, rows[a] + first + step * k, 4);
+        std::memcpy(&four, rows[a] + first[a] + step[a] * k, 4);
         acc[a] = _mm512_dpbusd_epi32(acc[a], _mm512_set1_epi32(four), codes);
       }
     }
@@ -429,7 +443,7 @@ WHALE_VNNI_TARGET void tile_sums(const PanelCopy& w, int r, const TokenBlocks& x
 
 template <bool Q4>
 void gemm(const uint8_t* w, const uint16_t* scales, int rows, int cols, const float* x, int T,
-          float* y, int ldy, bool lanes) {
+          float* y, int ldy, int lanes) {
   Int8Activations xq;
   quantize_activations(x, T, cols, &xq);
   TokenBlocks blocks;
@@ -584,7 +598,11 @@ void q4_dot_rows(const uint8_t* packed, const uint16_t* scale_min, int cols,
 }
 
 void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, const float* x, int T,
-             float* y, int ldy, bool lanes) {
+             float* y, int ldy, int lanes) {
+  // Panels start at multiples of kTileRows: each super row lies whole in one.
+  check(lanes <= 1 || (kTileRows % lanes == 0 && rows % lanes == 0),
+        "q8_gemm: super rows of " + std::to_string(lanes) + " rows do not tile " +
+            std::to_string(rows) + " rows");
   gemm<false>(reinterpret_cast<const uint8_t*>(codes), scales, rows, cols, x, T, y, ldy, lanes);
 }
 void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,

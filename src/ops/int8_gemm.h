@@ -104,10 +104,11 @@ void q4_dot_rows(const uint8_t* packed, const uint16_t* scale_min, int cols,
 // of 16 tokens by the same 4 weights (broadcast) and the 8 of a group add into the same sums —
 // one conversion and FMA per group and token (int8_gemm.cc); threads over panels of weight rows,
 // register tiles of 8 rows × 16 tokens. Single-core q8 512 × 2048 × 2048: 109 → 311 GOPS.
-// `lanes`: the rows are in decode's group-lane order (ops/group_lanes.h), put back as the
-// panels are copied.
+// `lanes`: 0, the rows in the stored order; 1, in decode's group-lane order (ops/group_lanes.h),
+// read in that order from the panels; R > 1 (q8 only), in super rows of R rows
+// (group_lanes.h's super_rows).
 void q8_gemm(const int8_t* codes, const uint16_t* scales, int rows, int cols, const float* x, int T,
-             float* y, int ldy, bool lanes = false);
+             float* y, int ldy, int lanes = 0);
 void q4_gemm(const uint8_t* packed, const uint16_t* scale_min, int rows, int cols, const float* x,
              int T, float* y, int ldy, bool lanes = false);
 

@@ -38,6 +38,13 @@ const uint8_t* stored_row(const Linear& w, int r) {
   const uint8_t* row = w.data + r * w.row_bytes();
   if (!w.group_lanes) return row;
   thread_local std::vector<uint8_t> stored;
+  if (w.super_rows > 1) {  // the whole super row back in order, then this row of it
+    const int R = w.super_rows, first = r / R * R;
+    stored.resize(R * w.row_bytes());
+    q8_row_from_lanes(reinterpret_cast<const int8_t*>(w.data + first * w.row_bytes()), R * w.cols,
+                      reinterpret_cast<int8_t*>(stored.data()));
+    return stored.data() + (r - first) * w.row_bytes();
+  }
   stored.resize(w.row_bytes());
   if (w.dtype == DType::I8)
     q8_row_from_lanes(reinterpret_cast<const int8_t*>(row), w.cols,
@@ -62,6 +69,25 @@ const int8_t* q8_codes(const Linear& w, int r) {
 // Rows [r0, r0 + n) of a q8/q4 matrix in group-lane order against prepared activations:
 // y[t · ldy + i] for row r0 + i.
 void lane_rows(const Linear& w, int r0, int n, const LaneActivations& x, float* y, size_t ldy) {
+  if (w.super_rows > 1) {
+    const int R = w.super_rows;
+    const auto super_range = [&](int first, int count, float* out, size_t ld) {
+      q8_super_rows_dot_range(reinterpret_cast<const int8_t*>(w.data) + first * w.row_bytes(),
+                              w.qscale + first * w.groups(), count, w.cols, x, out, ld);
+    };
+    if (r0 % R == 0 && n % R == 0) {
+      super_range(r0, n, y, ldy);
+      return;
+    }
+    // Rows that cut super rows (a single row's dot): the super rows that hold them, then theirs.
+    const int first = r0 / R * R, count = (r0 + n + R - 1) / R * R - first;
+    std::vector<float> all(static_cast<size_t>(x.T) * count);
+    super_range(first, count, all.data(), count);
+    for (int t = 0; t < x.T; ++t)
+      for (int i = 0; i < n; ++i)
+        y[t * ldy + i] = all[static_cast<size_t>(t) * count + r0 - first + i];
+    return;
+  }
   const uint8_t* rows = w.data + r0 * w.row_bytes();
   if (w.dtype == DType::I8)
     q8_lanes_dot_row_range(reinterpret_cast<const int8_t*>(rows), w.qscale + r0 * w.groups(), n,
@@ -195,7 +221,8 @@ size_t bf16_input_shift(const Linear& w) {
 
 bool Linear::same_rows_input(const Linear& o) const {
   return dtype == o.dtype && cols == o.cols && group_lanes == o.group_lanes &&
-         bf16_packed() == o.bf16_packed() && bf16_input_shift(*this) == bf16_input_shift(o);
+         super_rows == o.super_rows && bf16_packed() == o.bf16_packed() &&
+         bf16_input_shift(*this) == bf16_input_shift(o);
 }
 
 Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
@@ -218,7 +245,10 @@ Linear::RowsInput Linear::prepare_rows(const float* x, int T) const {
     in.xb_shift = shift;
     round_to_bf16(x, T, cols, in.ldx, in.bf16.data() + shift);
   } else if (group_lanes && use_vnni()) {
-    quantize_lane_activations(x, T, cols, &in.lanes);
+    if (super_rows > 1)
+      quantize_super_activations(x, T, cols, &in.lanes);
+    else
+      quantize_lane_activations(x, T, cols, &in.lanes);
   } else if (quantized() && use_vnni()) {
     quantize_activations(x, T, cols, &in.int8);
   }
@@ -313,7 +343,7 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
   }
   if (w.dtype == DType::I8 && use_vnni()) {
     q8_gemm(reinterpret_cast<const int8_t*>(w.data), w.qscale, rows, cols, x, T, y, rows,
-            w.group_lanes);
+            w.group_lanes ? w.super_rows : 0);
     return;
   }
   if (w.dtype == DType::U8 && use_vnni()) {

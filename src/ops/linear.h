@@ -31,6 +31,9 @@ struct Linear {
   // put_rows_in_group_lanes (model/weights.h) stores them for the AVX512-VNNI row dots; prefill's
   // tiles read that order in place, every other reader puts a row back in order first.
   bool group_lanes = false;
+  // q8 rows in group-lane order only: how many consecutive rows share one lane row (group_lanes.h's
+  // super rows: rows that end in half a block, such as 2816 values, read as rows of whole blocks).
+  int super_rows = 1;
   // bf16 only: the rows packed losslessly in 12 bits a value (ops/packed_bf16.h), as
   // pack_bf16_rows (model/weights.h) stores them for AVX512-BF16 CPUs; data then points at the
   // planes. Decode's row dots and prefill's tiles read the packed rows, every other reader
