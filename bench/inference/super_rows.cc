@@ -1,5 +1,5 @@
 // Rows that end in a short lane block, read as super rows (ops/group_lanes.h's
-// q8_super_rows_dot_range): a lead for the MoE's down_proj.
+// q8_super_rows_dot_range), as Model::load now lays out the shared experts' 2816-value down_proj.
 //
 // In decode's group-lane order a row is cut into blocks of 16 groups of 32 values; a row of 1408
 // values (v2-lite-8l's routed down_proj) ends in a block of 12 groups, one of 2816 (the shared

@@ -256,9 +256,11 @@ struct LaneReorderer {
     // process (pairs of steps of two loaded models), q8 decode 1.022 / 1.022× (median of 20
     // rounds each); also the routed experts' 1408-value rows (super rows of 4) only 1.008× (mean),
     // their rows reading no faster that way from memory (bench/inference/README.md, session 23).
+    constexpr int kFewBlocks = 8 * kLaneBlockGroups * 32;  // values in 8 whole blocks
     const int lane_rows =
-        w.dtype == DType::I8 && w.cols < 8 * 512 && super_rows(w.cols) == 2 && w.rows % 2 == 0 ? 2
-                                                                                               : 1;
+        w.dtype == DType::I8 && w.cols < kFewBlocks && super_rows(w.cols) == 2 && w.rows % 2 == 0
+            ? 2
+            : 1;
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < w.rows; r += lane_rows) {
       if (w.dtype == DType::I8)
