@@ -383,7 +383,9 @@ TEST(GroupLanes, LoadedQuantizedModelsAreReordered) {
     EXPECT_GT(quantized, 0);
     if (vnni_available()) {
       EXPECT_GT(reordered, 0);
-      if (quant == "q8") EXPECT_GT(super, 0);
+      if (quant == "q8") {
+        EXPECT_GT(super, 0);
+      }
     }
     std::vector<int> tokens;
     for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % model->config().vocab_size);

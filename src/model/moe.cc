@@ -35,9 +35,9 @@ void activate(const FeedForward& f, float* g, const float* u, int i0, int i1) {
 }
 
 // Several FFNs, each on a few tokens (fewer than kGemmMinTokens): a decode step's shared and
-// routed experts. Every output is bit-identical to ffn_forward's (the same row dots that
-// linear_forward uses for so few tokens, the same activation and bias), but all the experts run
-// in one parallel region with one barrier between gate/up and down, instead of a fork/join per
+// routed experts, or a dense FFN. Every output is bit-identical to ffn_forward's on many tokens'
+// path for those rows (the same row dots that linear_forward uses for so few tokens, the same
+// activation and bias), but all the jobs run in one parallel region instead of a fork/join per
 // matrix (three per expert): fewer synchronizations per layer, each a chance for a descheduled
 // thread to stall the step.
 struct FfnJob {
@@ -51,56 +51,96 @@ struct FfnJob {
   Linear::RowsInput down_in = {};         // the activation prepared for down
 };
 
-void ffn_forward_few(std::vector<FfnJob>& jobs) {
-  // Chunks of about 128 KiB of rows, a power of two from 16 (v2-lite-8l: q8 64 rows, q4 128,
-  // bf16 packed 32; 32 rows for every format before session 21: q8 and q4 decode 1.00–1.04×
-  // faster, alternated in one process; linear_forward's 16-row chunks did not gain so), handed
-  // out by WorkShares (ops/work_shares.h) in shares of equal bytes:
-  // each thread streams its own run of consecutive rows and takes the back half of the other's
-  // when done (q8 decode of v2-lite-8l 5–15% faster than one chunk at a time, as OpenMP's
-  // guided schedule gave; 1.003–1.039× faster than guided, which cannot take back the half a
-  // slow thread holds: alternated in one process, session 19). A job's gate chunks, then its up
-  // chunks, so that a thread's run reads one matrix at a time — one stream — where chunks that
-  // each read gate rows then up rows kept two going: decode 1.05× (bf16) and 1.05× (q8) faster
-  // on v2-lite-8l (alternated in one process; bench/inference/README.md, session 13).
+// After the jobs, out[token] += weight · (job's output row), in this order for each token: the
+// routed experts' weighted sum, done by the region's threads on their own columns.
+struct WeightedRow {
+  int job, row, token;
+  float weight;
+};
+
+// Chunks of about 128 KiB of rows, a power of two from 16 (v2-lite-8l: q8 64 rows, q4 128, bf16
+// packed 32; 32 rows for every format before session 21: q8 and q4 decode 1.00–1.04× faster,
+// alternated in one process; linear_forward's 16-row chunks did not gain so), handed out by
+// WorkShares (ops/work_shares.h) in shares of equal bytes: each thread streams its own run of
+// consecutive rows and takes the back half of the other's when done (q8 decode of v2-lite-8l
+// 5–15% faster than one chunk at a time, as OpenMP's guided schedule gave; 1.003–1.039× faster
+// than guided, which cannot take back the half a slow thread holds: alternated in one process,
+// session 19). A job's gate chunks, then its up chunks, so that a thread's run reads one matrix
+// at a time — one stream — where chunks that each read gate rows then up rows kept two going:
+// decode 1.05× (bf16) and 1.05× (q8) faster on v2-lite-8l (alternated in one process;
+// bench/inference/README.md, session 13).
+//
+// No barrier between the gate/up rows and the down rows: the thread that finishes a job's last
+// gate/up chunk computes its activation and prepares it for the down rows, and a thread that
+// reaches a job's down chunks first waits only for that job. A thread whose gate/up share is done
+// goes on to down rows while the other still streams gate/up rows. (The barrier there held the
+// first thread 10–23 µs a layer and the activations after it took 11 µs on each; in the step,
+// alternated in one process, the two forms decode level — 1.003 and 0.999×, medians of 12 and 8
+// rounds — but this one spends less of the step's serial time: session 24.)
+void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& weighted_rows,
+                     float* out, int H) {
+  // A run: one matrix's rows of one job in chunks of rows_per_chunk, items [first, first +
+  // chunks) of its list (the gate/up list: each job's gate run, then its up run; the down list).
+  struct Run {
+    const Linear* w;
+    int job, rows_per_chunk, first;
+    double row_bytes;
+  };
   const auto rows_per_chunk = [](const Linear& w) {
     const size_t rows = (size_t{128} << 10) / std::max<size_t>(w.row_bytes(), 1);
     return static_cast<int>(std::max<size_t>(16, std::bit_floor(rows)));
   };
+  const int J = static_cast<int>(jobs.size());
+  std::vector<Run> gate_up, down;
+  gate_up.reserve(2 * J);
+  down.reserve(J);
+  int gate_up_items = 0, down_items = 0;
+  const auto add_run = [&](std::vector<Run>& runs, int& items, const Linear& w, int job) {
+    const int n = rows_per_chunk(w);
+    runs.push_back({&w, job, n, items, static_cast<double>(w.row_bytes())});
+    items += (w.rows + n - 1) / n;
+  };
+  // A run's item: its rows [r0, r1).
   struct Chunk {
-    int job, r0, r1;
-    bool up;  // gate/up chunks: which of the two
+    const Run* run;
+    int r0, r1;
+  };
+  const auto rows_of = [](const Run& run, int item) {
+    const int r0 = (item - run.first) * run.rows_per_chunk;
+    return Chunk{&run, r0, std::min(r0 + run.rows_per_chunk, run.w->rows)};
+  };
+  const auto chunk = [&](const std::vector<Run>& runs, int item) {
+    return rows_of(*std::prev(std::upper_bound(runs.begin(), runs.end(), item,
+                                               [](int i, const Run& r) { return i < r.first; })),
+                   item);
+  };
+  // Bytes of the item's rows, for items asked for in increasing order (WorkShares): a cursor
+  // over the runs.
+  const auto cost = [&](const std::vector<Run>& runs) {
+    return [&runs, &rows_of, at = size_t{0}](int item) mutable {
+      if (item < runs[at].first) at = 0;
+      while (at + 1 < runs.size() && runs[at + 1].first <= item) ++at;
+      const Chunk c = rows_of(runs[at], item);
+      return (c.r1 - c.r0) * runs[at].row_bytes;
+    };
   };
   // The jobs' gate and up rows in one scratch kept from call to call (not allocated and zeroed
-  // for every layer), the chunk lists sized up front.
+  // for every layer).
   thread_local std::vector<float> scratch;
-  size_t floats = 0, gate_up_chunks = 0, down_chunks = 0;
-  const auto chunks = [&](const Linear& w) {
-    const int n = rows_per_chunk(w);
-    return static_cast<size_t>((w.rows + n - 1) / n);
-  };
-  for (const FfnJob& job : jobs) {
-    floats += 2 * static_cast<size_t>(job.n) * job.f->gate_proj.rows;
-    gate_up_chunks += 2 * chunks(job.f->gate_proj);
-    down_chunks += chunks(job.f->down_proj);
-  }
-  std::vector<Chunk> gate_up, down;
-  gate_up.reserve(gate_up_chunks);
-  down.reserve(down_chunks);
-  bool parallel = false;  // threads where linear_forward would use them for any of the matrices
+  size_t floats = 0;
+  for (const FfnJob& job : jobs) floats += 2 * static_cast<size_t>(job.n) * job.f->gate_proj.rows;
   float* next_rows = grown(scratch, floats);
-  for (int j = 0; j < static_cast<int>(jobs.size()); ++j) {
+  bool parallel = false;  // threads where linear_forward would use them for any of the matrices
+  for (int j = 0; j < J; ++j) {
     FfnJob& job = jobs[j];
     const FeedForward& f = *job.f;
-    const int inter = f.gate_proj.rows, H = f.down_proj.rows;
+    const int inter = f.gate_proj.rows;
     job.gate = next_rows;
     job.up = job.gate + static_cast<size_t>(job.n) * inter;
     next_rows = job.up + static_cast<size_t>(job.n) * inter;
-    for (bool up : {false, true})
-      for (int r0 = 0, n = rows_per_chunk(f.gate_proj); r0 < inter; r0 += n)
-        gate_up.push_back({j, r0, std::min(r0 + n, inter), up});
-    for (int r0 = 0, n = rows_per_chunk(f.down_proj); r0 < H; r0 += n)
-      down.push_back({j, r0, std::min(r0 + n, H), false});
+    add_run(gate_up, gate_up_items, f.gate_proj, j);
+    add_run(gate_up, gate_up_items, f.up_proj, j);
+    add_run(down, down_items, f.down_proj, j);
     for (const Linear* w : {&f.gate_proj, &f.down_proj})
       parallel |= static_cast<size_t>(w->rows) * w->cols * job.n > kLinearParallelWork;
   }
@@ -109,57 +149,73 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
   // uncopied), and preparing it once per expert cost ~40 µs a q8 step.
   std::vector<Linear::RowsInput> inputs;
   inputs.reserve(jobs.size());  // no reallocation: the jobs point into it
-  for (size_t j = 0; j < jobs.size(); ++j) {
+  for (int j = 0; j < J; ++j) {
     FfnJob& job = jobs[j];
-    for (size_t k = 0; k < j && !job.in; ++k)
+    for (int k = 0; k < j && !job.in; ++k)
       if (jobs[k].x == job.x && jobs[k].n == job.n &&
           jobs[k].f->gate_proj.same_rows_input(job.f->gate_proj))
         job.in = jobs[k].in;
     if (!job.in) job.in = &inputs.emplace_back(job.f->gate_proj.prepare_rows(job.x, job.n));
   }
-  const auto cost = [&](const std::vector<Chunk>& list, bool is_down) {
-    std::vector<double> c(list.size());
-    for (size_t i = 0; i < list.size(); ++i) {
-      const FeedForward& f = *jobs[list[i].job].f;
-      const Linear& w = is_down ? f.down_proj : f.gate_proj;
-      c[i] = static_cast<double>(list[i].r1 - list[i].r0) * w.row_bytes();
-    }
-    return c;
-  };
   const int team = region_threads(parallel);
-  WorkShares gate_up_shares(cost(gate_up, false), team), down_shares(cost(down, true), team);
+  WorkShares gate_up_shares(gate_up_items, team, cost(gate_up)),
+      down_shares(down_items, team, cost(down));
+  // Per job: gate/up chunks not yet done, and whether its down rows may start.
+  struct JobState {
+    std::atomic<int> gate_up_left{0};
+    std::atomic<bool> ready{false};
+  };
+  std::vector<JobState> state(J);
+  for (int j = 0; j < J; ++j) {
+    const int end = j + 1 < J ? gate_up[2 * j + 2].first : gate_up_items;
+    state[j].gate_up_left.store(end - gate_up[2 * j].first, std::memory_order_relaxed);
+  }
+  // The activation, prepared for the down rows (once all of a job's gate/up rows are done).
+  const auto activate_job = [&](FfnJob& job) {
+    const int inter = job.f->gate_proj.rows;
+    for (int t = 0; t < job.n; ++t)
+      activate(*job.f, job.gate + static_cast<size_t>(t) * inter,
+               job.up + static_cast<size_t>(t) * inter, 0, inter);
+    job.down_in = job.f->down_proj.prepare_rows(job.gate, job.n);
+  };
   const auto gate_up_chunk = [&](int i) {
-    const Chunk& ch = gate_up[i];
-    FfnJob& job = jobs[ch.job];
-    const Linear& w = ch.up ? job.f->up_proj : job.f->gate_proj;
-    w.rows_dot_range(ch.r0, ch.r1, *job.in, ch.up ? job.up : job.gate, w.rows);
+    const Chunk c = chunk(gate_up, i);
+    FfnJob& job = jobs[c.run->job];
+    const bool up = c.run->w == &job.f->up_proj;
+    c.run->w->rows_dot_range(c.r0, c.r1, *job.in, up ? job.up : job.gate, c.run->w->rows);
+    if (state[c.run->job].gate_up_left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      activate_job(job);
+      state[c.run->job].ready.store(true, std::memory_order_release);
+    }
   };
   const auto down_chunk = [&](int i) {
-    const Chunk& ch = down[i];
-    FfnJob& job = jobs[ch.job];
+    const Chunk c = chunk(down, i);
+    FfnJob& job = jobs[c.run->job];
+    spin_until([&] { return state[c.run->job].ready.load(std::memory_order_acquire); });
     const FeedForward& f = *job.f;
-    const int H = f.down_proj.rows;
-    f.down_proj.rows_dot_range(ch.r0, ch.r1, job.down_in, job.out, H);
+    const int rows_out = f.down_proj.rows;
+    f.down_proj.rows_dot_range(c.r0, c.r1, job.down_in, job.out, rows_out);
     if (!f.down_bias.empty())
       for (int t = 0; t < job.n; ++t)
-        for (int r = ch.r0; r < ch.r1; ++r)
-          job.out[static_cast<size_t>(t) * H + r] += f.down_bias[r];
+        for (int r = c.r0; r < c.r1; ++r)
+          job.out[static_cast<size_t>(t) * rows_out + r] += f.down_bias[r];
   };
-  RegionItems activations(static_cast<int>(jobs.size()));
-  parallel_region(parallel, [&](int me, int) {
+  parallel_region(parallel, [&](int me, int threads) {
+    // Every gate/up chunk is handed out before any thread takes a down chunk, so a job a down
+    // chunk waits for is being finished by a running thread.
     for (int i; (i = gate_up_shares.next(me)) >= 0;) gate_up_chunk(i);
-    region_barrier();
-    // The activations, prepared for the down rows once all of a job's gate/up rows are done.
-    for (int j; (j = activations.next()) >= 0;) {
-      FfnJob& job = jobs[j];
-      const int inter = job.f->gate_proj.rows;
-      for (int t = 0; t < job.n; ++t)
-        activate(*job.f, job.gate + static_cast<size_t>(t) * inter,
-                 job.up + static_cast<size_t>(t) * inter, 0, inter);
-      job.down_in = job.f->down_proj.prepare_rows(job.gate, job.n);
-    }
-    region_barrier();
     for (int i; (i = down_shares.next(me)) >= 0;) down_chunk(i);
+    if (weighted_rows.empty()) return;
+    region_barrier();
+    // Each thread its own columns, in whole vectors (64 floats), so that every element is summed
+    // as one axpy over the whole row would sum it, in the rows' order.
+    const int blocks = (H + 63) / 64;
+    const int h0 = std::min(H, blocks * me / threads * 64),
+              h1 = std::min(H, blocks * (me + 1) / threads * 64);
+    if (h1 <= h0) return;
+    for (const WeightedRow& w : weighted_rows)
+      axpy(w.weight, jobs[w.job].out + static_cast<size_t>(w.row) * H + h0,
+           out + static_cast<size_t>(w.token) * H + h0, h1 - h0);
   });
 }
 
@@ -167,6 +223,11 @@ void ffn_forward_few(std::vector<FfnJob>& jobs) {
 
 void ffn_forward(const FeedForward& f, const float* x, int T, float* out) {
   const int inter = f.gate_proj.rows, H = f.down_proj.rows;
+  if (T < kGemmMinTokens) {  // the same rows in one parallel region
+    std::vector<FfnJob> job{{.f = &f, .x = x, .n = T, .out = out}};
+    ffn_forward_few(job, {}, out, H);
+    return;
+  }
   std::vector<float> gate(static_cast<size_t>(T) * inter), up(static_cast<size_t>(T) * inter);
   linear_forward(f.gate_proj, x, T, gate.data());
   linear_forward(f.up_proj, x, T, up.data());
@@ -214,6 +275,14 @@ Routing choose_experts(const ModelConfig& c, const Router& router, const float* 
   Routing r;
   r.experts.resize(static_cast<size_t>(T) * K);
   r.gates.resize(static_cast<size_t>(T) * K);
+  // The first `count` of [0, n) by value, highest first, ties to the lower index: the order a
+  // stable sort by value would give, without sorting the rest (a decode step routes 8 layers).
+  const auto best = [](const float* value, int n, int count, int* order) {
+    std::iota(order, order + n, 0);
+    std::partial_sort(order, order + count, order + n, [&](int a, int b) {
+      return value[a] > value[b] || (value[a] == value[b] && a < b);
+    });
+  };
   std::vector<float> choice(E), group_score(groups);
   std::vector<int> order(std::max(E, groups));
   for (int t = 0; t < T; ++t) {
@@ -227,29 +296,25 @@ Routing choose_experts(const ModelConfig& c, const Router& router, const float* 
       for (int g = 0; g < groups; ++g) {
         float* first = choice.data() + g * per_group;
         if (c.topk_method == "noaux_tc") {
-          float best = kNegInf, second = kNegInf;
+          float top = kNegInf, second = kNegInf;
           for (int i = 0; i < per_group; ++i) {
-            if (first[i] > best) {
-              second = best;
-              best = first[i];
+            if (first[i] > top) {
+              second = top;
+              top = first[i];
             } else if (first[i] > second) {
               second = first[i];
             }
           }
-          group_score[g] = best + second;
+          group_score[g] = top + second;
         } else {
           group_score[g] = *std::max_element(first, first + per_group);
         }
       }
-      std::iota(order.begin(), order.begin() + groups, 0);
-      std::stable_sort(order.begin(), order.begin() + groups,
-                       [&](int a, int b) { return group_score[a] > group_score[b]; });
+      best(group_score.data(), groups, std::min(c.topk_group, groups), order.data());
       for (int i = c.topk_group; i < groups; ++i)
         std::fill_n(choice.data() + order[i] * per_group, per_group, kNegInf);
     }
-    std::iota(order.begin(), order.begin() + E, 0);
-    std::stable_sort(order.begin(), order.begin() + E,
-                     [&](int a, int b) { return choice[a] > choice[b]; });
+    best(choice.data(), E, K, order.data());
     // Gates are the unbiased scores, normalized when norm_topk_prob, times the scaling factor.
     float sum = 0;
     for (int k = 0; k < K; ++k) sum += scores[order[k]];
@@ -272,6 +337,50 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
                  Routing* routing_out) {
   const int H = c.hidden_size, K = c.num_experts_per_tok, E = c.n_routed_experts;
   Routing r = route(c, moe.router, u, T);
+  if (!moe.has_shared) std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
+
+  if (T < kGemmMinTokens) {
+    // A decode step (or a few tokens): every expert in one parallel region, the experts in
+    // ascending order, each with its (token, k) slots in order. The experts' outputs (and inputs
+    // gathered for experts with several tokens) in one scratch kept between layers: fresh zeroed
+    // vectors per expert and layer met memory at every first write (their lines evicted by the
+    // weights' stream).
+    std::vector<int> slots(static_cast<size_t>(T) * K);  // slot = t·K + k, by expert
+    std::iota(slots.begin(), slots.end(), 0);
+    std::sort(slots.begin(), slots.end(), [&](int a, int b) {
+      return r.experts[a] != r.experts[b] ? r.experts[a] < r.experts[b] : a < b;
+    });
+    thread_local std::vector<float> scratch;
+    const size_t rows_floats = slots.size() * H;  // every (token, expert) row
+    float* next_y = grown(scratch, 2 * rows_floats);
+    float* next_x = next_y + rows_floats;
+    std::vector<FfnJob> jobs;
+    std::vector<WeightedRow> weighted_rows;
+    jobs.reserve(slots.size() + 1);
+    weighted_rows.reserve(slots.size());
+    if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
+    for (size_t i = 0, end; i < slots.size(); i = end) {
+      const int e = r.experts[slots[i]];
+      for (end = i + 1; end < slots.size() && r.experts[slots[end]] == e;) ++end;
+      const int n = static_cast<int>(end - i), job = static_cast<int>(jobs.size());
+      // An expert with one token reads it in place (and shares its preparation with the rest).
+      const float* xe = u + static_cast<size_t>(slots[i] / K) * H;
+      if (n > 1) {
+        for (int k = 0; k < n; ++k)
+          std::copy_n(u + static_cast<size_t>(slots[i + k] / K) * H, H, next_x + k * H);
+        xe = next_x;
+        next_x += static_cast<size_t>(n) * H;
+      }
+      jobs.push_back({.f = &moe.experts[e], .x = xe, .n = n, .out = next_y});
+      next_y += static_cast<size_t>(n) * H;
+      for (int k = 0; k < n; ++k)
+        weighted_rows.push_back({job, k, slots[i + k] / K, r.gates[slots[i + k]]});
+    }
+    ffn_forward_few(jobs, weighted_rows, out, H);
+    if (routing_out) *routing_out = std::move(r);
+    return;
+  }
+
   // Group the tokens by expert so each expert's weights are read once per forward.
   std::vector<std::vector<int>> slots(E);  // slot = t·K + k
   for (int i = 0; i < T * K; ++i) slots[r.experts[i]].push_back(i);
@@ -285,41 +394,6 @@ void moe_forward(const ModelConfig& c, const Moe& moe, const float* u, int T, fl
     for (size_t i = 0; i < slots[e].size(); ++i)
       axpy(r.gates[slots[e][i]], y + i * H, out + static_cast<size_t>(slots[e][i] / K) * H, H);
   };
-  if (!moe.has_shared) std::fill(out, out + static_cast<size_t>(T) * H, 0.0f);
-
-  if (T < kGemmMinTokens) {
-    // A decode step (or a few tokens): every expert in one parallel region. The experts' outputs
-    // (and inputs gathered for experts with several tokens) in one scratch kept between layers:
-    // fresh zeroed vectors per expert and layer met memory at every first write (their lines
-    // evicted by the weights' stream).
-    thread_local std::vector<float> scratch;
-    const size_t rows_floats = static_cast<size_t>(T) * K * H;  // every (token, expert) row
-    float* next_y = grown(scratch, 2 * rows_floats);
-    float* next_x = next_y + rows_floats;
-    std::vector<float*> y(E);
-    std::vector<FfnJob> jobs;
-    if (moe.has_shared) jobs.push_back({.f = &moe.shared, .x = u, .n = T, .out = out});
-    for (int e = 0; e < E; ++e) {
-      if (slots[e].empty()) continue;
-      const size_t n = slots[e].size();
-      // An expert with one token reads it in place (and shares its preparation with the rest).
-      const float* xe = u + static_cast<size_t>(slots[e][0] / K) * H;
-      if (n > 1) {
-        for (size_t i = 0; i < n; ++i)
-          std::copy_n(u + static_cast<size_t>(slots[e][i] / K) * H, H, next_x + i * H);
-        xe = next_x;
-        next_x += n * H;
-      }
-      y[e] = next_y;
-      next_y += n * H;
-      jobs.push_back({.f = &moe.experts[e], .x = xe, .n = static_cast<int>(n), .out = y[e]});
-    }
-    ffn_forward_few(jobs);
-    for (int e = 0; e < E; ++e)
-      if (!slots[e].empty()) combine(e, y[e]);
-    if (routing_out) *routing_out = std::move(r);
-    return;
-  }
 
   if (moe.has_shared) ffn_forward(moe.shared, u, T, out);
   // Prefill: the routed experts spread over the threads, each expert's three products on one

@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include "base/aligned.h"
 #include "base/error.h"
 #include "base/file.h"
 #include "model/moe.h"
@@ -44,26 +45,29 @@ void Model::block_forward(const Layer& layer, int layer_index, float* x,
   int T = 0;
   for (const Segment& s : segments) T += s.rows;
   const size_t n = static_cast<size_t>(T) * H;
-  std::vector<float> normed(n), delta(n);
+  // The normed input and each sublayer's output, in buffers kept from block to block
+  // (base/aligned.h's grown).
+  thread_local std::vector<float> normed_rows, delta_rows;
+  float* normed = grown(normed_rows, n);
+  float* delta = grown(delta_rows, n);
   for (int t = 0; t < T; ++t)
     rms_norm(x + static_cast<size_t>(t) * H, layer.input_layernorm.data(), H, c.rms_norm_eps,
-             normed.data() + static_cast<size_t>(t) * H);
+             normed + static_cast<size_t>(t) * H);
   if (c.is_deepseek())
-    mla_forward(c, layer.mla, rope_, normed.data(), segments, options, delta.data());
+    mla_forward(c, layer.mla, rope_, normed, segments, options, delta);
   else
-    dense_attention_forward(c, layer.attn, rope_, normed.data(), segments, delta.data());
+    dense_attention_forward(c, layer.attn, rope_, normed, segments, delta);
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 
   for (int t = 0; t < T; ++t)
     rms_norm(x + static_cast<size_t>(t) * H, layer.post_attention_layernorm.data(), H,
-             c.rms_norm_eps, normed.data() + static_cast<size_t>(t) * H);
+             c.rms_norm_eps, normed + static_cast<size_t>(t) * H);
   if (layer.is_moe) {
     Routing routing;
-    moe_forward(c, layer.moe, normed.data(), T, delta.data(),
-                options.on_routing ? &routing : nullptr);
+    moe_forward(c, layer.moe, normed, T, delta, options.on_routing ? &routing : nullptr);
     if (options.on_routing) options.on_routing(layer_index, routing);
   } else {
-    ffn_forward(layer.mlp, normed.data(), T, delta.data());
+    ffn_forward(layer.mlp, normed, T, delta);
   }
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 }

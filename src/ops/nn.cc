@@ -1,6 +1,7 @@
 #include "ops/nn.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -56,6 +57,8 @@ double yarn_correction_dim(double rotations, int dim, double base, double max_po
 }  // namespace
 
 Rope::Rope(const ModelConfig& c, int rotary_dim) : dim_(rotary_dim) {
+  static std::atomic<uint64_t> next_id{0};
+  id_ = ++next_id;
   const int half = rotary_dim / 2;
   const RopeScaling& s = c.rope_scaling;
   inv_freq_.resize(half);
@@ -96,6 +99,14 @@ Rope::Rope(const ModelConfig& c, int rotary_dim) : dim_(rotary_dim) {
 }
 
 Rope::Rotation Rope::rotation(int position) const {
+  // A decode step rotates its row at one position in every layer, the queries and the key: the
+  // thread's last rotation is kept (v2-lite-8l: 16 a step, each 64 libm calls, ~30 µs a step).
+  thread_local struct {
+    uint64_t rope = 0;
+    int position = -1;
+    Rotation rotation;
+  } last;
+  if (last.rope == id_ && last.position == position) return last.rotation;
   const int half = dim_ / 2;
   Rotation r{std::vector<float>(half), std::vector<float>(half)};
   for (int i = 0; i < half; ++i) {
@@ -103,6 +114,7 @@ Rope::Rotation Rope::rotation(int position) const {
     r.cos[i] = static_cast<float>(std::cos(angle) * attention_scale_);
     r.sin[i] = static_cast<float>(std::sin(angle) * attention_scale_);
   }
+  last = {id_, position, r};
   return r;
 }
 

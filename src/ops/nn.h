@@ -37,6 +37,7 @@ class Rope {
   int dim() const { return dim_; }
 
  private:
+  uint64_t id_ = 0;  // one per constructed frequency set (rotation()'s cache key)
   int dim_ = 0;
   std::vector<double> inv_freq_;
   double attention_scale_ = 1.0;  // YaRN multiplies cos and sin by this

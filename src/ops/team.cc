@@ -6,30 +6,10 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
-#include <thread>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace whale {
 
 namespace {
-
-// Waits for ready(): spins a while (a region's pieces meet within microseconds), then yields the
-// core each time round, so that where threads outnumber the cores (--threads above the CPUs) a
-// waiter does not hold the core the thread it waits for needs.
-template <class Ready>
-void wait_until(const Ready& ready) {
-  for (int spins = 0; !ready(); ++spins) {
-    if (spins < 4096) {
-#if defined(__x86_64__) || defined(__i386__)
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
 
 // A word on a cache line of its own: the leader's and the workers' stores to different words do
 // not move one line back and forth.
@@ -53,7 +33,7 @@ class Team {
     done_.value.store(0, std::memory_order_relaxed);
     start_.value.fetch_add(1, std::memory_order_release);
     body(0, threads_);
-    wait_until([&] {
+    spin_until([&] {
       return done_.value.load(std::memory_order_acquire) == static_cast<uint64_t>(threads_ - 1);
     });
   }
@@ -63,7 +43,7 @@ class Team {
     uint64_t seen = 0;
     for (;;) {
       uint64_t now = seen;
-      wait_until([&] { return (now = start_.value.load(std::memory_order_acquire)) != seen; });
+      spin_until([&] { return (now = start_.value.load(std::memory_order_acquire)) != seen; });
       if (now == kStop) return;
       seen = now;
       (*body_)(rank, threads_);
@@ -81,7 +61,7 @@ class Team {
       generation_.value.store(generation + 1, std::memory_order_release);
       return;
     }
-    wait_until([&] { return generation_.value.load(std::memory_order_acquire) != generation; });
+    spin_until([&] { return generation_.value.load(std::memory_order_acquire) != generation; });
   }
 
  private:

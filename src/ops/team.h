@@ -14,6 +14,10 @@
 #pragma once
 #include <atomic>
 #include <functional>
+#include <thread>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace whale {
 
@@ -48,6 +52,22 @@ class RegionItems {
   const int n_;
   std::atomic<int> next_{0};
 };
+
+// Waits for ready(): spins a while (a region's pieces meet within microseconds), then yields the
+// core each time round, so that where threads outnumber the cores (--threads above the CPUs) a
+// waiter does not hold the core the thread it waits for needs.
+template <class Ready>
+void spin_until(const Ready& ready) {
+  for (int spins = 0; !ready(); ++spins) {
+    if (spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
 
 // Runs fn on this thread while the other omp_get_max_threads() − 1 threads serve its
 // parallel_regions; just fn where there is one thread, more threads than cores, or inside a

@@ -27,24 +27,6 @@ WorkShares::WorkShares(int n, int threads) : shares_(std::max(threads, 1)) {
         std::memory_order_relaxed);
 }
 
-WorkShares::WorkShares(const std::vector<double>& cost, int threads)
-    : shares_(std::max(threads, 1)) {
-  const int n = static_cast<int>(cost.size()), T = static_cast<int>(shares_.size());
-  double total = 0;
-  for (double c : cost) total += c;
-  // Share t ends at the first item whose cumulative cost reaches (t + 1) / T of the total.
-  int begin = 0;
-  double sum = 0;
-  for (int t = 0; t < T; ++t) {
-    int end = begin;
-    const double target = total * (t + 1) / T;
-    while (end < n && (t == T - 1 || sum + cost[end] / 2 < target)) sum += cost[end++];
-    shares_[t].range.store(pack(begin, end), std::memory_order_relaxed);
-    begin = end;
-  }
-  check(begin == n, "WorkShares: items left out of the shares");
-}
-
 int WorkShares::next(int t) {
   if (t < 0 || t >= static_cast<int>(shares_.size())) return -1;  // a thread with no share
   Share& own = shares_[t];
