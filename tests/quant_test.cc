@@ -96,42 +96,52 @@ TEST(Quant, ConstantAndZeroGroups) {
 }
 
 // Linear over q8/q4 (and bf16 through the many-token tile path) against the scalar reference.
+// A random rows × cols matrix as a Linear of the given dtype, owning its codes and scales.
+struct OwnedLinear {
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  Linear lin;
+};
+OwnedLinear random_linear(DType dtype, int rows, int cols, std::mt19937& rng) {
+  OwnedLinear m;
+  const auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
+  const size_t g = groups_of(cols);
+  if (dtype == DType::I8) {
+    m.codes.resize(static_cast<size_t>(rows) * cols);
+    m.scales.resize(rows * g);
+    for (int r = 0; r < rows; ++r)
+      quantize_row_q8(w.data() + static_cast<size_t>(r) * cols, cols,
+                      reinterpret_cast<int8_t*>(m.codes.data()) + static_cast<size_t>(r) * cols,
+                      m.scales.data() + r * g);
+  } else if (dtype == DType::U8) {
+    m.codes.resize(rows * g * 16);
+    m.scales.resize(rows * g * 2);
+    for (int r = 0; r < rows; ++r)
+      quantize_row_q4(w.data() + static_cast<size_t>(r) * cols, cols, m.codes.data() + r * g * 16,
+                      m.scales.data() + r * g * 2);
+  } else {
+    m.codes.resize(w.size() * 2);
+    for (size_t i = 0; i < w.size(); ++i) {
+      uint16_t b = f32_to_bf16(w[i]);
+      std::memcpy(m.codes.data() + 2 * i, &b, 2);
+    }
+  }
+  m.lin.dtype = dtype;
+  m.lin.rows = rows;
+  m.lin.cols = cols;
+  m.lin.data = m.codes.data();
+  m.lin.qscale = m.scales.empty() ? nullptr : m.scales.data();
+  return m;
+}
+
 TEST(Quant, LinearForwardMatchesReference) {
   std::mt19937 rng(13);
   for (int rows : {1, 5, 130}) {
     for (int cols : {3, 33, 64, 200}) {
-      auto w = random_vector(static_cast<size_t>(rows) * cols, rng);
-      const size_t g = groups_of(cols);
       for (DType dtype : {DType::I8, DType::U8, DType::BF16}) {
-        std::vector<uint8_t> codes;
-        std::vector<uint16_t> scales;
-        Linear lin;
-        lin.dtype = dtype;
-        lin.rows = rows;
-        lin.cols = cols;
-        if (dtype == DType::I8) {
-          codes.resize(static_cast<size_t>(rows) * cols);
-          scales.resize(rows * g);
-          for (int r = 0; r < rows; ++r)
-            quantize_row_q8(w.data() + static_cast<size_t>(r) * cols, cols,
-                            reinterpret_cast<int8_t*>(codes.data()) + static_cast<size_t>(r) * cols,
-                            scales.data() + r * g);
-        } else if (dtype == DType::U8) {
-          codes.resize(rows * g * 16);
-          scales.resize(rows * g * 2);
-          for (int r = 0; r < rows; ++r)
-            quantize_row_q4(w.data() + static_cast<size_t>(r) * cols, cols,
-                            codes.data() + r * g * 16, scales.data() + r * g * 2);
-        } else {
-          codes.resize(w.size() * 2);
-          for (size_t i = 0; i < w.size(); ++i) {
-            uint16_t b = f32_to_bf16(w[i]);
-            std::memcpy(codes.data() + 2 * i, &b, 2);
-          }
-        }
-        lin.data = codes.data();
-        lin.qscale = scales.empty() ? nullptr : scales.data();
-        EXPECT_EQ(lin.bytes(), codes.size() + scales.size() * 2);
+        const OwnedLinear m = random_linear(dtype, rows, cols, rng);
+        const Linear& lin = m.lin;
+        EXPECT_EQ(lin.bytes(), m.codes.size() + m.scales.size() * 2);
         for (int T : {1, 3, 9}) {
           auto x = random_vector(static_cast<size_t>(T) * cols, rng);
           std::vector<float> y(static_cast<size_t>(T) * rows), y_ref(y.size());
@@ -144,6 +154,65 @@ TEST(Quant, LinearForwardMatchesReference) {
       }
     }
   }
+}
+
+// Products that share their input in one pass (MLA's query and latent projections) give each
+// the bits linear_forward gives it alone, whatever the formats beside it.
+TEST(Quant, LinearProductsTogetherAsAlone) {
+  std::mt19937 rng(29);
+  const int cols = 96;
+  const OwnedLinear a = random_linear(DType::I8, 130, cols, rng),
+                    b = random_linear(DType::U8, 37, cols, rng),
+                    c = random_linear(DType::BF16, 50, cols, rng),
+                    d = random_linear(DType::I8, 16, cols, rng);
+  const std::vector<const Linear*> matrices{&a.lin, &b.lin, &c.lin, &d.lin};
+  for (int T : {1, 3, 7, 9}) {
+    const auto x = random_vector(static_cast<size_t>(T) * cols, rng);
+    std::vector<std::vector<float>> together, alone;
+    for (const Linear* w : matrices) {
+      together.emplace_back(static_cast<size_t>(T) * w->rows, -1.0f);
+      alone.emplace_back(together.back().size());
+      linear_forward(*w, x.data(), T, alone.back().data());
+    }
+    std::vector<LinearProduct> products;
+    for (size_t i = 0; i < matrices.size(); ++i)
+      products.push_back({matrices[i], together[i].data()});
+    linear_forward_together(products, x.data(), T);
+    for (size_t i = 0; i < together.size(); ++i)
+      EXPECT_EQ(together[i], alone[i]) << "product " << i << ", " << T << " tokens";
+  }
+}
+
+// RowChunks numbers every row of every run once, in chunks of the run's size, the last short.
+TEST(Quant, RowChunksCoverEveryRowOnce) {
+  std::mt19937 rng(31);
+  const OwnedLinear a = random_linear(DType::I8, 100, 64, rng),
+                    b = random_linear(DType::BF16, 7, 64, rng),
+                    c = random_linear(DType::U8, 64, 64, rng);
+  RowChunks chunks;
+  EXPECT_EQ(chunks.add(a.lin, 16), 0);
+  EXPECT_EQ(chunks.add(b.lin, 16), 1);
+  EXPECT_EQ(chunks.add(c.lin, 32), 2);
+  EXPECT_EQ(chunks.items(), 7 + 1 + 2);
+  EXPECT_EQ(chunks.chunks(0), 7);
+  EXPECT_EQ(chunks.chunks(1), 1);
+  EXPECT_EQ(chunks.chunks(2), 2);
+  std::vector<std::vector<int>> seen{std::vector<int>(100), std::vector<int>(7),
+                                     std::vector<int>(64)};
+  for (int item = 0; item < chunks.items(); ++item) {
+    const RowChunks::Chunk ch = chunks.chunk(item);
+    ASSERT_LT(ch.r0, ch.r1);
+    EXPECT_EQ(&chunks.matrix(ch.run), ch.run == 0 ? &a.lin : ch.run == 1 ? &b.lin : &c.lin);
+    for (int r = ch.r0; r < ch.r1; ++r) ++seen[ch.run][r];
+  }
+  for (const auto& rows : seen)
+    for (int n : rows) EXPECT_EQ(n, 1);
+  // Shares of equal bytes (row_bytes: q8 64, bf16 128, q4 32 a row): a's chunks 1024 bytes but
+  // the last 256, b's 896, c's 1024 each — 9344 in all, the first share [0, 5), the second
+  // [5, 10).
+  WorkShares shares = chunks.shares(2);
+  EXPECT_EQ(shares.next(1), 5);
+  for (int item = 0; item < 5; ++item) EXPECT_EQ(shares.next(0), item);
 }
 
 std::vector<float> model_logits(const std::string& dir, const std::vector<int>& tokens, bool step) {

@@ -18,17 +18,21 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Keys and values: [c_KV ; k_rope] = W_DKV h for each row; c_KV is normed, k_rope rotated at
-// the row's position. What the cache keeps.
-std::vector<float> latent_entries(const ModelConfig& c, const MlaWeights& w, const Rope& rope,
-                                  const float* h, int N, const int* positions) {
+// the row's position. What the cache keeps. The rows of W_DKV h in, the entries out.
+void finish_latent_entries(const ModelConfig& c, const MlaWeights& w, const Rope& rope, float* kv_a,
+                           int N, const int* positions) {
   const int kvr = c.kv_lora_rank, width = kvr + c.qk_rope_head_dim;
-  std::vector<float> kv_a(static_cast<size_t>(N) * width);
-  linear_forward(w.kv_a_proj_with_mqa, h, N, kv_a.data());
   for (int r = 0; r < N; ++r) {
-    float* row = kv_a.data() + static_cast<size_t>(r) * width;
+    float* row = kv_a + static_cast<size_t>(r) * width;
     rms_norm(row, w.kv_a_layernorm.data(), kvr, c.rms_norm_eps, row);
     rope.apply_interleaved(row + kvr, positions[r]);
   }
+}
+std::vector<float> latent_entries(const ModelConfig& c, const MlaWeights& w, const Rope& rope,
+                                  const float* h, int N, const int* positions) {
+  std::vector<float> kv_a(static_cast<size_t>(N) * (c.kv_lora_rank + c.qk_rope_head_dim));
+  linear_forward(w.kv_a_proj_with_mqa, h, N, kv_a.data());
+  finish_latent_entries(c, w, rope, kv_a.data(), N, positions);
   return kv_a;
 }
 
@@ -74,17 +78,20 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
   const int N = map.rows;
 
   // Queries: q = W_UQ RMSNorm(W_DQ h) with q-LoRA, else q = W_Q h. Each head is [nope ; rope].
-  std::vector<float> c_q, q(static_cast<size_t>(N) * heads * qk);
+  // The latents' projection W_DKV h takes the same h: in the same pass over the rows.
+  std::vector<float> c_q, q(static_cast<size_t>(N) * heads * qk),
+      kv_a(static_cast<size_t>(N) * width);
+  const LinearProduct latents{&w.kv_a_proj_with_mqa, kv_a.data()};
   if (c.q_lora_rank > 0) {
     c_q.resize(static_cast<size_t>(N) * c.q_lora_rank);
-    linear_forward(w.q_a_proj, h, N, c_q.data());
+    linear_forward_together({{&w.q_a_proj, c_q.data()}, latents}, h, N);
     for (int r = 0; r < N; ++r) {
       float* row = c_q.data() + static_cast<size_t>(r) * c.q_lora_rank;
       rms_norm(row, w.q_a_layernorm.data(), c.q_lora_rank, c.rms_norm_eps, row);
     }
     linear_forward(w.q_b_proj, c_q.data(), N, q.data());
   } else {
-    linear_forward(w.q_proj, h, N, q.data());
+    linear_forward_together({{&w.q_proj, q.data()}, latents}, h, N);
   }
   for (int r = 0; r < N; ++r) {
     const Rope::Rotation rotation = rope.rotation(map.position[r]);
@@ -93,7 +100,7 @@ void mla_forward(const ModelConfig& c, const MlaWeights& w, const Rope& rope, co
                              rotation);
   }
 
-  const std::vector<float> kv_a = latent_entries(c, w, rope, h, N, map.position.data());
+  finish_latent_entries(c, w, rope, kv_a.data(), N, map.position.data());
   // Per segment: append to its cache, choose the visible positions (V3.2), and for the naive
   // form expand its latents to per-head keys and values.
   const AttentionPath path = options.attention;

@@ -79,51 +79,13 @@ struct WeightedRow {
 // rounds — but this one spends less of the step's serial time: session 24.)
 void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& weighted_rows,
                      float* out, int H) {
-  // A run: one matrix's rows of one job in chunks of rows_per_chunk, items [first, first +
-  // chunks) of its list (the gate/up list: each job's gate run, then its up run; the down list).
-  struct Run {
-    const Linear* w;
-    int job, rows_per_chunk, first;
-    double row_bytes;
-  };
   const auto rows_per_chunk = [](const Linear& w) {
     const size_t rows = (size_t{128} << 10) / std::max<size_t>(w.row_bytes(), 1);
     return static_cast<int>(std::max<size_t>(16, std::bit_floor(rows)));
   };
+  // Job j's gate rows are run 2j of gate_up, its up rows run 2j + 1, its down rows run j of down.
   const int J = static_cast<int>(jobs.size());
-  std::vector<Run> gate_up, down;
-  gate_up.reserve(2 * J);
-  down.reserve(J);
-  int gate_up_items = 0, down_items = 0;
-  const auto add_run = [&](std::vector<Run>& runs, int& items, const Linear& w, int job) {
-    const int n = rows_per_chunk(w);
-    runs.push_back({&w, job, n, items, static_cast<double>(w.row_bytes())});
-    items += (w.rows + n - 1) / n;
-  };
-  // A run's item: its rows [r0, r1).
-  struct Chunk {
-    const Run* run;
-    int r0, r1;
-  };
-  const auto rows_of = [](const Run& run, int item) {
-    const int r0 = (item - run.first) * run.rows_per_chunk;
-    return Chunk{&run, r0, std::min(r0 + run.rows_per_chunk, run.w->rows)};
-  };
-  const auto chunk = [&](const std::vector<Run>& runs, int item) {
-    return rows_of(*std::prev(std::upper_bound(runs.begin(), runs.end(), item,
-                                               [](int i, const Run& r) { return i < r.first; })),
-                   item);
-  };
-  // Bytes of the item's rows, for items asked for in increasing order (WorkShares): a cursor
-  // over the runs.
-  const auto cost = [&](const std::vector<Run>& runs) {
-    return [&runs, &rows_of, at = size_t{0}](int item) mutable {
-      if (item < runs[at].first) at = 0;
-      while (at + 1 < runs.size() && runs[at + 1].first <= item) ++at;
-      const Chunk c = rows_of(runs[at], item);
-      return (c.r1 - c.r0) * runs[at].row_bytes;
-    };
-  };
+  RowChunks gate_up, down;
   // The jobs' gate and up rows in one scratch kept from call to call (not allocated and zeroed
   // for every layer).
   thread_local std::vector<float> scratch;
@@ -138,9 +100,9 @@ void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& 
     job.gate = next_rows;
     job.up = job.gate + static_cast<size_t>(job.n) * inter;
     next_rows = job.up + static_cast<size_t>(job.n) * inter;
-    add_run(gate_up, gate_up_items, f.gate_proj, j);
-    add_run(gate_up, gate_up_items, f.up_proj, j);
-    add_run(down, down_items, f.down_proj, j);
+    gate_up.add(f.gate_proj, rows_per_chunk(f.gate_proj));
+    gate_up.add(f.up_proj, rows_per_chunk(f.up_proj));
+    down.add(f.down_proj, rows_per_chunk(f.down_proj));
     for (const Linear* w : {&f.gate_proj, &f.down_proj})
       parallel |= static_cast<size_t>(w->rows) * w->cols * job.n > kLinearParallelWork;
   }
@@ -158,18 +120,16 @@ void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& 
     if (!job.in) job.in = &inputs.emplace_back(job.f->gate_proj.prepare_rows(job.x, job.n));
   }
   const int team = region_threads(parallel);
-  WorkShares gate_up_shares(gate_up_items, team, cost(gate_up)),
-      down_shares(down_items, team, cost(down));
+  WorkShares gate_up_shares = gate_up.shares(team), down_shares = down.shares(team);
   // Per job: gate/up chunks not yet done, and whether its down rows may start.
   struct JobState {
     std::atomic<int> gate_up_left{0};
     std::atomic<bool> ready{false};
   };
   std::vector<JobState> state(J);
-  for (int j = 0; j < J; ++j) {
-    const int end = j + 1 < J ? gate_up[2 * j + 2].first : gate_up_items;
-    state[j].gate_up_left.store(end - gate_up[2 * j].first, std::memory_order_relaxed);
-  }
+  for (int j = 0; j < J; ++j)
+    state[j].gate_up_left.store(gate_up.chunks(2 * j) + gate_up.chunks(2 * j + 1),
+                                std::memory_order_relaxed);
   // The activation, prepared for the down rows (once all of a job's gate/up rows are done).
   const auto activate_job = [&](FfnJob& job) {
     const int inter = job.f->gate_proj.rows;
@@ -178,20 +138,21 @@ void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& 
                job.up + static_cast<size_t>(t) * inter, 0, inter);
     job.down_in = job.f->down_proj.prepare_rows(job.gate, job.n);
   };
-  const auto gate_up_chunk = [&](int i) {
-    const Chunk c = chunk(gate_up, i);
-    FfnJob& job = jobs[c.run->job];
-    const bool up = c.run->w == &job.f->up_proj;
-    c.run->w->rows_dot_range(c.r0, c.r1, *job.in, up ? job.up : job.gate, c.run->w->rows);
-    if (state[c.run->job].gate_up_left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  const auto gate_up_chunk = [&](int item) {
+    const RowChunks::Chunk c = gate_up.chunk(item);
+    FfnJob& job = jobs[c.run / 2];
+    const bool up = c.run % 2 == 1;
+    gate_up.matrix(c.run).rows_dot_range(c.r0, c.r1, *job.in, up ? job.up : job.gate,
+                                         job.f->gate_proj.rows);
+    if (state[c.run / 2].gate_up_left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       activate_job(job);
-      state[c.run->job].ready.store(true, std::memory_order_release);
+      state[c.run / 2].ready.store(true, std::memory_order_release);
     }
   };
-  const auto down_chunk = [&](int i) {
-    const Chunk c = chunk(down, i);
-    FfnJob& job = jobs[c.run->job];
-    spin_until([&] { return state[c.run->job].ready.load(std::memory_order_acquire); });
+  const auto down_chunk = [&](int item) {
+    const RowChunks::Chunk c = down.chunk(item);
+    FfnJob& job = jobs[c.run];
+    spin_until([&] { return state[c.run].ready.load(std::memory_order_acquire); });
     const FeedForward& f = *job.f;
     const int rows_out = f.down_proj.rows;
     f.down_proj.rows_dot_range(c.r0, c.r1, job.down_in, job.out, rows_out);

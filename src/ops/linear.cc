@@ -10,7 +10,6 @@
 #include "ops/kernels.h"
 #include "ops/precision.h"
 #include "ops/team.h"
-#include "ops/work_shares.h"
 
 namespace whale {
 
@@ -310,23 +309,7 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
   const int rows = w.rows, cols = w.cols;
   const bool threads = static_cast<size_t>(rows) * cols * T > kLinearParallelWork;
   if (T < kGemmMinTokens) {
-    // A few tokens: each weight row is read and dequantized once and dotted with every token
-    // (rows_dot), each output bit-identical to single-token decode's row_dot, so a row's result
-    // does not depend on what else is in the batch. Speculative decoding relies on this: the
-    // verification pass must reproduce plain decoding's logits bit for bit.
-    // Chunks of 16 rows handed out by WorkShares (ops/work_shares.h): each thread streams its
-    // own contiguous share of the matrix, and a thread done early takes the back half of what is
-    // left of the other's, so a thread that runs slow for a while (a busy neighbour on its core)
-    // delays the step by a chunk. OpenMP's guided schedule, used before, gave long runs too but
-    // could not take back the half of the matrix a slow thread held (decode 1.02× faster).
-    constexpr int kChunkRows = 16;
-    const Linear::RowsInput in = w.prepare_rows(x, T);
-    const int chunks = (rows + kChunkRows - 1) / kChunkRows;
-    WorkShares shares(chunks, region_threads(threads));
-    parallel_region(threads, [&](int rank, int) {
-      for (int c; (c = shares.next(rank)) >= 0;)
-        w.rows_dot_range(c * kChunkRows, std::min(rows, (c + 1) * kChunkRows), in, y, rows);
-    });
+    linear_forward_together({{&w, y}}, x, T);
     return;
   }
   if (w.bf16_packed() && use_bf16_gemm()) {
@@ -367,6 +350,71 @@ void linear_forward(const Linear& w, const float* x, int T, float* y) {
       gemm(false, true, T, n, cols, 1.0f, x, cols, tile.data(), cols, 0.0f, y + r0, rows);
     }
   }
+}
+
+int RowChunks::add(const Linear& w, int rows_per_chunk) {
+  runs_.push_back({&w, rows_per_chunk, items_, static_cast<double>(w.row_bytes())});
+  items_ += (w.rows + rows_per_chunk - 1) / rows_per_chunk;
+  return static_cast<int>(runs_.size()) - 1;
+}
+
+RowChunks::Chunk RowChunks::chunk(int item) const {
+  const auto run = std::prev(std::upper_bound(runs_.begin(), runs_.end(), item,
+                                              [](int i, const Run& r) { return i < r.first; }));
+  const int r0 = (item - run->first) * run->rows_per_chunk;
+  return {static_cast<int>(run - runs_.begin()), r0,
+          std::min(r0 + run->rows_per_chunk, run->w->rows)};
+}
+
+WorkShares RowChunks::shares(int threads) const {
+  // WorkShares asks for the items' costs in increasing order: a cursor over the runs.
+  size_t at = 0;
+  return WorkShares(items_, threads, [&](int item) {
+    if (item < runs_[at].first) at = 0;
+    while (at + 1 < runs_.size() && runs_[at + 1].first <= item) ++at;
+    const Run& run = runs_[at];
+    const int r0 = (item - run.first) * run.rows_per_chunk;
+    return std::min(run.rows_per_chunk, run.w->rows - r0) * run.row_bytes;
+  });
+}
+
+void linear_forward_together(const std::vector<LinearProduct>& products, const float* x, int T) {
+  if (T >= kGemmMinTokens) {
+    for (const LinearProduct& p : products) linear_forward(*p.w, x, T, p.y);
+    return;
+  }
+  // A few tokens: each weight row is read and dequantized once and dotted with every token
+  // (rows_dot), each output bit-identical to single-token decode's row_dot, so a row's result
+  // does not depend on what else is in the batch. Speculative decoding relies on this: the
+  // verification pass must reproduce plain decoding's logits bit for bit.
+  // Chunks of 16 rows (RowChunks): each thread streams its own contiguous share of the rows, and
+  // a thread done early takes the back half of what is left of the other's, so a thread that
+  // runs slow for a while (a busy neighbour on its core) delays the step by a chunk. OpenMP's
+  // guided schedule, used before, gave long runs too but could not take back the half a slow
+  // thread held (decode 1.02× faster). Matrices that take the same input in one region: one
+  // fork/join and one input preparation for all of them.
+  constexpr int kChunkRows = 16;
+  std::vector<Linear::RowsInput> inputs;
+  inputs.reserve(products.size());  // no reallocation: `input` points into it
+  std::vector<const Linear::RowsInput*> input(products.size());
+  RowChunks chunks;
+  bool threads = false;
+  for (size_t i = 0; i < products.size(); ++i) {
+    const Linear& w = *products[i].w;
+    for (size_t k = 0; k < i && !input[i]; ++k)
+      if (products[k].w->same_rows_input(w)) input[i] = input[k];
+    if (!input[i]) input[i] = &inputs.emplace_back(w.prepare_rows(x, T));
+    chunks.add(w, kChunkRows);
+    threads |= static_cast<size_t>(w.rows) * w.cols * T > kLinearParallelWork;
+  }
+  WorkShares shares = chunks.shares(region_threads(threads));
+  parallel_region(threads, [&](int rank, int) {
+    for (int item; (item = shares.next(rank)) >= 0;) {
+      const RowChunks::Chunk c = chunks.chunk(item);
+      const Linear& w = chunks.matrix(c.run);
+      w.rows_dot_range(c.r0, c.r1, *input[c.run], products[c.run].y, w.rows);
+    }
+  });
 }
 
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y) {

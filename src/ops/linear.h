@@ -14,6 +14,7 @@
 #include "ops/group_lanes.h"
 #include "ops/int8_gemm.h"
 #include "ops/packed_bf16.h"
+#include "ops/work_shares.h"
 #include "tensor/dtype.h"
 
 namespace whale {
@@ -130,5 +131,45 @@ void for_each_panel(int rows, size_t work, int tile, int max_rows, const Panel& 
 void linear_forward(const Linear& w, const float* x, int T, float* y);
 // Scalar reference: dequantizes each element with the scalar conversions, sums in double.
 void linear_forward_reference(const Linear& w, const float* x, int T, float* y);
+
+// Several products with one input, y_i = W_i · x (MLA's query and latent projections): for a few
+// tokens the rows of all of them in one parallel region — linear_forward's row dots, so the same
+// bits — else linear_forward for each.
+struct LinearProduct {
+  const Linear* w;
+  float* y;  // [T, w->rows]
+};
+void linear_forward_together(const std::vector<LinearProduct>& products, const float* x, int T);
+
+// What decode's parallel row dots hand out: the rows of several matrices in chunks, numbered one
+// matrix (a run) after another — run i's chunks of rows_per_chunk rows are items [first(i),
+// first(i + 1)) — and shared out to the threads in shares of equal bytes (WorkShares: each
+// thread streams its own consecutive rows, then takes the back half of another's).
+class RowChunks {
+ public:
+  // Appends w's rows as the next run; returns its index.
+  int add(const Linear& w, int rows_per_chunk);
+  int items() const { return items_; }
+  // Run i's chunk count.
+  int chunks(int run) const {
+    return (run + 1 < static_cast<int>(runs_.size()) ? runs_[run + 1].first : items_) -
+           runs_[run].first;
+  }
+  struct Chunk {
+    int run, r0, r1;
+  };
+  Chunk chunk(int item) const;
+  const Linear& matrix(int run) const { return *runs_[run].w; }
+  WorkShares shares(int threads) const;
+
+ private:
+  struct Run {
+    const Linear* w;
+    int rows_per_chunk, first;
+    double row_bytes;
+  };
+  std::vector<Run> runs_;
+  int items_ = 0;
+};
 
 }  // namespace whale
