@@ -121,8 +121,10 @@ void ffn_forward_few(std::vector<FfnJob>& jobs, const std::vector<WeightedRow>& 
   }
   const int team = region_threads(parallel);
   WorkShares gate_up_shares = gate_up.shares(team), down_shares = down.shares(team);
-  // Per job: gate/up chunks not yet done, and whether its down rows may start.
-  struct JobState {
+  // Per job: gate/up chunks not yet done, and whether its down rows may start. A cache line a
+  // job: the threads mostly finish chunks of different jobs, and counters sharing a line would
+  // move it between the cores at every chunk.
+  struct alignas(64) JobState {
     std::atomic<int> gate_up_left{0};
     std::atomic<bool> ready{false};
   };
