@@ -358,12 +358,15 @@ int RowChunks::add(const Linear& w, int rows_per_chunk) {
   return static_cast<int>(runs_.size()) - 1;
 }
 
+RowChunks::Chunk RowChunks::chunk_of(const Run& run, int i, int item) {
+  const int r0 = (item - run.first) * run.rows_per_chunk;
+  return {i, r0, std::min(r0 + run.rows_per_chunk, run.w->rows)};
+}
+
 RowChunks::Chunk RowChunks::chunk(int item) const {
   const auto run = std::prev(std::upper_bound(runs_.begin(), runs_.end(), item,
                                               [](int i, const Run& r) { return i < r.first; }));
-  const int r0 = (item - run->first) * run->rows_per_chunk;
-  return {static_cast<int>(run - runs_.begin()), r0,
-          std::min(r0 + run->rows_per_chunk, run->w->rows)};
+  return chunk_of(*run, static_cast<int>(run - runs_.begin()), item);
 }
 
 WorkShares RowChunks::shares(int threads) const {
@@ -372,9 +375,8 @@ WorkShares RowChunks::shares(int threads) const {
   return WorkShares(items_, threads, [&](int item) {
     if (item < runs_[at].first) at = 0;
     while (at + 1 < runs_.size() && runs_[at + 1].first <= item) ++at;
-    const Run& run = runs_[at];
-    const int r0 = (item - run.first) * run.rows_per_chunk;
-    return std::min(run.rows_per_chunk, run.w->rows - r0) * run.row_bytes;
+    const Chunk c = chunk_of(runs_[at], static_cast<int>(at), item);
+    return (c.r1 - c.r0) * runs_[at].row_bytes;
   });
 }
 

@@ -168,6 +168,8 @@ class RowChunks {
     int rows_per_chunk, first;
     double row_bytes;
   };
+  // Item `item` of run i: its rows.
+  static Chunk chunk_of(const Run& run, int i, int item);
   std::vector<Run> runs_;
   int items_ = 0;
 };
